@@ -1,0 +1,53 @@
+"""The web application: create_app(settings) wires routes, middlewares and resources."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from . import appkeys, inbox, openapi, views
+from .middlewares import json_errors
+from .redis_client import connect
+from .settings import Settings
+from .tasks import TaskStore
+
+def _static_dir() -> Path:
+    """The demo form: beside the package in a checkout, under share/ once installed."""
+    checkout = Path(__file__).resolve().parent.parent / "static"
+    return checkout if checkout.is_dir() else Path(sys.prefix) / "share" / "mailhub" / "static"
+
+
+STATIC_DIR = _static_dir()
+#: Room for the JSON envelope around a maximal 64 KiB body, escapes included.
+MAX_REQUEST_BYTES = 512 * 1024
+
+
+async def _redis_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    redis = connect(settings.redis_url)
+    app[appkeys.REDIS] = redis
+    app[appkeys.STORE] = TaskStore.from_settings(redis, settings)
+    yield
+    await redis.aclose()
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=MAX_REQUEST_BYTES)
+    app[appkeys.SETTINGS] = settings
+    app.cleanup_ctx.append(_redis_context)
+    app.router.add_post("/api/v1/email/received", views.submit)
+    app.router.add_get(views.RESULT_PATH, views.result)
+    app.router.add_get("/", index)
+    app.router.add_static("/static", STATIC_DIR)
+    if settings.capture_mode:
+        app.router.add_get("/dev/inbox", inbox.page)
+        app.router.add_get("/dev/inbox/messages", inbox.messages)
+    openapi.setup(app)
+    return app

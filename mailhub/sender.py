@@ -1,0 +1,82 @@
+"""Build the message and deliver it over SMTP; classify what went wrong."""
+
+from __future__ import annotations
+
+import ssl
+from email.message import EmailMessage
+from email.utils import formatdate
+
+import aiosmtplib
+
+from .errors import DeliveryError, PermanentFailure, TransientFailure
+from .settings import Settings
+from .tasks import Attempt
+
+PLACEHOLDER = "{username}"
+
+
+def render_body(body: str, username: str) -> str:
+    """Replace `{username}` with the literal name; nothing else is interpreted."""
+    return body.replace(PLACEHOLDER, username)
+
+
+def build_message(attempt: Attempt, mail_from: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = mail_from
+    message["To"] = attempt.to
+    message["Subject"] = attempt.subject
+    message["Date"] = formatdate(localtime=False, usegmt=True)
+    message["Message-ID"] = attempt.message_id
+    message.set_content(render_body(attempt.body, attempt.username), charset="utf-8")
+    return message
+
+
+def classify(exc: Exception) -> DeliveryError:
+    """Map an aiosmtplib or network exception to a transient or permanent failure."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        replies = [f"{r.code} {r.message}" for r in exc.recipients]
+        reason = "recipient refused: " + "; ".join(replies)
+        if all(r.code >= 500 for r in exc.recipients):
+            return PermanentFailure(reason)
+        return TransientFailure(reason)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        reason = f"{exc.code} {exc.message}".strip()
+        if exc.code >= 500 and not isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+            return PermanentFailure(reason)
+        return TransientFailure(reason)
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return TransientFailure(f"timed out talking to the SMTP server: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return TransientFailure(f"connection lost: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPException | OSError):
+        return TransientFailure(f"{type(exc).__name__}: {exc}")
+    raise exc
+
+
+class SmtpSender:
+    """Delivers one message per call over a fresh, verified TLS connection."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        # The system trust store; SSL_CERT_FILE / SSL_CERT_DIR can add a private CA.
+        self.tls_context = ssl.create_default_context()
+
+    async def send(self, attempt: Attempt) -> None:
+        """Deliver the attempt's mail; raise a `DeliveryError` if it did not go."""
+        message = build_message(attempt, self.settings.mail_from)
+        try:
+            await aiosmtplib.send(
+                message,
+                hostname=self.settings.smtp_host,
+                port=self.settings.smtp_port,
+                use_tls=self.settings.smtp_tls == "ssl",
+                start_tls=self.settings.smtp_tls == "starttls",
+                tls_context=self.tls_context,
+                username=self.settings.smtp_user or None,
+                password=self.settings.smtp_pass or None,
+                timeout=self.settings.smtp_timeout,
+            )
+        except DeliveryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classify() re-raises what it does not know
+            raise classify(exc) from exc

@@ -1,0 +1,149 @@
+"""Settings: read from the environment, then `.env`, then defaults.
+
+Every value is cast and checked once, at start-up; a bad value raises
+`SettingsError` with a one-line message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from pathlib import Path
+from typing import TypeVar
+
+from dotenv import dotenv_values
+
+from .errors import SettingsError
+
+T = TypeVar("T")
+
+TLS_MODES = ("starttls", "ssl", "none")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything mailhub can be told, with the defaults of a zero-config run."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Empty: start an embedded Valkey server in `data_dir`.
+    redis_url: str = ""
+    data_dir: Path = Path("mailhub-data")
+    #: Empty: start a capture SMTP server; mail is shown at /dev/inbox, not delivered.
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_user: str = ""
+    smtp_pass: str = field(default="", repr=False)
+    smtp_tls: str = "starttls"
+    smtp_timeout: float = 30.0
+    mail_from: str = "mailhub@localhost"
+    max_attempts: int = 3
+    #: First retry delay in seconds; each later one doubles, with jitter.
+    retry_base_delay: float = 2.0
+    retry_max_delay: float = 600.0
+    worker_concurrency: int = 32
+    #: A queue entry held this long by a silent worker is taken over by another.
+    claim_timeout: float = 60.0
+    shutdown_grace: float = 25.0
+    result_retention: int = 7 * 24 * 3600
+    log_level: str = "INFO"
+
+    @property
+    def capture_mode(self) -> bool:
+        """True when no SMTP server is configured: mail is captured locally."""
+        return not self.smtp_host
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+) -> Settings:
+    """Build `Settings` from `environ` (default: os.environ), then `env_file`."""
+    env = dict(os.environ if environ is None else environ)
+    if env_file is not None and Path(env_file).is_file():
+        for key, value in dotenv_values(env_file).items():
+            if value is not None:
+                env.setdefault(key, value)
+    return _parse(_Reader(env))
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def get(self, name: str, cast: Callable[[str], T], default: T) -> T:
+        raw = self._env.get(name, "").strip()
+        if raw == "":
+            return default
+        try:
+            return cast(raw)
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"{name}={raw!r} is invalid: {exc}") from None
+
+
+def _positive(cast: Callable[[str], T]) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        value = cast(raw)
+        if value <= 0:  # type: ignore[operator]
+            raise ValueError("must be greater than 0")
+        return value
+
+    return parse
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 < value < 65536:
+        raise ValueError("must be a port number between 1 and 65535")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return raw.lower()
+
+    return parse
+
+
+def _address(raw: str) -> str:
+    if "@" not in parseaddr(raw)[1]:
+        raise ValueError("must be an email address, e.g. Site <noreply@example.com>")
+    return raw
+
+
+def _parse(env: _Reader) -> Settings:
+    d = Settings()
+    smtp_host = env.get("SMTP_HOST", str, d.smtp_host)
+    smtp_port = env.get("SMTP_PORT", _port, d.smtp_port)
+    smtp_user = env.get("SMTP_USER", str, d.smtp_user)
+    smtp_pass = env.get("SMTP_PASS", str, d.smtp_pass)
+    if smtp_user and not smtp_pass:
+        raise SettingsError("SMTP_PASS is missing: SMTP_USER is set, so a password is needed")
+    default_tls = "ssl" if smtp_port == 465 else "starttls"
+    settings = Settings(
+        host=env.get("HOST", str, d.host),
+        port=env.get("PORT", _port, d.port),
+        redis_url=env.get("REDIS_URL", str, d.redis_url),
+        data_dir=env.get("DATA_DIR", Path, d.data_dir),
+        smtp_host=smtp_host,
+        smtp_port=smtp_port,
+        smtp_user=smtp_user,
+        smtp_pass=smtp_pass,
+        smtp_tls=env.get("SMTP_TLS", _choice(*TLS_MODES), default_tls),
+        smtp_timeout=env.get("SMTP_TIMEOUT", _positive(float), d.smtp_timeout),
+        mail_from=env.get("MAIL_FROM", _address, smtp_user or d.mail_from),
+        max_attempts=env.get("MAX_ATTEMPTS", _positive(int), d.max_attempts),
+        retry_base_delay=env.get("RETRY_BASE_DELAY", _positive(float), d.retry_base_delay),
+        retry_max_delay=env.get("RETRY_MAX_DELAY", _positive(float), d.retry_max_delay),
+        worker_concurrency=env.get("WORKER_CONCURRENCY", _positive(int), d.worker_concurrency),
+        claim_timeout=env.get("CLAIM_TIMEOUT", _positive(float), d.claim_timeout),
+        shutdown_grace=env.get("SHUTDOWN_GRACE", _positive(float), d.shutdown_grace),
+        result_retention=env.get("RESULT_RETENTION", _positive(int), d.result_retention),
+        log_level=env.get("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info").upper(),
+    )
+    if settings.smtp_timeout >= settings.claim_timeout:
+        raise SettingsError("CLAIM_TIMEOUT must be longer than SMTP_TIMEOUT, or a slow send is taken over")
+    return settings

@@ -1,0 +1,166 @@
+"""Tasks: their states, and every read and write of them in Redis.
+
+A task is one hash (`keys.task`) plus, while it waits for an attempt, one
+entry in the queue stream or one member of the retries set. See the README's
+architecture section for the state machine.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import make_msgid, parseaddr
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from . import keys, scripts
+from .settings import Settings
+
+
+class TaskState(str, enum.Enum):
+    QUEUED = "queued"  #: accepted, waiting for its first attempt
+    SENDING = "sending"  #: an attempt is in progress
+    RETRYING = "retrying"  #: an attempt failed; the next one is scheduled
+    SUCCESS = "success"  #: the SMTP server accepted the message
+    FAILED = "failed"  #: permanently refused, or out of attempts
+
+
+TERMINAL_STATES = frozenset({TaskState.SUCCESS, TaskState.FAILED})
+
+
+@dataclass(frozen=True)
+class EmailRequest:
+    """What a client asked to send."""
+
+    to: str
+    subject: str
+    body: str
+    username: str = ""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One claimed delivery attempt: the mail, and where it came from."""
+
+    entry_id: str
+    task_id: str
+    to: str
+    subject: str
+    body: str
+    username: str
+    message_id: str
+    number: int
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    entry_id: str
+    task_id: str
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class TaskStore:
+    """Reads and atomic transitions of tasks; takes a Redis client."""
+
+    def __init__(self, redis: Redis, *, retention: int, max_attempts: int, message_id_domain: str):
+        self.redis = redis
+        self.retention = retention
+        self.max_attempts = max_attempts
+        self.message_id_domain = message_id_domain
+        self._enqueue = redis.register_script(scripts.source(scripts.ENQUEUE))
+        self._begin = redis.register_script(scripts.source(scripts.BEGIN_ATTEMPT))
+        self._succeed = redis.register_script(scripts.source(scripts.SUCCEED))
+        self._fail = redis.register_script(scripts.source(scripts.FAIL))
+        self._retry = redis.register_script(scripts.source(scripts.RETRY_LATER))
+        self._promote = redis.register_script(scripts.source(scripts.PROMOTE_DUE))
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> TaskStore:
+        domain = parseaddr(settings.mail_from)[1].rpartition("@")[2] or "mailhub.local"
+        return cls(redis, retention=settings.result_retention,
+                   max_attempts=settings.max_attempts, message_id_domain=domain)
+
+    async def enqueue(self, request: EmailRequest) -> str:
+        """Store a new task and queue it in one step; returns its id."""
+        task_id = str(uuid.uuid4())
+        fields = {
+            "task_id": task_id,
+            "to": request.to,
+            "subject": request.subject,
+            "body": request.body,
+            "username": request.username,
+            # Stable across attempts, so a duplicate after an ambiguous failure is recognisable.
+            "message_id": make_msgid(idstring=task_id, domain=self.message_id_domain),
+            "state": TaskState.QUEUED.value,
+            "attempts": 0,
+            "created_at": now_iso(),
+        }
+        flat = [item for pair in fields.items() for item in pair]
+        await self._enqueue(keys=[keys.task(task_id), keys.QUEUE], args=[now_iso(), *flat])
+        return task_id
+
+    async def result(self, task_id: str) -> str | None:
+        """The task's result document as JSON text, or None if unknown or expired."""
+        doc = await self.redis.hget(keys.task(task_id), "doc")
+        return doc.decode() if isinstance(doc, bytes) else doc
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(keys.QUEUE, keys.WORKERS_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def begin_attempt(self, entry: QueueEntry) -> Attempt | None:
+        """Count a new attempt for the entry's task, or None if there is nothing to send."""
+        row = await self._begin(
+            keys=[keys.task(entry.task_id), keys.QUEUE],
+            args=[entry.entry_id, now_iso(), self.max_attempts, self.retention],
+        )
+        if not row:
+            return None
+        task_id, to, subject, body, username, message_id, number = (_text(v) for v in row)
+        return Attempt(entry.entry_id, task_id, to, subject, body, username, message_id, int(number))
+
+    async def succeed(self, attempt: Attempt) -> None:
+        await self._succeed(
+            keys=[keys.task(attempt.task_id), keys.QUEUE],
+            args=[attempt.entry_id, attempt.number, now_iso(), self.retention],
+        )
+
+    async def fail(self, attempt: Attempt, reason: str) -> None:
+        await self._fail(
+            keys=[keys.task(attempt.task_id), keys.QUEUE],
+            args=[attempt.entry_id, attempt.number, now_iso(), self.retention, reason],
+        )
+
+    async def retry_later(self, attempt: Attempt, delay: float, error: str) -> None:
+        due = time.time() + delay
+        due_iso = datetime.fromtimestamp(due, timezone.utc).isoformat(timespec="milliseconds")
+        await self._retry(
+            keys=[keys.task(attempt.task_id), keys.QUEUE, keys.RETRIES],
+            args=[attempt.entry_id, attempt.number, now_iso(), int(due * 1000),
+                  due_iso.replace("+00:00", "Z"), error],
+        )
+
+    async def promote_due_retries(self, batch: int = 500) -> int:
+        """Queue the retries whose time has come; returns how many."""
+        return int(await self._promote(keys=[keys.RETRIES, keys.QUEUE],
+                                       args=[int(time.time() * 1000), batch]))
+
+    async def next_retry_due(self) -> float | None:
+        """Epoch seconds of the earliest scheduled retry, if any."""
+        first = await self.redis.zrange(keys.RETRIES, 0, 0, withscores=True)
+        return first[0][1] / 1000 if first else None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,72 @@
+"""The JSON API: submit an email, read its result."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from aiohttp import web
+from marshmallow import ValidationError
+
+from . import appkeys
+from .errors import InvalidRequest, TaskNotFound, ValidationFailed
+from .schemas import EmailRequestSchema, TaskQuerySchema
+from .tasks import EmailRequest
+
+RESULT_PATH = "/api/v1/email/result"
+
+_request_schema = EmailRequestSchema()
+_query_schema = TaskQuerySchema()
+
+
+async def read_json(request: web.Request) -> object:
+    """The request's JSON body, or an `ApiError` saying what is wrong with it."""
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(reason="Send the body as Content-Type: application/json.")
+    raw = await request.read()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidRequest("The body is not valid UTF-8.") from None
+    except (ValueError, RecursionError):
+        raise InvalidRequest("The body is not valid JSON.") from None
+
+
+def validated(schema, data: object) -> dict:  # type: ignore[no-untyped-def]
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        messages = exc.normalized_messages()
+        fields = {name: _flatten(msg) for name, msg in messages.items()}
+        raise ValidationFailed("Some fields are invalid.", fields) from None
+
+
+def _flatten(message: object) -> list[str]:
+    if isinstance(message, list):
+        return [str(m) for m in message]
+    if isinstance(message, dict):
+        return [f"{key}: {text}" for key, value in message.items() for text in _flatten(value)]
+    return [str(message)]
+
+
+async def submit(request: web.Request) -> web.Response:
+    """Queue an email; answer at once with its task id."""
+    data = validated(_request_schema, await read_json(request))
+    task_id = await request.app[appkeys.STORE].enqueue(EmailRequest(**data))
+    return web.json_response(
+        {"task_id": task_id, "status": "queued", "result_url": f"{RESULT_PATH}?task_id={task_id}"}
+    )
+
+
+def task_id_from_query(request: web.Request) -> str:
+    query = validated(_query_schema, {k: v for k, v in request.query.items() if k == "task_id"})
+    return str(uuid.UUID(query["task_id"]))
+
+
+async def result(request: web.Request) -> web.Response:
+    """The task's current result document."""
+    task_id = task_id_from_query(request)
+    document = await request.app[appkeys.STORE].result(task_id)
+    if document is None:
+        raise TaskNotFound(f"No task {task_id}: it never existed or its result expired.")
+    return web.Response(text=document, content_type="application/json")
