@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = replace(settings, host=args.host or settings.host, port=args.port or settings.port)
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiosmtpd (capture mode) logs every SMTP line at INFO.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     run_web, run_worker = args.command in ("all", "web"), args.command in ("all", "worker")
     if not settings.redis_url and args.command != "all":
         print("mailhub: REDIS_URL is missing: separate web and worker processes must share "

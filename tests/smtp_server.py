@@ -4,7 +4,6 @@ loop) on 127.0.0.1, with trustme TLS, PLAIN/LOGIN AUTH and per-test faults."""
 from __future__ import annotations
 
 import asyncio
-import email
 import email.policy
 import ssl
 import threading
@@ -17,20 +16,17 @@ from typing import Any, Literal, cast
 
 import trustme
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 TlsMode = Literal["starttls", "ssl", "none"]
 FaultKind = Literal["reply_rcpt", "reply_data", "drop_after_data", "drop_before_data"]
-_FAULT_ATTR = "_test_fault"  # per-transaction fault, stored on the aiosmtpd Envelope
+_FAULT_ATTR = "_test_fault"  # the transaction's Fault, stored on aiosmtpd's Envelope
 
 
 @dataclass
 class TlsMaterial:
-    """A throwaway CA plus a server cert valid for ``localhost`` and ``127.0.0.1``.
-
-    ``ca_file`` is the CA's PEM: clients trust the server via
-    ``ssl.create_default_context(cafile=ca_file)`` or ``SSL_CERT_FILE=ca_file``.
-    """
+    """A throwaway CA and a server cert for ``localhost`` and ``127.0.0.1``; clients
+    trust it via ``create_default_context(cafile=ca_file)`` or ``SSL_CERT_FILE``."""
 
     ca: trustme.CA
     server_cert: trustme.LeafCert
@@ -48,7 +44,7 @@ class TlsMaterial:
 
 
 def make_tls_material(tmp_dir: Path) -> TlsMaterial:
-    """Create a CA and server cert; write the CA PEM to ``tmp_dir/ca.pem``."""
+    """Create a CA and a server cert; write the CA PEM to ``tmp_dir/ca.pem``."""
     ca = trustme.CA()
     ca_file = Path(tmp_dir) / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
@@ -60,15 +56,14 @@ class Fault:
     """A canned misbehaviour for one mail transaction (see ``RecordingHandler``).
 
     - ``reply_rcpt(line)``: every RCPT TO of the transaction gets ``line``;
-    - ``reply_data(line)``: end of DATA gets ``line``, message not recorded;
-    - ``drop_after_data()``: whole message read and put in ``handler.dropped``,
-      then the connection is aborted without a reply;
-    - ``drop_before_data()``: connection aborted without a reply at MAIL FROM.
-    Aborts surface as ``aiosmtplib.SMTPServerDisconnected`` in the client.
+    - ``reply_data(line)``: the end of DATA gets ``line``, message not recorded;
+    - ``drop_after_data()``: the message is read, put in ``handler.dropped``, then
+      the connection is aborted without reply (client: SMTPServerDisconnected);
+    - ``drop_before_data()``: the same abort, at MAIL FROM.
     """
 
     kind: FaultKind
-    line: str | None = None
+    line: str = ""
 
     @classmethod
     def reply_rcpt(cls, line: str) -> Fault:
@@ -89,7 +84,7 @@ class Fault:
 
 @dataclass
 class Captured:
-    """One message as received: envelope, raw bytes, and the parsed message."""
+    """One message as received: envelope, raw bytes (CRLF), the parsed message."""
 
     mail_from: str
     rcpt_tos: list[str]
@@ -98,14 +93,13 @@ class Captured:
 
 
 class RecordingHandler:
-    """aiosmtpd handler recording accepted mail and applying queued faults.
+    """aiosmtpd handler recording mail and applying queued faults.
 
-    ``faults`` is a FIFO: each mail transaction pops one fault at MAIL FROM
-    (an empty list means: behave normally) and applies it at the right stage.
-    Transactions that never reach MAIL FROM (e.g. failed AUTH) consume nothing.
-    ``messages`` holds accepted mail, ``dropped`` mail read but never answered;
-    both are appended from the server thread under ``lock``. With
-    ``require_auth`` (set by SmtpServer), MAIL FROM before AUTH gets 530.
+    ``faults`` is a FIFO: each mail transaction pops one at MAIL FROM (empty:
+    behave normally) and applies it at its stage; transactions that never reach
+    MAIL FROM (e.g. failed AUTH) consume nothing. ``messages`` gets accepted
+    mail, ``dropped`` mail read but never answered, both under ``lock`` from the
+    server thread. ``require_auth`` (set by SmtpServer): MAIL before AUTH -> 530.
     """
 
     def __init__(self) -> None:
@@ -133,15 +127,14 @@ class RecordingHandler:
 
     @staticmethod
     async def _drop(server: SMTP) -> str:
-        """Abort the connection; aiosmtpd then cancels this session's task."""
-        if server.transport is not None:
-            server.transport.abort()  # type: ignore[attr-defined]
-        await asyncio.sleep(30)  # cancelled by SMTP.connection_lost long before
+        """Abort the connection; SMTP.connection_lost() then cancels this task."""
+        cast(asyncio.Transport, server.transport).abort()
+        await asyncio.sleep(30)  # cancelled long before
         return "421 4.3.0 drop did not happen"
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
+    ) -> Any:
         if self.require_auth and not session.authenticated:
             return "530 5.7.0 Authentication required"
         with self.lock:
@@ -149,124 +142,66 @@ class RecordingHandler:
         if fault is not None and fault.kind == "drop_before_data":
             return await self._drop(server)
         setattr(envelope, _FAULT_ATTR, fault)
-        envelope.mail_from = address
-        envelope.mail_options.extend(options)
-        return "250 OK"
+        return MISSING  # aiosmtpd does its default bookkeeping and replies 250
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
+    ) -> Any:
         fault: Fault | None = getattr(envelope, _FAULT_ATTR, None)
-        if fault is not None and fault.kind == "reply_rcpt":
-            return cast(str, fault.line)
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(options)
-        return "250 OK"
+        return fault.line if fault and fault.kind == "reply_rcpt" else MISSING
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         fault: Fault | None = getattr(envelope, _FAULT_ATTR, None)
-        if fault is not None and fault.kind == "reply_data":
-            return cast(str, fault.line)
+        if fault and fault.kind == "reply_data":
+            return fault.line
         data = envelope.original_content or b""
         message = cast(EmailMessage, email.message_from_bytes(data, policy=email.policy.default))
         captured = Captured(envelope.mail_from or "", list(envelope.rcpt_tos), data, message)
         dropping = fault is not None and fault.kind == "drop_after_data"
         with self.lock:
             (self.dropped if dropping else self.messages).append(captured)
-        if dropping:
-            return await self._drop(server)
-        return "250 2.0.0 OK queued"
+        return await self._drop(server) if dropping else "250 2.0.0 OK queued"
 
 
-class _Controller(Controller):
-    """Binds port 0 (real port known before the self-check) and, on stop, closes
-    client connections still open; plain Controller.stop() leaks their sockets
-    (ResourceWarning at GC) when a client is still connected."""
+class SmtpServer(Controller):
+    """An SMTP server on 127.0.0.1, free port; one-shot start()/stop() or ``with``.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
-
-    async def _create_server(self) -> asyncio.AbstractServer:  # type: ignore[override]
-        server = await super()._create_server()
-        self.port = server.sockets[0].getsockname()[1]
-        return server
-
-    def factory(self) -> SMTP:
-        smtp = super().factory()
-        self.connections.add(smtp)
-        return smtp
-
-    async def _abort_connections(self) -> None:
-        for smtp in list(self.connections):
-            if smtp.transport is not None:
-                smtp.transport.abort()  # type: ignore[attr-defined]
-        tasks = asyncio.all_tasks() - {asyncio.current_task()}
-        if tasks:  # session tasks end once connection_lost() cancels them
-            await asyncio.wait(tasks, timeout=5)
-
-    def stop(self, no_assert: bool = False) -> None:
-        if self._thread is not None:
-            asyncio.run_coroutine_threadsafe(self._abort_connections(), self.loop).result(10)
-        super().stop(no_assert)
-
-
-class SmtpServer:
-    """A started/stopped (sync, or as a context manager) SMTP server on 127.0.0.1.
-
-    ``tls``: "starttls" (STARTTLS required before anything, AUTH only after it),
-    "ssl" (implicit TLS from the first byte), or "none" (plain text).
-    ``starttls_offered=False`` with "starttls" gives a plain server that never
-    advertises STARTTLS. With ``user`` set, MAIL FROM needs a successful AUTH
-    (PLAIN/LOGIN) with exactly (``user``, ``password``); both attributes may be
-    changed while running. Every AUTH command counts in ``auth_successes`` or
-    ``auth_failures`` (note: aiosmtplib's ``login`` tries PLAIN then LOGIN, so
-    one failed login usually counts 2 failures unless ``auth_mechanisms`` is 1).
+    ``tls``: "starttls" (STARTTLS required first; AUTH only after it), "ssl"
+    (implicit TLS) or "none"; ``starttls_offered=False`` makes "starttls" plain.
+    With ``user`` set, MAIL FROM needs AUTH with the current (``user``,
+    ``password``); assign them at run time to rotate. Each AUTH command counts
+    in ``auth_successes``/``auth_failures`` (aiosmtplib's login() tries PLAIN
+    then LOGIN: 2 failures per failed login unless one ``auth_mechanisms``).
+    stop() also aborts open client connections (Controller.stop() leaks them).
     """
 
-    host = "127.0.0.1"
-
     def __init__(
-        self,
-        tls_material: TlsMaterial | None = None,
-        *,
-        tls: TlsMode = "starttls",
-        user: str | None = "mailhub",
-        password: str | None = "secret",
-        starttls_offered: bool = True,
-        auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN"),
-        handler: RecordingHandler | None = None,
-        ready_timeout: float = 10.0,
+        self, tls_material: TlsMaterial | None = None, *, tls: TlsMode = "starttls",
+        user: str | None = "mailhub", password: str | None = "secret",
+        starttls_offered: bool = True, auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN"),
+        handler: RecordingHandler | None = None, ready_timeout: float = 10.0,
     ) -> None:
         if tls != "none" and tls_material is None:
             raise ValueError(f"tls={tls!r} needs tls_material")
-        self.tls: TlsMode = tls
-        self.tls_material = tls_material
+        self.host, self.tls, self.user, self.password = "127.0.0.1", tls, user, password
         self.ca_file: Path | None = tls_material.ca_file if tls_material else None
-        self.user = user
-        self.password = password
-        self.handler = handler or RecordingHandler()
+        self.auth_successes = self.auth_failures = 0
+        self.handler: RecordingHandler = handler or RecordingHandler()
         self.handler.require_auth = user is not None
-        self.auth_successes = 0
-        self.auth_failures = 0
-        self.port = 0
+        self._connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
         starttls = tls == "starttls" and starttls_offered
-        kwargs: dict[str, Any] = {}
-        if tls_material is not None and tls == "ssl":
-            kwargs["ssl_context"] = tls_material.server_context()
-        if tls_material is not None and starttls:
-            kwargs.update(tls_context=tls_material.server_context(), require_starttls=True)
-        # auth_require_tls: aiosmtpd counts only STARTTLS as TLS, so implicit TLS must
-        # opt out; auth_required is never passed (it warns without auth_require_tls),
-        # the handler's handle_MAIL enforces AUTH instead.
-        self._controller = _Controller(
+        ctx = tls_material.server_context() if tls_material else None
+        kwargs: dict[str, Any] = {"ssl_context": ctx} if tls == "ssl" else (
+            {"tls_context": ctx, "require_starttls": True} if starttls else {})
+        # aiosmtpd counts only STARTTLS as TLS (so auth_require_tls=False for "ssl");
+        # auth_required would warn then, so handle_MAIL enforces AUTH instead.
+        super().__init__(
             self.handler, hostname=self.host, port=0, ready_timeout=ready_timeout,
             server_hostname="localhost", authenticator=self._authenticate,
             auth_require_tls=starttls,
             auth_exclude_mechanism=[m for m in ("PLAIN", "LOGIN") if m not in auth_mechanisms],
             **kwargs,
         )
-        self._running = False
 
     def _authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
@@ -279,21 +214,36 @@ class SmtpServer:
         self.auth_failures += 1
         return AuthResult(success=False, handled=False)
 
-    def start(self) -> SmtpServer:
-        """Start the server thread; returns once it answers on ``self.port``."""
-        self._controller.start()
-        self.port = self._controller.port
-        self._running = True
-        return self
+    async def _create_server(self) -> asyncio.AbstractServer:  # type: ignore[override]
+        """Bind port 0; publish the real port before Controller's self-check uses it."""
+        server = await super()._create_server()
+        self.port = server.sockets[0].getsockname()[1]
+        return server
 
-    def stop(self) -> None:
-        """Stop the server thread (idempotent)."""
-        if self._running:
-            self._running = False
-            self._controller.stop()
+    def factory(self) -> SMTP:
+        smtp = super().factory()
+        self._connections.add(smtp)
+        return smtp
+
+    async def _abort_connections(self) -> None:
+        for smtp in list(self._connections):
+            if smtp.transport is not None:
+                cast(asyncio.Transport, smtp.transport).abort()
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        if tasks:  # session tasks end once connection_lost() cancels them
+            await asyncio.wait(tasks, timeout=5)
+
+    def stop(self, no_assert: bool = True) -> None:
+        """Abort open connections and stop the thread; idempotent, ok if never started."""
+        if self._thread is None:
+            self.loop.close()  # Controller made this loop in __init__: avoid ResourceWarning
+            return
+        asyncio.run_coroutine_threadsafe(self._abort_connections(), self.loop).result(10)
+        super().stop(no_assert)
 
     def __enter__(self) -> SmtpServer:
-        return self.start()
+        self.start()
+        return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()

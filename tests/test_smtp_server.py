@@ -9,12 +9,11 @@ import gc
 import ssl
 from collections.abc import Iterator
 from email.message import EmailMessage
-from pathlib import Path
 
 import aiosmtplib
 import pytest
 
-from smtp_server import Fault, SmtpServer, TlsMaterial, make_tls_material
+from tests.smtp_server import Fault, SmtpServer, TlsMaterial, make_tls_material
 
 USER, PASSWORD = "mailhub", "secret"
 
@@ -77,7 +76,7 @@ async def test_implicit_tls(tls_material: TlsMaterial) -> None:
         assert srv.auth_successes == 1
 
 
-async def test_plain_without_auth(tmp_path: Path) -> None:
+async def test_plain_without_auth() -> None:
     with SmtpServer(tls="none", user=None) as srv:
         await aiosmtplib.send(_msg(), hostname=srv.host, port=srv.port, start_tls=False)
         await srv.handler.wait_for_count(1)
@@ -169,7 +168,8 @@ async def test_wait_for_count_times_out(server: SmtpServer) -> None:
 
 
 async def test_stop_with_client_still_connected(tls_material: TlsMaterial) -> None:
-    srv = SmtpServer(tls_material, tls="ssl").start()
+    srv = SmtpServer(tls_material, tls="ssl")
+    srv.start()
     client = aiosmtplib.SMTP(
         hostname=srv.host, port=srv.port, use_tls=True, tls_context=tls_material.client_context()
     )

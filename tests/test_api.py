@@ -1,0 +1,193 @@
+"""The HTTP contract: every documented answer, every error code, never a 5xx."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from mailhub import keys
+from tests.conftest import wait_for_result
+
+SUBMIT = "/api/v1/email/received"
+RESULT = "/api/v1/email/result"
+EXAMPLE = {"to": "user@example.com", "subject": "Hello", "body": "{username}님 안녕하세요!",
+           "username": "홍길동"}
+
+
+async def test_submit_answers_task_id_and_queued(client, redis):
+    response = await client.post(SUBMIT, json=EXAMPLE)
+    assert response.status == 200
+    answer = await response.json()
+    assert answer["status"] == "queued"
+    assert uuid.UUID(answer["task_id"]).version == 4
+    assert answer["result_url"] == f"{RESULT}?task_id={answer['task_id']}"
+    assert await redis.xlen(keys.QUEUE) == 1
+
+
+async def test_result_while_queued_is_pending_with_to(client):
+    task_id = (await (await client.post(SUBMIT, json=EXAMPLE)).json())["task_id"]
+    response = await client.get(RESULT, params={"task_id": task_id})
+    assert response.status == 200
+    document = await response.json()
+    assert document["status"] == "pending"
+    assert document["to"] == "user@example.com"
+    assert "reason" not in document
+
+
+async def test_result_after_delivery_is_success_with_attempts(client, store, worker):
+    task_id = (await (await client.post(SUBMIT, json=EXAMPLE)).json())["task_id"]
+    await wait_for_result(store, task_id)
+    document = await (await client.get(RESULT, params={"task_id": task_id})).json()
+    assert document["status"] == "success"
+    assert document["to"] == "user@example.com"
+    assert document["attempts"] == 1
+
+
+async def test_result_after_permanent_failure_has_reason(client, store, worker, smtp):
+    from tests.smtp_server import Fault
+
+    smtp.handler.faults.append(Fault.reply_rcpt("550 5.1.1 no such user"))
+    task_id = (await (await client.post(SUBMIT, json=EXAMPLE)).json())["task_id"]
+    await wait_for_result(store, task_id)
+    document = await (await client.get(RESULT, params={"task_id": task_id})).json()
+    assert document["status"] == "failed"
+    assert document["to"] == "user@example.com"
+    assert document["attempts"] == 1
+    assert "550 5.1.1 no such user" in document["reason"]
+
+
+async def test_unknown_task_is_404_json(client):
+    response = await client.get(RESULT, params={"task_id": str(uuid.uuid4())})
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("query", [{}, {"task_id": ""}, {"task_id": "nope"},
+                                   {"task_id": "x" * 1000}, {"task_id": "1' OR '1'='1"}])
+async def test_missing_or_malformed_task_id_is_422(client, query):
+    response = await client.get(RESULT, params=query)
+    assert response.status == 422
+    error = (await response.json())["error"]
+    assert error["code"] == "validation_failed"
+    assert "task_id" in error["fields"]
+
+
+async def test_not_json_is_400(client):
+    response = await client.post(SUBMIT, data=b"{not json", headers={"Content-Type": "application/json"})
+    assert response.status == 400
+    assert "JSON" in (await response.json())["error"]["message"]
+
+
+async def test_not_utf8_is_400(client):
+    body = json.dumps(EXAMPLE, ensure_ascii=False).encode("euc-kr")
+    response = await client.post(SUBMIT, data=body, headers={"Content-Type": "application/json"})
+    assert response.status == 400
+    assert "UTF-8" in (await response.json())["error"]["message"]
+
+
+async def test_deeply_nested_json_is_400_not_500(client):
+    response = await client.post(SUBMIT, data=b"[" * 100_000,
+                                 headers={"Content-Type": "application/json"})
+    assert response.status == 400
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x"])
+async def test_wrong_content_type_is_415(client, content_type):
+    response = await client.post(SUBMIT, data=json.dumps(EXAMPLE),
+                                 headers={"Content-Type": content_type})
+    assert response.status == 415
+    assert (await response.json())["error"]["code"] == "unsupported_media_type"
+
+
+async def test_oversized_request_is_413(client, redis):
+    response = await client.post(SUBMIT, json={**EXAMPLE, "body": "x" * 1_000_000})
+    assert response.status == 413
+    assert (await response.json())["error"]["code"] == "too_large"
+    assert await redis.xlen(keys.QUEUE) == 0
+
+
+INVALID = [
+    ({"to": "not-an-address"}, "to"),
+    ({"to": "a@b.com, c@d.com"}, "to"),
+    ({"to": "user@example.com\r\nBcc: victim@example.com"}, "to"),
+    ({"subject": ""}, "subject"),
+    ({"subject": "   "}, "subject"),
+    ({"subject": "x" * 256}, "subject"),
+    ({"subject": "Hello\r\nBcc: victim@example.com"}, "subject"),
+    ({"subject": "Hello\n"}, "subject"),
+    ({"subject": "nul\x00byte"}, "subject"),
+    ({"subject": "\ud800 lone surrogate"}, "subject"),
+    ({"body": ""}, "body"),
+    ({"body": "x" * (64 * 1024 + 1)}, "body"),
+    ({"username": "x" * 101}, "username"),
+    ({"username": "Kim\r\nBcc: victim@example.com"}, "username"),
+    ({"subject": 42}, "subject"),
+    ({"to": None}, "to"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), INVALID)
+async def test_invalid_field_is_422_naming_it_and_nothing_queued(client, redis, change, field):
+    response = await client.post(SUBMIT, json={**EXAMPLE, **change})
+    assert response.status == 422
+    error = (await response.json())["error"]
+    assert error["code"] == "validation_failed"
+    assert field in error["fields"]
+    assert await redis.xlen(keys.QUEUE) == 0
+
+
+@pytest.mark.parametrize("missing", ["to", "subject", "body"])
+async def test_missing_required_field_is_422(client, missing):
+    body = {k: v for k, v in EXAMPLE.items() if k != missing}
+    response = await client.post(SUBMIT, json=body)
+    assert response.status == 422
+    assert missing in (await response.json())["error"]["fields"]
+
+
+@pytest.mark.parametrize("payload", [[], "text", 42, None, {"unknown": 1, **EXAMPLE}])
+async def test_wrong_json_shape_is_422(client, payload):
+    response = await client.post(SUBMIT, data=json.dumps(payload),
+                                 headers={"Content-Type": "application/json"})
+    assert response.status == 422
+
+
+async def test_boundary_values_are_accepted(client):
+    body = {**EXAMPLE, "subject": "x" * 255, "username": "y" * 100, "body": "z" * 64 * 1024}
+    response = await client.post(SUBMIT, json=body)
+    assert response.status == 200
+
+
+async def test_wrong_method_is_405_json(client):
+    response = await client.get(SUBMIT)
+    assert response.status == 405
+    assert (await response.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_unknown_path_is_404_json(client):
+    response = await client.get("/api/v1/nothing")
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == "not_found"
+
+
+async def test_openapi_spec_describes_the_endpoints(client):
+    spec = await (await client.get("/openapi.json")).json()
+    assert spec["openapi"] == "3.0.3"
+    assert "post" in spec["paths"]["/api/v1/email/received"]
+    assert "get" in spec["paths"]["/api/v1/email/result"]
+    request = spec["components"]["schemas"]["EmailRequest"]
+    assert set(request["required"]) == {"to", "subject", "body"}
+
+
+async def test_swagger_ui_is_served_without_a_cdn(client):
+    page = await (await client.get("/docs")).text()
+    assert "swagger-ui-bundle.js" in page
+    assert "https://" not in page
+    bundle = await client.get("/docs/static/swagger-ui-bundle.js")
+    assert bundle.status == 200
+
+
+async def test_dev_inbox_exists_only_in_capture_mode(client):
+    assert (await client.get("/dev/inbox/messages")).status == 404

@@ -1,0 +1,230 @@
+"""The worker against a real Valkey and a real STARTTLS + AUTH SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from mailhub import keys
+from mailhub.tasks import EmailRequest, QueueEntry
+from mailhub.worker import backoff_delay
+from tests.conftest import running_worker, settings_for, wait_for_result
+from tests.smtp_server import Fault, SmtpServer
+
+REQUEST = EmailRequest(to="user@example.com", subject="Hello", body="Hi {username}!",
+                       username="Kim")
+
+
+async def test_success_on_first_attempt(store, worker, smtp):
+    task_id = await store.enqueue(REQUEST)
+    document = await wait_for_result(store, task_id)
+    assert document["status"] == "success"
+    assert document["attempts"] == 1
+    [mail] = await smtp.handler.wait_for_count(1)
+    assert mail.rcpt_tos == ["user@example.com"]
+    assert mail.mail_from == "noreply@example.com"
+    message = mail.message
+    assert message["From"] == "Site <noreply@example.com>"
+    assert message["To"] == "user@example.com"
+    assert message["Subject"] == "Hello"
+    assert message["Date"]
+    assert task_id in message["Message-ID"]
+    assert message.get_content_type() == "text/plain"
+    assert message.get_content_charset() == "utf-8"
+    assert text_of(message) == "Hi Kim!"
+
+
+async def test_one_transient_failure_then_success(store, worker, smtp):
+    smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
+    task_id = await store.enqueue(REQUEST)
+    document = await wait_for_result(store, task_id)
+    assert document["status"] == "success"
+    assert document["attempts"] == 2
+    assert len(await smtp.handler.wait_for_count(1)) == 1
+
+
+async def test_three_transient_failures_fail_with_the_last_reply(store, worker, smtp):
+    smtp.handler.faults.extend([Fault.reply_data("451 4.7.1 try again later")] * 3)
+    task_id = await store.enqueue(REQUEST)
+    document = await wait_for_result(store, task_id)
+    assert document["status"] == "failed"
+    assert document["attempts"] == 3
+    assert document["reason"] == "failed after 3 attempts: 451 4.7.1 try again later"
+    assert smtp.handler.messages == []
+
+
+@pytest.mark.parametrize("fault", [Fault.reply_rcpt("550 5.1.1 no such user"),
+                                   Fault.reply_data("554 5.7.1 rejected as spam")])
+async def test_permanent_failure_fails_at_once(store, worker, smtp, fault):
+    smtp.handler.faults.append(fault)
+    task_id = await store.enqueue(REQUEST)
+    document = await wait_for_result(store, task_id)
+    assert document["status"] == "failed"
+    assert document["attempts"] == 1
+    assert fault.line in document["reason"]
+
+
+async def test_connection_dropped_before_data_is_retried(store, worker, smtp):
+    smtp.handler.faults.append(Fault.drop_before_data())
+    task_id = await store.enqueue(REQUEST)
+    document = await wait_for_result(store, task_id)
+    assert (document["status"], document["attempts"]) == ("success", 2)
+
+
+@pytest.mark.parametrize("body", ["{0.__class__}", "{username!r} {{username}}", "{}", "%s {user}",
+                                  "{username.__class__.__mro__}"])
+async def test_only_the_username_placeholder_is_replaced(store, worker, smtp, body):
+    task_id = await store.enqueue(EmailRequest(to="a@example.com", subject="s",
+                                               body=body + " {username}", username="{0}"))
+    await wait_for_result(store, task_id)
+    [mail] = await smtp.handler.wait_for_count(1)
+    expected = body.replace("{username}", "{0}") + " {0}"
+    assert text_of(mail.message) == expected
+
+
+async def test_korean_subject_and_body_arrive_unaltered(store, worker, smtp):
+    subject = "안녕하세요,  홍길동 님 — 문의 접수 (re: Hello WORLD)  "
+    body = "{username}님 안녕하세요!\n\n줄바꿈과 이모지 📨 도 그대로."
+    task_id = await store.enqueue(EmailRequest(to="user@example.com", subject=subject,
+                                               body=body, username="홍길동"))
+    await wait_for_result(store, task_id)
+    [mail] = await smtp.handler.wait_for_count(1)
+    assert mail.message["Subject"] == subject
+    assert text_of(mail.message) == body.replace("{username}", "홍길동")
+
+
+async def test_subject_whitespace_is_sent_as_given(store, worker, smtp):
+    task_id = await store.enqueue(EmailRequest(to="a@example.com", subject="  lower case  ",
+                                               body="b"))
+    await wait_for_result(store, task_id)
+    [mail] = await smtp.handler.wait_for_count(1)
+    # Parsers drop the blanks after "Subject:", so look at the wire.
+    assert b"\r\nSubject:   lower case  \r\n" in mail.data
+
+
+async def test_implicit_tls_server(store, redis, valkey, tls_material, trust_test_ca):
+    with SmtpServer(tls_material, tls="ssl", user="u", password="p") as server:
+        settings = settings_for(server, redis_url=valkey.url)
+        async with running_worker(store, settings):
+            task_id = await store.enqueue(REQUEST)
+            document = await wait_for_result(store, task_id)
+        assert document["status"] == "success"
+        assert len(await server.handler.wait_for_count(1)) == 1
+
+
+async def test_untrusted_certificate_is_not_accepted(store, valkey, tls_material, monkeypatch):
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    with SmtpServer(tls_material, tls="starttls", user="u", password="p") as server:
+        settings = settings_for(server, redis_url=valkey.url, max_attempts=1)
+        async with running_worker(store, settings):
+            task_id = await store.enqueue(REQUEST)
+            document = await wait_for_result(store, task_id)
+        assert document["status"] == "failed"
+        assert "CERTIFICATE_VERIFY_FAILED" in document["reason"]
+        assert server.handler.messages == []
+
+
+async def test_a_waiting_retry_does_not_hold_a_send_slot(store, settings, smtp):
+    smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
+    slow_retries = settings_for(smtp, redis_url=settings.redis_url, retry_base_delay=30.0,
+                                retry_max_delay=30.0)
+    async with running_worker(store, slow_retries, concurrency=1):
+        first = await store.enqueue(REQUEST)
+        await wait_for_result(store, first, statuses=("pending",))
+        retrying = json.loads(await _wait_event(store, first, "retry"))
+        second = await store.enqueue(REQUEST)
+        assert (await wait_for_result(store, second))["status"] == "success"
+    assert retrying["last_error"] == "451 4.7.1 try again later"
+    assert retrying["next_attempt_at"]
+    assert json.loads(await store.result(first))["event"] == "retry"
+
+
+async def test_attempts_survive_a_worker_restart(store, settings, smtp):
+    smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
+    slow = settings_for(smtp, redis_url=settings.redis_url, retry_base_delay=0.5,
+                        retry_max_delay=0.5)
+    async with running_worker(store, slow):
+        task_id = await store.enqueue(REQUEST)
+        await _wait_event(store, task_id, "retry")
+    async with running_worker(store, settings):
+        document = await wait_for_result(store, task_id)
+    assert (document["status"], document["attempts"]) == ("success", 2)
+
+
+async def test_entry_held_by_a_dead_worker_is_reclaimed(store, redis, settings, smtp):
+    await store.ensure_group()
+    task_id = await store.enqueue(REQUEST)
+    # A worker that claims the entry, counts the attempt, and dies before sending.
+    reply = await redis.xreadgroup(keys.WORKERS_GROUP, "dead-worker", {keys.QUEUE: ">"}, count=1)
+    entry_id = reply[0][1][0][0]
+    assert await store.begin_attempt(QueueEntry(entry_id, task_id)) is not None
+    async with running_worker(store, settings, claim_timeout=0.2):
+        document = await wait_for_result(store, task_id)
+    assert (document["status"], document["attempts"]) == ("success", 2)
+    assert await redis.xpending(keys.QUEUE, keys.WORKERS_GROUP) == {
+        "pending": 0, "min": None, "max": None, "consumers": []}
+
+
+async def test_interrupted_last_attempt_fails_instead_of_looping(store, redis, settings):
+    await store.ensure_group()
+    task_id = await store.enqueue(REQUEST)
+    await redis.hset(keys.task(task_id), "attempts", settings.max_attempts)
+    async with running_worker(store, settings):
+        document = await wait_for_result(store, task_id)
+    assert document["status"] == "failed"
+    assert document["attempts"] == settings.max_attempts
+
+
+async def test_transitions_carry_increasing_seq_and_terminal_state_expires(store, redis, worker):
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.EVENTS)
+    task_id = await store.enqueue(REQUEST)
+    await wait_for_result(store, task_id)
+    events = []
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while len(events) < 3 and asyncio.get_running_loop().time() < deadline:
+        # None also stands for the skipped subscribe confirmation: keep reading.
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+        if message is not None:
+            events.append(json.loads(message["data"]))
+    await pubsub.aclose()
+    assert [(e["event"], e["seq"]) for e in events] == [("queued", 1), ("attempt", 2), ("success", 3)]
+    assert [e["status"] for e in events] == ["pending", "pending", "success"]
+    ttl = await redis.ttl(keys.task(task_id))
+    assert 0 < ttl <= 7 * 24 * 3600
+
+
+async def test_outcome_of_a_stale_attempt_is_ignored(store, redis):
+    await store.ensure_group()
+    task_id = await store.enqueue(REQUEST)
+    entry_id = (await redis.xreadgroup(keys.WORKERS_GROUP, "w", {keys.QUEUE: ">"}))[0][1][0][0]
+    attempt = await store.begin_attempt(QueueEntry(entry_id, task_id))
+    stale = type(attempt)(**{**attempt.__dict__, "number": attempt.number + 5})
+    await store.succeed(stale)
+    assert json.loads(await store.result(task_id))["status"] == "pending"
+
+
+def text_of(message) -> str:
+    """The plain-text body as sent, with SMTP's CRLF line ends back to LF."""
+    return message.get_content().replace("\r\n", "\n").rstrip("\n")
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap():
+    for attempt, full in [(1, 2.0), (2, 4.0), (3, 8.0)]:
+        delays = [backoff_delay(attempt, 2.0, 600.0) for _ in range(200)]
+        assert all(full / 2 <= d <= full for d in delays)
+        assert len(set(delays)) > 1
+    assert backoff_delay(30, 2.0, 600.0) <= 600.0
+
+
+async def _wait_event(store, task_id: str, event: str, timeout: float = 10.0) -> str:
+    async def poll() -> str:
+        while True:
+            raw = await store.result(task_id)
+            if raw and json.loads(raw)["event"] == event:
+                return raw
+            await asyncio.sleep(0.005)
+
+    return await asyncio.wait_for(poll(), timeout)
