@@ -8,7 +8,9 @@
      │    └── TaskNotFound      404: unknown or expired task id
      └── DeliveryError          one SMTP attempt failed
           ├── TransientFailure  try again later (4xx, connection trouble)
-          └── PermanentFailure  the mail can never go (5xx)
+          ├── PermanentFailure  the mail can never go (5xx)
+          └── ConfigurationFailure  the owner's setup is wrong (login, TLS);
+                                    no mail can go until it is fixed
 """
 
 from __future__ import annotations
@@ -69,3 +71,7 @@ class TransientFailure(DeliveryError):
 
 class PermanentFailure(DeliveryError):
     """Another attempt would get the same answer."""
+
+
+class ConfigurationFailure(DeliveryError):
+    """The SMTP login or TLS setup failed: not this mail's fault, nor any other's."""

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from email.message import EmailMessage
 from email.utils import formatdate
 
 import aiosmtplib
 
-from .errors import DeliveryError, PermanentFailure, TransientFailure
+from .errors import ConfigurationFailure, DeliveryError, PermanentFailure, TransientFailure
 from .settings import Settings
 from .tasks import Attempt
 
 PLACEHOLDER = "{username}"
+_EXTENSION_MISSING = re.compile(r"(STARTTLS|AUTH) extension (is )?not supported")
 
 
 def render_body(body: str, username: str) -> str:
@@ -32,7 +34,13 @@ def build_message(attempt: Attempt, mail_from: str) -> EmailMessage:
 
 
 def classify(exc: Exception) -> DeliveryError:
-    """Map an aiosmtplib or network exception to a transient or permanent failure."""
+    """Map an aiosmtplib or network exception to the kind of failure it is."""
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return ConfigurationFailure(f"SMTP login refused: {exc.code} {exc.message}".strip())
+    if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
+        return ConfigurationFailure(f"TLS failed: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPException) and _EXTENSION_MISSING.search(str(exc)):
+        return ConfigurationFailure(f"the SMTP server lacks what the settings ask for: {exc}")
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         replies = [f"{r.code} {r.message}" for r in exc.recipients]
         reason = "recipient refused: " + "; ".join(replies)
@@ -41,9 +49,11 @@ def classify(exc: Exception) -> DeliveryError:
         return TransientFailure(reason)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         reason = f"{exc.code} {exc.message}".strip()
-        if exc.code >= 500 and not isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        if exc.code >= 500:
             return PermanentFailure(reason)
         return TransientFailure(reason)
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+        return PermanentFailure(f"the SMTP server cannot take this mail: {exc}")
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
         return TransientFailure(f"timed out talking to the SMTP server: {exc}")
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
