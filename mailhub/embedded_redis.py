@@ -121,12 +121,19 @@ class EmbeddedRedis:
         self.stop()
 
 
+def is_running(pid: int) -> bool:
+    """True if `pid` exists and has not exited (a zombie has exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def _wait_gone(pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not is_running(pid):
             return
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,76 @@
+"""mailhub as a real process (`python run.py ...`), started and stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mailhub.embedded_redis import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Settings a developer's shell might carry; a test process starts without them.
+_CLEARED = ("SMTP_", "REDIS_URL", "MAIL_FROM", "HOST", "PORT", "DATA_DIR", "ALLOWED_", "API_KEYS")
+
+
+def clean_env(**env: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(_CLEARED)}
+    return {**base, **env}
+
+
+class MailhubProcess:
+    """`python run.py <command>` in `cwd`; `url` is set when the web part listens."""
+
+    def __init__(self, *args: str, cwd: Path, env: dict[str, str], web: bool = True):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.web = web
+        self.log_path = cwd / f"mailhub-{self.port}.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(ROOT / "run.py"), *args, "--port", str(self.port)],
+                cwd=cwd, env=clean_env(**env), stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 20.0) -> MailhubProcess:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mailhub exited with {self.process.returncode}:\n{self.log}")
+            if self.web and _answers(self.url + "/openapi.json"):
+                return self
+            if not self.web and "started" in self.log:
+                return self
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mailhub not ready in {timeout}s:\n{self.log}")
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+    def __enter__(self) -> MailhubProcess:
+        return self.wait_ready()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
