@@ -8,7 +8,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import appkeys, inbox, openapi, views
+from . import appkeys, demo, inbox, openapi, streams, views
+from .guard import SubmitGuard
 from .middlewares import json_errors
 from .redis_client import connect
 from .settings import Settings
@@ -30,6 +31,7 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
     redis = connect(settings.redis_url)
     app[appkeys.REDIS] = redis
     app[appkeys.STORE] = TaskStore.from_settings(redis, settings)
+    app[appkeys.GUARD] = SubmitGuard(settings, redis)
     yield
     await redis.aclose()
 
@@ -42,8 +44,13 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_REQUEST_BYTES)
     app[appkeys.SETTINGS] = settings
     app.cleanup_ctx.append(_redis_context)
+    app.cleanup_ctx.append(streams.hub_context)
+    app.on_shutdown.append(streams.close_streams)
     app.router.add_post("/api/v1/email/received", views.submit)
     app.router.add_get(views.RESULT_PATH, views.result)
+    app.router.add_get(streams.SSE_PATH, streams.task_events)
+    app.router.add_get(streams.WS_PATH, streams.task_events_ws)
+    app.router.add_get(demo.DEMO_CONFIG_PATH, demo.demo_config)
     app.router.add_get("/", index)
     app.router.add_static("/static", STATIC_DIR)
     if settings.capture_mode:

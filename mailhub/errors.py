@@ -3,9 +3,13 @@
     MailhubError
      ├── SettingsError          a setting is missing or invalid; start-up stops
      ├── ApiError               a request is refused; the web layer answers JSON
-     │    ├── InvalidRequest    400: not JSON, not UTF-8, bad query
+     │    ├── InvalidRequest    400: not JSON, not UTF-8, bad header
+     │    ├── Unauthorized      401: API key missing or wrong
+     │    ├── RecipientRefused  403: address outside ALLOWED_RECIPIENTS
+     │    ├── TaskNotFound      404: unknown or expired task id
+     │    ├── IdempotencyConflict 409: key reused with another body
      │    ├── ValidationFailed  422: per-field messages
-     │    └── TaskNotFound      404: unknown or expired task id
+     │    └── RateLimited       429: too many submits from one client
      └── DeliveryError          one SMTP attempt failed
           ├── TransientFailure  try again later (4xx, connection trouble)
           ├── PermanentFailure  the mail can never go (5xx)
@@ -30,10 +34,12 @@ class ApiError(MailhubError):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, fields: dict[str, list[str]] | None = None) -> None:
+    def __init__(self, message: str, fields: dict[str, list[str]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.fields = fields
+        self.headers = headers or {}
 
     def document(self) -> dict[str, object]:
         error: dict[str, object] = {"code": self.code, "message": self.message}
@@ -55,6 +61,26 @@ class ValidationFailed(ApiError):
 class TaskNotFound(ApiError):
     status = 404
     code = "not_found"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+
+
+class RecipientRefused(ApiError):
+    status = 403
+    code = "recipient_not_allowed"
+
+
+class IdempotencyConflict(ApiError):
+    status = 409
+    code = "idempotency_conflict"
+
+
+class RateLimited(ApiError):
+    status = 429
+    code = "rate_limited"
 
 
 class DeliveryError(MailhubError):

@@ -19,3 +19,12 @@ INBOX = PREFIX + "inbox"
 def task(task_id: str) -> str:
     """Hash holding one task's request and its state."""
     return f"{PREFIX}task:{task_id}"
+
+
+#: Prefix of the rate limiter's counters (kept by the `limits` package).
+RATE_LIMITS = PREFIX + "ratelimit"
+
+
+def idempotency(key_digest: str) -> str:
+    """String holding the task id and body fingerprint of one Idempotency-Key, for 24 h."""
+    return f"{PREFIX}idempotency:{key_digest}"

@@ -31,12 +31,12 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except ApiError as exc:
-        return web.json_response(exc.document(), status=exc.status)
+        return web.json_response(exc.document(), status=exc.status, headers=exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _CODES.get(exc.status, "http_error")
-        return error_response(exc.status, code, exc.reason, )
+        return error_response(exc.status, code, exc.reason)
     except (RedisConnectionError, RedisTimeoutError) as exc:
         logger.error("Redis unavailable while serving %s %s: %s", request.method, request.path, exc)
         return error_response(503, "unavailable", "The queue is unavailable; try again shortly.")

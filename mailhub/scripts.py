@@ -45,11 +45,28 @@ local function owns_attempt(key, attempt)
 end
 """
 
-#: KEYS: task, queue. ARGV: at, then field, value pairs of the new task.
+#: KEYS: task, queue, idempotency key (the task key again when there is none).
+#: ARGV: at, body fingerprint, idempotency TTL, then field, value pairs of the task.
+#: Returns {task id, 1} when queued, {earlier task id, 0} for a repeat of the
+#: same body under the same idempotency key, {earlier task id, -1} for another body.
 ENQUEUE = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('XADD', KEYS[2], '*', 'task_id', redis.call('HGET', KEYS[1], 'task_id'))
-return emit(KEYS[1], 'queued', ARGV[1])
+local once = KEYS[3] ~= KEYS[1]
+if once then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then
+    local task_id, fingerprint = string.match(seen, '^(%S+) (.*)$')
+    if fingerprint == ARGV[2] then return {task_id, 0} end
+    return {task_id, -1}
+  end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+local task_id = redis.call('HGET', KEYS[1], 'task_id')
+redis.call('XADD', KEYS[2], '*', 'task_id', task_id)
+emit(KEYS[1], 'queued', ARGV[1])
+if once then
+  redis.call('SET', KEYS[3], task_id .. ' ' .. ARGV[2], 'EX', ARGV[3])
+end
+return {task_id, 1}
 """
 
 #: KEYS: task, queue. ARGV: entry id, at, max attempts, retention seconds.

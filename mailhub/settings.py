@@ -6,14 +6,17 @@ Every value is cast and checked once, at start-up; a bad value raises
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+from limits import parse_many
 
 from .errors import SettingsError
 
@@ -38,6 +41,8 @@ class Settings:
     smtp_pass: str = field(default="", repr=False)
     smtp_tls: str = "starttls"
     smtp_timeout: float = 30.0
+    #: Open SMTP connections kept and reused by each worker process.
+    smtp_pool_size: int = 8
     mail_from: str = "mailhub@localhost"
     max_attempts: int = 3
     #: First retry delay in seconds; each later one doubles, with jitter.
@@ -49,6 +54,26 @@ class Settings:
     shutdown_grace: float = 25.0
     result_retention: int = 7 * 24 * 3600
     log_level: str = "INFO"
+    #: Seconds between keep-alive comments on an idle SSE stream (and WebSocket pings).
+    sse_keepalive: float = 15.0
+    #: The recipient the demo form at / is prefilled with.
+    demo_recipient: str = "you@example.com"
+    #: Mail not delivered this long after it was accepted is failed, not sent late.
+    max_queue_age: int = 24 * 3600
+    #: While a login or TLS failure pauses sending, re-check the SMTP login this often.
+    smtp_recheck_interval: float = 30.0
+    #: Addresses and @domains mail may go to; ("*",) allows any (API keys then required).
+    allowed_recipients: tuple[str, ...] = ()
+    #: Bearer tokens; when any is set, every submit must carry one.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    #: Per client address, e.g. "10/minute;100/day", or "off".
+    rate_limit: str = "10/minute;100/day"
+    #: Proxies (addresses or networks) whose X-Forwarded-For is believed.
+    trusted_proxies: tuple[str, ...] = ()
+    #: Origins (scheme://host[:port]) whose pages may call the API.
+    cors_origins: tuple[str, ...] = ()
+    #: A hidden form field; a submission that fills it is dropped quietly. Empty: off.
+    honeypot_field: str = ""
 
     @property
     def capture_mode(self) -> bool:
@@ -114,6 +139,51 @@ def _address(raw: str) -> str:
     return raw
 
 
+def _list(cast: Callable[[str], str]) -> Callable[[str], tuple[str, ...]]:
+    def parse(raw: str) -> tuple[str, ...]:
+        return tuple(cast(item.strip()) for item in raw.split(",") if item.strip())
+
+    return parse
+
+
+def _recipient(raw: str) -> str:
+    if raw == "*" or (raw.startswith("@") and "." in raw) or "@" in raw[1:]:
+        return raw.lower()
+    raise ValueError(f"{raw!r} is neither an address, an @domain nor *")
+
+
+def _network(raw: str) -> str:
+    return str(ipaddress.ip_network(raw, strict=False))
+
+
+def _origin(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        raise ValueError(f"{raw!r} is not an origin like https://www.example.com")
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _rate_limit(raw: str) -> str:
+    if raw.lower() == "off":
+        return "off"
+    parse_many(raw)
+    return raw
+
+
+def _check_abuse_settings(settings: Settings) -> None:
+    """Refuse to start as an open relay through the owner's SMTP account."""
+    if settings.capture_mode:
+        return
+    if not settings.allowed_recipients:
+        raise SettingsError(
+            "ALLOWED_RECIPIENTS is empty: with a real SMTP server anyone could send mail "
+            "through your account; list the addresses or @domains mail may go to "
+            "(or set ALLOWED_RECIPIENTS=* together with API_KEYS)")
+    if "*" in settings.allowed_recipients and not settings.api_keys:
+        raise SettingsError("ALLOWED_RECIPIENTS=* lets a submit reach any address, so API_KEYS "
+                            "must be set: every submit then needs one")
+
+
 def _parse(env: _Reader) -> Settings:
     d = Settings()
     smtp_host = env.get("SMTP_HOST", str, d.smtp_host)
@@ -134,6 +204,7 @@ def _parse(env: _Reader) -> Settings:
         smtp_pass=smtp_pass,
         smtp_tls=env.get("SMTP_TLS", _choice(*TLS_MODES), default_tls),
         smtp_timeout=env.get("SMTP_TIMEOUT", _positive(float), d.smtp_timeout),
+        smtp_pool_size=env.get("SMTP_POOL_SIZE", _positive(int), d.smtp_pool_size),
         mail_from=env.get("MAIL_FROM", _address, smtp_user or d.mail_from),
         max_attempts=env.get("MAX_ATTEMPTS", _positive(int), d.max_attempts),
         retry_base_delay=env.get("RETRY_BASE_DELAY", _positive(float), d.retry_base_delay),
@@ -143,7 +214,19 @@ def _parse(env: _Reader) -> Settings:
         shutdown_grace=env.get("SHUTDOWN_GRACE", _positive(float), d.shutdown_grace),
         result_retention=env.get("RESULT_RETENTION", _positive(int), d.result_retention),
         log_level=env.get("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info").upper(),
+        sse_keepalive=env.get("SSE_KEEPALIVE", _positive(float), d.sse_keepalive),
+        demo_recipient=env.get("DEMO_RECIPIENT", _address, d.demo_recipient),
+        max_queue_age=env.get("MAX_QUEUE_AGE", _positive(int), d.max_queue_age),
+        smtp_recheck_interval=env.get("SMTP_RECHECK_INTERVAL", _positive(float),
+                                      d.smtp_recheck_interval),
+        allowed_recipients=env.get("ALLOWED_RECIPIENTS", _list(_recipient), ()),
+        api_keys=env.get("API_KEYS", _list(str), ()),
+        rate_limit=env.get("RATE_LIMIT", _rate_limit, d.rate_limit),
+        trusted_proxies=env.get("TRUSTED_PROXIES", _list(_network), ()),
+        cors_origins=env.get("CORS_ORIGINS", _list(_origin), ()),
+        honeypot_field=env.get("HONEYPOT_FIELD", str, d.honeypot_field),
     )
+    _check_abuse_settings(settings)
     if settings.smtp_timeout >= settings.claim_timeout:
         raise SettingsError("CLAIM_TIMEOUT must be longer than SMTP_TIMEOUT, or a slow send is taken over")
     return settings

@@ -7,7 +7,10 @@ architecture section for the state machine.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hashlib
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import keys, scripts
+from .errors import IdempotencyConflict
 from .settings import Settings
 
 
@@ -31,6 +35,8 @@ class TaskState(str, enum.Enum):
 
 
 TERMINAL_STATES = frozenset({TaskState.SUCCESS, TaskState.FAILED})
+#: An Idempotency-Key is remembered this long (seconds).
+IDEMPOTENCY_TTL = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -88,8 +94,12 @@ class TaskStore:
         return cls(redis, retention=settings.result_retention,
                    max_attempts=settings.max_attempts, message_id_domain=domain)
 
-    async def enqueue(self, request: EmailRequest) -> str:
-        """Store a new task and queue it in one step; returns its id."""
+    async def enqueue(self, request: EmailRequest, idempotency_key: str | None = None) -> str:
+        """Store a new task and queue it in one step; returns its id.
+
+        With an `idempotency_key` seen in the last 24 h, returns the earlier
+        task's id instead, or raises `IdempotencyConflict` if the body differs.
+        """
         task_id = str(uuid.uuid4())
         fields = {
             "task_id": task_id,
@@ -102,10 +112,19 @@ class TaskStore:
             "state": TaskState.QUEUED.value,
             "attempts": 0,
             "created_at": now_iso(),
+            "created_ts": int(time.time()),
         }
+        once_key = keys.task(task_id)
+        if idempotency_key is not None:
+            once_key = keys.idempotency(_digest(idempotency_key))
         flat = [item for pair in fields.items() for item in pair]
-        await self._enqueue(keys=[keys.task(task_id), keys.QUEUE], args=[now_iso(), *flat])
-        return task_id
+        task_id, outcome = await self._enqueue(
+            keys=[keys.task(task_id), keys.QUEUE, once_key],
+            args=[now_iso(), _fingerprint(request), IDEMPOTENCY_TTL, *flat],
+        )
+        if int(outcome) < 0:
+            raise IdempotencyConflict("This Idempotency-Key was already used with another body.")
+        return _text(task_id)
 
     async def result(self, task_id: str) -> str | None:
         """The task's result document as JSON text, or None if unknown or expired."""
@@ -160,6 +179,14 @@ class TaskStore:
         """Epoch seconds of the earliest scheduled retry, if any."""
         first = await self.redis.zrange(keys.RETRIES, 0, 0, withscores=True)
         return first[0][1] / 1000 if first else None
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _fingerprint(request: EmailRequest) -> str:
+    return _digest(json.dumps(dataclasses.astuple(request), ensure_ascii=False))
 
 
 def _text(value: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 
 from aiohttp import web
@@ -14,6 +15,9 @@ from .schemas import EmailRequestSchema, TaskQuerySchema
 from .tasks import EmailRequest
 
 RESULT_PATH = "/api/v1/email/result"
+MAX_IDEMPOTENCY_KEY = 255
+
+logger = logging.getLogger(__name__)
 
 _request_schema = EmailRequestSchema()
 _query_schema = TaskQuerySchema()
@@ -51,11 +55,31 @@ def _flatten(message: object) -> list[str]:
 
 async def submit(request: web.Request) -> web.Response:
     """Queue an email; answer at once with its task id."""
-    data = validated(_request_schema, await read_json(request))
-    task_id = await request.app[appkeys.STORE].enqueue(EmailRequest(**data))
+    guard = request.app[appkeys.GUARD]
+    guard.check_api_key(request.headers)
+    await guard.check_rate(guard.client_address(request.remote, request.headers))
+    payload = await read_json(request)
+    if guard.is_spam(payload):
+        logger.warning("honeypot filled by %s: dropped quietly", request.remote)
+        return _queued(str(uuid.uuid4()))
+    data = validated(_request_schema, guard.strip_honeypot(payload))
+    guard.check_recipient(data["to"])
+    key = idempotency_key(request)
+    task_id = await request.app[appkeys.STORE].enqueue(EmailRequest(**data), key)
+    return _queued(task_id)
+
+
+def _queued(task_id: str) -> web.Response:
     return web.json_response(
         {"task_id": task_id, "status": "queued", "result_url": f"{RESULT_PATH}?task_id={task_id}"}
     )
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable()):
+        raise InvalidRequest(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters.")
+    return key
 
 
 def task_id_from_query(request: web.Request) -> str:

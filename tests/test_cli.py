@@ -58,10 +58,11 @@ async def test_zero_config_run_delivers_to_the_dev_inbox(tmp_path):
     assert valkey and not any(is_running(pid) for pid in valkey)
 
 
-async def test_split_web_and_two_workers_share_one_redis(tmp_path, valkey, smtp):
+async def test_split_web_and_two_workers_share_one_redis(tmp_path, valkey, redis, smtp):
     env = {"REDIS_URL": valkey.url, "SMTP_HOST": smtp.host, "SMTP_PORT": str(smtp.port),
            "SMTP_TLS": "starttls", "SMTP_USER": smtp.user, "SMTP_PASS": smtp.password,
-           "SSL_CERT_FILE": str(smtp.ca_file), "MAIL_FROM": "noreply@example.com"}
+           "SSL_CERT_FILE": str(smtp.ca_file), "MAIL_FROM": "noreply@example.com",
+           "ALLOWED_RECIPIENTS": "@example.com", "RATE_LIMIT": "off"}
     with MailhubProcess("worker", cwd=tmp_path, env=env, web=False), \
             MailhubProcess("worker", cwd=tmp_path, env=env, web=False), \
             MailhubProcess("web", cwd=tmp_path, env=env) as web:
