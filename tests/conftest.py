@@ -70,7 +70,7 @@ def settings_for(smtp: SmtpServer, **overrides: Any) -> Settings:
         smtp_host=smtp.host, smtp_port=smtp.port, smtp_tls=smtp.tls,
         smtp_user=smtp.user or "", smtp_pass=smtp.password or "",
         mail_from="Site <noreply@example.com>", retry_base_delay=0.02, retry_max_delay=0.1,
-        smtp_timeout=5.0,
+        smtp_timeout=5.0, allowed_recipients=("*",), rate_limit="off",
     )
     values.update(overrides)
     return Settings(**values)
