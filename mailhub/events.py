@@ -1,0 +1,254 @@
+"""Live task events: one Redis pub/sub connection per process, fanned out.
+
+The Lua scripts of `scripts` publish every transition on `keys.EVENTS`.
+An `EventHub` holds the process's only subscription to that channel and
+hands each event to the in-process `Subscription`s of its task (one per SSE
+stream, one per task a WebSocket follows). `follow` turns a subscription
+into the exact sequence a client must see: the current state, then every
+newer transition, each once, in order, until a terminal one.
+
+Nothing here imports aiohttp: the web layer passes a Redis client in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from . import keys
+from .tasks import TERMINAL_STATES, TaskStore
+
+logger = logging.getLogger(__name__)
+
+_TERMINAL = frozenset(state.value for state in TERMINAL_STATES)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One published result document of a task (the JSON text, and what routing needs)."""
+
+    task_id: str
+    seq: int
+    status: str
+    data: str
+
+    @classmethod
+    def parse(cls, data: str) -> Event:
+        """Read a result document; ValueError if it is not one."""
+        try:
+            doc = json.loads(data)
+            return cls(str(doc["task_id"]), int(doc["seq"]), str(doc["status"]), data)
+        except (TypeError, KeyError) as exc:
+            raise ValueError(f"not a task event: {data[:200]!r}") from exc
+
+    @property
+    def terminal(self) -> bool:
+        """True for the last event a task will ever have (success or failed)."""
+        return self.status in _TERMINAL
+
+
+class Signal(enum.Enum):
+    """What a subscription may receive besides events."""
+
+    RESYNC = "resync"  #: events may have been lost (reconnect, overflow): re-read the stored state
+    CLOSED = "closed"  #: the subscription is over; nothing more will come
+
+
+class Subscription:
+    """The events of one task for one client, in publish order.
+
+    Use it as a context manager, or call `close()`: the hub forgets it at once.
+    """
+
+    def __init__(self, hub: EventHub, task_id: str, maxsize: int) -> None:
+        self.task_id = task_id
+        self._hub = hub
+        self._queue: asyncio.Queue[Event | Signal] = asyncio.Queue(maxsize)
+        self.closed = False
+
+    async def get(self, timeout: float | None = None) -> Event | Signal | None:
+        """The next event or signal; None if `timeout` seconds pass without one."""
+        if timeout is None:
+            return await self._queue.get()
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._queue.get()
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        """Stop receiving; a pending or later `get()` returns `Signal.CLOSED`."""
+        if self.closed:
+            return
+        self.closed = True
+        self._hub._forget(self)
+        self._put(Signal.CLOSED)
+
+    def _put(self, item: Event | Signal) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            # A client this far behind skips to the stored state instead of
+            # holding an unbounded backlog in the server's memory.
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(Signal.CLOSED if item is Signal.CLOSED else Signal.RESYNC)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class EventHub:
+    """The process's one subscription to the events channel, shared by all clients."""
+
+    def __init__(
+        self, redis: Redis, *, channel: str = keys.EVENTS, queue_size: int = 64,
+        backoff_base: float = 0.1, backoff_cap: float = 5.0,
+    ) -> None:
+        self.redis = redis
+        self.channel = channel
+        self.queue_size = queue_size
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self._topics: dict[str, set[Subscription]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        #: How many times the channel was (re)subscribed; each one after the first is a reconnect.
+        self.connections = 0
+
+    @property
+    def subscription_count(self) -> int:
+        """Open subscriptions, over all tasks."""
+        return sum(len(subs) for subs in self._topics.values())
+
+    @property
+    def task_count(self) -> int:
+        """Tasks with at least one open subscription."""
+        return len(self._topics)
+
+    def subscribe(self, task_id: str) -> Subscription:
+        """Start receiving the events of `task_id` (subscribe, then read the stored state)."""
+        subscription = Subscription(self, task_id, self.queue_size)
+        self._topics.setdefault(task_id, set()).add(subscription)
+        return subscription
+
+    def _forget(self, subscription: Subscription) -> None:
+        subs = self._topics.get(subscription.task_id)
+        if subs is not None:
+            subs.discard(subscription)
+            if not subs:
+                del self._topics[subscription.task_id]
+
+    async def start(self) -> None:
+        """Start listening in the background; see `wait_ready`."""
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(), name="event-hub")
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until the channel is subscribed; False if `timeout` passed first."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
+            return True
+        except TimeoutError:
+            return False
+
+    async def stop(self) -> None:
+        """Stop listening and close every subscription."""
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
+        for subs in list(self._topics.values()):
+            for subscription in list(subs):
+                subscription.close()
+
+    async def _listen(self) -> None:
+        failures = 0
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is None:
+                        continue  # a health-check reply
+                    if message["type"] == "subscribe":
+                        failures = 0
+                        self._on_subscribed()
+                    elif message["type"] == "message":
+                        self._dispatch(message["data"])
+            except Exception as exc:  # noqa: BLE001 - the hub must outlive any Redis trouble
+                self._ready.clear()
+                failures += 1
+                delay = min(self.backoff_cap, self.backoff_base * 2 ** (failures - 1))
+                logger.warning("event hub lost Redis (%s); reconnecting in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+            finally:
+                await pubsub.aclose()
+
+    def _on_subscribed(self) -> None:
+        # Also sent when redis-py reconnects on its own: every (re)subscription
+        # may follow a gap, so every open subscription re-reads the stored state.
+        self.connections += 1
+        if self.connections > 1:
+            logger.info("event hub resubscribed; %d clients resync", self.subscription_count)
+        self._ready.set()
+        for subs in list(self._topics.values()):
+            for subscription in subs:
+                subscription._put(Signal.RESYNC)
+
+    def _dispatch(self, data: str) -> None:
+        try:
+            event = Event.parse(data)
+        except ValueError:
+            logger.warning("ignoring a malformed message on %s: %.200r", self.channel, data)
+            return
+        for subscription in self._topics.get(event.task_id, ()):
+            subscription._put(event)
+
+
+async def follow(
+    subscription: Subscription, store: TaskStore, first: Event, *, after: int = 0,
+    alive: Callable[[], bool] | None = None, idle: float = 1.0,
+) -> AsyncIterator[Event]:
+    """Yield `first`, then every newer event of the task, each once, in order.
+
+    `first` is the stored state read *after* subscribing, so nothing published
+    in between is lost; events whose seq is not above the last one yielded
+    (or `after`, a client's Last-Event-ID) are dropped. Ends after a terminal
+    event, when the subscription closes, when the task's state expires, or
+    when `alive()` (asked every `idle` quiet seconds) turns False.
+    """
+    last = after
+    event: Event | None = first
+    while True:
+        if event is not None:
+            if event.seq > last:
+                last = event.seq
+                yield event
+            if event.terminal:
+                return
+        item = await subscription.get(timeout=idle if alive else None)
+        if item is None:
+            if alive is not None and not alive():
+                return
+            event = None
+        elif item is Signal.CLOSED:
+            return
+        elif item is Signal.RESYNC:
+            stored = await store.result(subscription.task_id)
+            if stored is None:
+                return
+            event = Event.parse(stored)
+        else:
+            event = item

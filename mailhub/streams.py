@@ -1,0 +1,219 @@
+"""Live task status over Server-Sent Events and WebSocket.
+
+Both endpoints send the documents of `GET /api/v1/email/result` (plus `seq`,
+`event`, `at`) as they change, through the process's one `EventHub`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+import weakref
+from collections.abc import AsyncIterator
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp_sse import EventSourceResponse, sse_response
+
+from . import appkeys
+from .errors import ApiError, InvalidRequest, TaskNotFound
+from .events import Event, EventHub, Subscription, follow
+from .tasks import TaskStore
+from .views import task_id_from_query
+
+logger = logging.getLogger(__name__)
+
+SSE_PATH = "/api/v1/email/events"
+WS_PATH = "/api/v1/email/ws"
+#: How often a quiet SSE stream checks that its client is still connected.
+LIVENESS_INTERVAL = 1.0
+#: Tasks one WebSocket may follow at once.
+MAX_WS_SUBSCRIPTIONS = 100
+MAX_WS_MESSAGE = 4096
+
+
+class _Unavailable(ApiError):
+    status = 503
+    code = "unavailable"
+
+
+async def hub_context(app: web.Application) -> AsyncIterator[None]:
+    """Run the process's event hub (after the Redis context) and track open streams."""
+    hub = EventHub(app[appkeys.REDIS])
+    app[appkeys.EVENT_HUB] = hub
+    app[appkeys.STREAMS] = weakref.WeakSet()
+    await hub.start()
+    if not await hub.wait_ready(timeout=2.0):
+        logger.warning("event hub not subscribed yet; live status resumes once Redis answers")
+    yield
+    await hub.stop()
+
+
+async def close_streams(app: web.Application) -> None:
+    """on_shutdown: end every open stream, so the server stops promptly."""
+    for stream in list(app[appkeys.STREAMS]):
+        if isinstance(stream, web.WebSocketResponse):
+            await stream.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+        elif isinstance(stream, EventSourceResponse):
+            stream.stop_streaming()
+
+
+class _TaskEventSource(EventSourceResponse):
+    """An SSE response whose stop_streaming() also ends the stream's subscription."""
+
+    subscription: Subscription | None = None
+
+    def stop_streaming(self) -> None:
+        super().stop_streaming()
+        if self.subscription is not None:
+            self.subscription.close()
+
+
+def _last_event_id(request: web.Request) -> int:
+    raw = request.headers.get("Last-Event-ID", "").strip()
+    return int(raw) if raw.isdigit() and len(raw) < 19 else 0
+
+
+async def _current(store: TaskStore, task_id: str) -> Event:
+    stored = await store.result(task_id)
+    if stored is None:
+        raise TaskNotFound(f"No task {task_id}: it never existed or its result expired.")
+    return Event.parse(stored)
+
+
+def _connected(request: web.Request, response: EventSourceResponse) -> bool:
+    transport = request.transport
+    return response.is_connected() and transport is not None and not transport.is_closing()
+
+
+async def task_events(request: web.Request) -> web.StreamResponse:
+    """SSE: the task's current state, then each transition (`id:` = seq) until a terminal one."""
+    task_id = task_id_from_query(request)
+    store, hub = request.app[appkeys.STORE], request.app[appkeys.EVENT_HUB]
+    after = _last_event_id(request)
+    with hub.subscribe(task_id) as subscription:
+        first = await _current(store, task_id)
+        if first.terminal and first.seq <= after:
+            # Everything was seen: 204 tells EventSource to stop reconnecting.
+            return web.Response(status=204)
+        keepalive = request.app[appkeys.SETTINGS].sse_keepalive
+        async with sse_response(request, ping_interval=keepalive,
+                                response_cls=_TaskEventSource) as stream:
+            stream.subscription = subscription
+            request.app[appkeys.STREAMS].add(stream)
+            events = follow(subscription, store, first, after=after,
+                            alive=lambda: _connected(request, stream), idle=LIVENESS_INTERVAL)
+            async with contextlib.aclosing(events):
+                with contextlib.suppress(ConnectionError, TimeoutError):  # the client left
+                    async for event in events:
+                        await stream.send(event.data, id=str(event.seq))
+    return stream
+
+
+async def task_events_ws(request: web.Request) -> web.WebSocketResponse:
+    """WebSocket: `{"subscribe": id}` / `{"unsubscribe": id}` in, result documents out."""
+    keepalive = request.app[appkeys.SETTINGS].sse_keepalive
+    ws = web.WebSocketResponse(heartbeat=keepalive, max_msg_size=MAX_WS_MESSAGE)
+    await ws.prepare(request)
+    request.app[appkeys.STREAMS].add(ws)
+    session = _WsSession(ws, request.app[appkeys.EVENT_HUB], request.app[appkeys.STORE])
+    try:
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                await session.handle(message.data)
+            else:
+                await session.error(InvalidRequest("Send JSON text messages."))
+    finally:
+        await session.close()
+    return ws
+
+
+class _WsSession:
+    """One socket's followed tasks: one `follow` loop per task id."""
+
+    def __init__(self, ws: web.WebSocketResponse, hub: EventHub, store: TaskStore) -> None:
+        self.ws = ws
+        self.hub = hub
+        self.store = store
+        self.followers: dict[str, asyncio.Task[None]] = {}
+
+    async def handle(self, text: str) -> None:
+        """Act on one client message; anything wrong is answered with an error message."""
+        task_id = None
+        try:
+            action, task_id = _parse_command(text)
+            if action == "subscribe":
+                await self.subscribe(task_id)
+            else:
+                await self.unsubscribe(task_id)
+        except ApiError as exc:
+            await self.error(exc, task_id)
+
+    async def subscribe(self, task_id: str) -> None:
+        """Send the task's current state, then its transitions; ApiError if unknown."""
+        if task_id in self.followers:
+            return
+        if len(self.followers) >= MAX_WS_SUBSCRIPTIONS:
+            raise InvalidRequest(f"At most {MAX_WS_SUBSCRIPTIONS} tasks per connection.")
+        subscription = self.hub.subscribe(task_id)
+        try:
+            first = await _current(self.store, task_id)
+        except BaseException:
+            subscription.close()
+            raise
+        self.followers[task_id] = asyncio.create_task(self._forward(subscription, first))
+
+    async def unsubscribe(self, task_id: str) -> None:
+        """Stop following the task (nothing happens if it was not followed)."""
+        follower = self.followers.pop(task_id, None)
+        if follower is not None:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+
+    async def _forward(self, subscription: Subscription, first: Event) -> None:
+        try:
+            with subscription:
+                async with contextlib.aclosing(follow(subscription, self.store, first)) as events:
+                    async for event in events:
+                        await self.ws.send_str(event.data)
+        except ConnectionError:
+            pass  # the socket closed under us; the reader loop ends the session
+        except Exception:  # noqa: BLE001 - one task's trouble must not end the socket
+            logger.exception("task %s: live updates over WebSocket stopped", subscription.task_id)
+            await self.error(_Unavailable("Live updates stopped; read the result instead."),
+                             subscription.task_id)
+        finally:
+            if self.followers.get(subscription.task_id) is asyncio.current_task():
+                del self.followers[subscription.task_id]
+
+    async def error(self, exc: ApiError, task_id: str | None = None) -> None:
+        document = exc.document()
+        if task_id is not None:
+            document["error"]["task_id"] = task_id  # type: ignore[index]
+        if not self.ws.closed:
+            with contextlib.suppress(ConnectionError):
+                await self.ws.send_json(document)
+
+    async def close(self) -> None:
+        followers = list(self.followers.values())
+        self.followers.clear()
+        for follower in followers:
+            follower.cancel()
+        await asyncio.gather(*followers, return_exceptions=True)
+
+
+def _parse_command(text: str) -> tuple[str, str]:
+    try:
+        command = json.loads(text)
+    except ValueError:
+        raise InvalidRequest("Not valid JSON.") from None
+    if not isinstance(command, dict) or len(command) != 1 or \
+            next(iter(command)) not in ("subscribe", "unsubscribe"):
+        raise InvalidRequest('Send {"subscribe": "<task_id>"} or {"unsubscribe": "<task_id>"}.')
+    action, raw = next(iter(command.items()))
+    try:
+        return action, str(uuid.UUID(raw))
+    except (TypeError, ValueError, AttributeError):
+        raise InvalidRequest("Not a valid task id (a UUID).") from None
