@@ -7,7 +7,8 @@ stream, one per task a WebSocket follows). `follow` turns a subscription
 into the exact sequence a client must see: the current state, then every
 newer transition, each once, in order, until a terminal one.
 
-Nothing here imports aiohttp: the web layer passes a Redis client in.
+Nothing here imports aiohttp: the web layer passes the task store (and so
+its Redis client) in.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class Subscription:
 
     def __init__(self, hub: EventHub, task_id: str, maxsize: int) -> None:
         self.task_id = task_id
-        self._hub = hub
+        self.hub = hub
         self._queue: asyncio.Queue[Event | Signal] = asyncio.Queue(maxsize)
         self.closed = False
 
@@ -87,7 +88,7 @@ class Subscription:
         if self.closed:
             return
         self.closed = True
-        self._hub._forget(self)
+        self.hub._forget(self)
         self._put(Signal.CLOSED)
 
     def _put(self, item: Event | Signal) -> None:
@@ -111,12 +112,16 @@ class EventHub:
     """The process's one subscription to the events channel, shared by all clients."""
 
     def __init__(
-        self, redis: Redis, *, channel: str = keys.EVENTS, queue_size: int = 64,
-        backoff_base: float = 0.1, backoff_cap: float = 5.0,
+        self, store: TaskStore, *, channel: str = keys.EVENTS, queue_size: int = 64,
+        read_limit: int = 32, backoff_base: float = 0.1, backoff_cap: float = 5.0,
     ) -> None:
-        self.redis = redis
+        self.store = store
+        self.redis: Redis = store.redis
         self.channel = channel
         self.queue_size = queue_size
+        # A burst of clients connecting (or all of them resyncing) reads the
+        # stored states a few at a time instead of failing on an exhausted pool.
+        self._reads = asyncio.Semaphore(read_limit)
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self._topics: dict[str, set[Subscription]] = {}
@@ -140,6 +145,12 @@ class EventHub:
         subscription = Subscription(self, task_id, self.queue_size)
         self._topics.setdefault(task_id, set()).add(subscription)
         return subscription
+
+    async def current(self, task_id: str) -> Event | None:
+        """The task's stored state, or None if it is unknown or expired."""
+        async with self._reads:
+            stored = await self.store.result(task_id)
+        return None if stored is None else Event.parse(stored)
 
     def _forget(self, subscription: Subscription) -> None:
         subs = self._topics.get(subscription.task_id)
@@ -218,14 +229,15 @@ class EventHub:
 
 
 async def follow(
-    subscription: Subscription, store: TaskStore, first: Event, *, after: int = 0,
+    subscription: Subscription, first: Event, *, after: int = 0,
     alive: Callable[[], bool] | None = None, idle: float = 1.0,
 ) -> AsyncIterator[Event]:
     """Yield `first`, then every newer event of the task, each once, in order.
 
-    `first` is the stored state read *after* subscribing, so nothing published
-    in between is lost; events whose seq is not above the last one yielded
-    (or `after`, a client's Last-Event-ID) are dropped. Ends after a terminal
+    `first` is the stored state read *after* subscribing (`EventHub.current`),
+    so nothing published in between is lost; events whose seq is not above
+    the last one yielded (or `after`, a client's Last-Event-ID) are dropped.
+    Ends after a terminal
     event, when the subscription closes, when the task's state expires, or
     when `alive()` (asked every `idle` quiet seconds) turns False.
     """
@@ -246,9 +258,8 @@ async def follow(
         elif item is Signal.CLOSED:
             return
         elif item is Signal.RESYNC:
-            stored = await store.result(subscription.task_id)
-            if stored is None:
+            event = await subscription.hub.current(subscription.task_id)
+            if event is None:
                 return
-            event = Event.parse(stored)
         else:
             event = item

@@ -65,7 +65,53 @@ def build_spec() -> dict[str, Any]:
             "503": _error("Queue unavailable"),
         },
     }})
+    _add_live_paths(spec)
     return spec.to_dict()
+
+
+_TASK_ID_PARAM = {"name": "task_id", "in": "query", "required": True,
+                  "schema": {"type": "string", "format": "uuid", "maxLength": schemas.MAX_TASK_ID}}
+
+
+def _add_live_paths(spec: APISpec) -> None:
+    """The SSE and WebSocket endpoints (OpenAPI can only describe their handshake)."""
+    spec.path(path="/api/v1/email/events", operations={"get": {
+        "summary": "Follow a task live (Server-Sent Events)",
+        "description": (
+            "Sends the task's current result document, then one event per transition, "
+            "until `success` or `failed`, then closes. Each event's `data` is a Result "
+            "document and its `id` is the document's `seq`; a reconnect with "
+            "`Last-Event-ID` resumes after it. Comments (`: ping`) keep idle streams open."),
+        "parameters": [_TASK_ID_PARAM,
+                       {"name": "Last-Event-ID", "in": "header", "required": False,
+                        "schema": {"type": "integer", "minimum": 0},
+                        "description": "Skip events up to this seq."}],
+        "responses": {
+            "200": {"description": "An event stream of Result documents",
+                    "content": {"text/event-stream": {"schema": {"type": "string"},
+                                                      "example": 'id: 1\ndata: {"seq": 1, ...}\n\n'}}},
+            "204": {"description": "Last-Event-ID already covers the final state: nothing more"},
+            "404": _error("Unknown or expired task id"),
+            "422": _error("Missing or malformed task id"),
+            "503": _error("Queue unavailable"),
+        },
+    }})
+    spec.path(path="/api/v1/email/ws", operations={"get": {
+        "summary": "Follow tasks live (WebSocket)",
+        "description": (
+            'Send `{"subscribe": "<task_id>"}` (several per connection) and '
+            '`{"unsubscribe": "<task_id>"}` as text messages. The server sends each '
+            "followed task's current Result document, then one per transition until a "
+            'final one. Mistakes are answered with `{"error": {"code", "message", '
+            '"task_id"?}}` and the connection stays open.'),
+        "responses": {"101": {"description": "Switching to the WebSocket protocol"},
+                      "400": _error("Not a WebSocket handshake")},
+    }})
+    spec.path(path="/api/v1/demo-config", operations={"get": {
+        "summary": "Settings of the bundled demo form",
+        "responses": {"200": {"description": "`recipient` to prefill; `inbox_url` in capture mode",
+                              "content": {"application/json": {"schema": {"type": "object"}}}}},
+    }})
 
 
 def setup(app: web.Application) -> None:

@@ -20,7 +20,6 @@ from aiohttp_sse import EventSourceResponse, sse_response
 from . import appkeys
 from .errors import ApiError, InvalidRequest, TaskNotFound
 from .events import Event, EventHub, Subscription, follow
-from .tasks import TaskStore
 from .views import task_id_from_query
 
 logger = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ class _Unavailable(ApiError):
 
 async def hub_context(app: web.Application) -> AsyncIterator[None]:
     """Run the process's event hub (after the Redis context) and track open streams."""
-    hub = EventHub(app[appkeys.REDIS])
+    hub = EventHub(app[appkeys.STORE])
     app[appkeys.EVENT_HUB] = hub
     app[appkeys.STREAMS] = weakref.WeakSet()
     await hub.start()
@@ -76,11 +75,11 @@ def _last_event_id(request: web.Request) -> int:
     return int(raw) if raw.isdigit() and len(raw) < 19 else 0
 
 
-async def _current(store: TaskStore, task_id: str) -> Event:
-    stored = await store.result(task_id)
-    if stored is None:
+async def _current(hub: EventHub, task_id: str) -> Event:
+    event = await hub.current(task_id)
+    if event is None:
         raise TaskNotFound(f"No task {task_id}: it never existed or its result expired.")
-    return Event.parse(stored)
+    return event
 
 
 def _connected(request: web.Request, response: EventSourceResponse) -> bool:
@@ -91,10 +90,10 @@ def _connected(request: web.Request, response: EventSourceResponse) -> bool:
 async def task_events(request: web.Request) -> web.StreamResponse:
     """SSE: the task's current state, then each transition (`id:` = seq) until a terminal one."""
     task_id = task_id_from_query(request)
-    store, hub = request.app[appkeys.STORE], request.app[appkeys.EVENT_HUB]
+    hub = request.app[appkeys.EVENT_HUB]
     after = _last_event_id(request)
     with hub.subscribe(task_id) as subscription:
-        first = await _current(store, task_id)
+        first = await _current(hub, task_id)
         if first.terminal and first.seq <= after:
             # Everything was seen: 204 tells EventSource to stop reconnecting.
             return web.Response(status=204)
@@ -103,7 +102,7 @@ async def task_events(request: web.Request) -> web.StreamResponse:
                                 response_cls=_TaskEventSource) as stream:
             stream.subscription = subscription
             request.app[appkeys.STREAMS].add(stream)
-            events = follow(subscription, store, first, after=after,
+            events = follow(subscription, first, after=after,
                             alive=lambda: _connected(request, stream), idle=LIVENESS_INTERVAL)
             async with contextlib.aclosing(events):
                 with contextlib.suppress(ConnectionError, TimeoutError):  # the client left
@@ -118,7 +117,7 @@ async def task_events_ws(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=keepalive, max_msg_size=MAX_WS_MESSAGE)
     await ws.prepare(request)
     request.app[appkeys.STREAMS].add(ws)
-    session = _WsSession(ws, request.app[appkeys.EVENT_HUB], request.app[appkeys.STORE])
+    session = _WsSession(ws, request.app[appkeys.EVENT_HUB])
     try:
         async for message in ws:
             if message.type == WSMsgType.TEXT:
@@ -133,10 +132,9 @@ async def task_events_ws(request: web.Request) -> web.WebSocketResponse:
 class _WsSession:
     """One socket's followed tasks: one `follow` loop per task id."""
 
-    def __init__(self, ws: web.WebSocketResponse, hub: EventHub, store: TaskStore) -> None:
+    def __init__(self, ws: web.WebSocketResponse, hub: EventHub) -> None:
         self.ws = ws
         self.hub = hub
-        self.store = store
         self.followers: dict[str, asyncio.Task[None]] = {}
 
     async def handle(self, text: str) -> None:
@@ -159,7 +157,7 @@ class _WsSession:
             raise InvalidRequest(f"At most {MAX_WS_SUBSCRIPTIONS} tasks per connection.")
         subscription = self.hub.subscribe(task_id)
         try:
-            first = await _current(self.store, task_id)
+            first = await _current(self.hub, task_id)
         except BaseException:
             subscription.close()
             raise
@@ -175,7 +173,7 @@ class _WsSession:
     async def _forward(self, subscription: Subscription, first: Event) -> None:
         try:
             with subscription:
-                async with contextlib.aclosing(follow(subscription, self.store, first)) as events:
+                async with contextlib.aclosing(follow(subscription, first)) as events:
                     async for event in events:
                         await self.ws.send_str(event.data)
         except ConnectionError:

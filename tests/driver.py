@@ -1,0 +1,62 @@
+"""Drive a task through its transitions by hand, one Lua script at a time.
+
+Live-status tests use it where the real worker would make the timing of a
+transition a race: each call returns once the transition is published.
+"""
+
+from __future__ import annotations
+
+from mailhub import keys
+from mailhub.tasks import Attempt, EmailRequest, QueueEntry, TaskStore
+
+REQUEST = EmailRequest(to="user@example.com", subject="Hello", body="Hi {username}!",
+                       username="Kim")
+
+
+class TaskDriver:
+    """One task, moved by the test: queued, attempt, retry, attempt, success or failed."""
+
+    def __init__(self, store: TaskStore) -> None:
+        self.store = store
+        self.task_id = ""
+        self.attempt: Attempt | None = None
+
+    async def enqueue(self, request: EmailRequest = REQUEST) -> str:
+        """Event 1 (queued)."""
+        await self.store.ensure_group()
+        self.task_id = await self.store.enqueue(request)
+        return self.task_id
+
+    async def begin_attempt(self) -> Attempt:
+        """The next attempt starts (event attempt)."""
+        await self.store.promote_due_retries()
+        reply = await self.store.redis.xreadgroup(keys.WORKERS_GROUP, "driver",
+                                                  {keys.QUEUE: ">"}, count=1, block=1000)
+        [(_, [(entry_id, fields)])] = reply
+        assert fields["task_id"] == self.task_id
+        attempt = await self.store.begin_attempt(QueueEntry(entry_id, self.task_id))
+        assert attempt is not None
+        self.attempt = attempt
+        return attempt
+
+    async def retry(self, error: str = "451 4.7.1 try again later") -> None:
+        """The attempt failed; the next one is due at once (event retry)."""
+        assert self.attempt is not None
+        await self.store.retry_later(self.attempt, 0.0, error)
+
+    async def succeed(self) -> None:
+        """Event success."""
+        assert self.attempt is not None
+        await self.store.succeed(self.attempt)
+
+    async def fail(self, reason: str = "failed after 1 attempt: 550 5.1.1 no such user") -> None:
+        """Event failed."""
+        assert self.attempt is not None
+        await self.store.fail(self.attempt, reason)
+
+    async def run_to_success_after_one_retry(self) -> None:
+        """Events 2 to 5 of the usual retried delivery."""
+        await self.begin_attempt()
+        await self.retry()
+        await self.begin_attempt()
+        await self.succeed()

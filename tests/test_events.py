@@ -1,0 +1,260 @@
+"""The event hub and `follow` against a real Valkey: order, races, resync, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from mailhub import keys
+from mailhub.embedded_redis import EmbeddedRedis, free_port
+from mailhub.events import Event, EventHub, Signal, Subscription, follow
+from mailhub.redis_client import connect
+from mailhub.tasks import TaskStore
+from tests.conftest import running_worker
+from tests.driver import REQUEST, TaskDriver
+from tests.smtp_server import Fault
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    """Wait for `condition()` to hold, checking every 5 ms, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
+        await asyncio.sleep(0.005)
+
+
+@contextlib.asynccontextmanager
+async def running_hub(store: TaskStore, **options) -> AsyncIterator[EventHub]:  # type: ignore[no-untyped-def]
+    hub = EventHub(store, **options)
+    await hub.start()
+    assert await hub.wait_ready(5.0)
+    try:
+        yield hub
+    finally:
+        await hub.stop()
+
+
+@pytest.fixture
+async def hub(store: TaskStore) -> AsyncIterator[EventHub]:
+    async with running_hub(store) as running:
+        yield running
+
+
+async def current(store: TaskStore, task_id: str) -> Event:
+    event = await EventHub(store).current(task_id)
+    assert event is not None
+    return event
+
+
+def queued_seqs(subscription: Subscription) -> list[int | Signal]:
+    """What waits in the subscription's queue, without taking it."""
+    items = list(subscription._queue._queue)  # type: ignore[attr-defined]
+    return [item.seq if isinstance(item, Event) else item for item in items]
+
+
+async def collect(subscription: Subscription, first: Event,
+                  **options) -> list[dict]:  # type: ignore[no-untyped-def]
+    async with contextlib.aclosing(follow(subscription, first, **options)) as events:
+        return [json.loads(event.data) async for event in events]
+
+
+async def test_one_retry_gives_exactly_queued_attempt_retry_attempt_success(
+        hub, store, settings, smtp):
+    task_id = await store.enqueue(REQUEST)
+    smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
+    with hub.subscribe(task_id) as subscription:
+        first = await current(store, task_id)
+        async with running_worker(store, settings):
+            docs = await asyncio.wait_for(collect(subscription, first), 10)
+    assert [(d["event"], d["status"], d["attempts"]) for d in docs] == [
+        ("queued", "pending", 0), ("attempt", "pending", 1), ("retry", "pending", 1),
+        ("attempt", "pending", 2), ("success", "success", 2)]
+    assert [d["seq"] for d in docs] == [1, 2, 3, 4, 5]
+    assert docs[2]["last_error"] == "451 4.7.1 try again later"
+    assert docs[2]["next_attempt_at"]
+    assert all(d["task_id"] == task_id and d["to"] == REQUEST.to and d["at"] for d in docs)
+
+
+async def test_transitions_between_subscribe_and_read_are_sent_once(hub, store):
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    subscription = hub.subscribe(task_id)
+    await driver.begin_attempt()
+    await driver.retry()
+    # Events 2 and 3 are in the subscription's queue and in the stored state.
+    await until(lambda: 3 in queued_seqs(subscription), what="event 3 queued")
+    first = await current(store, task_id)
+    assert first.seq == 3
+    feed = asyncio.create_task(collect(subscription, first))
+    await driver.begin_attempt()
+    await driver.succeed()
+    docs = await asyncio.wait_for(feed, 5)
+    assert [d["seq"] for d in docs] == [3, 4, 5]
+    assert hub.subscription_count == 1  # closing is the caller's job
+    subscription.close()
+    assert (hub.subscription_count, hub.task_count) == (0, 0)
+
+
+async def test_racing_the_real_worker_misses_nothing_and_repeats_nothing(hub, store, settings, smtp):
+    smtp.handler.faults.extend([Fault.reply_data("451 4.7.1 busy")] * 10)
+
+    async def subscriber(task_id: str, delay_rounds: int) -> list[int]:
+        for _ in range(delay_rounds):
+            await asyncio.sleep(0)  # join at a different point of the task's life
+        with hub.subscribe(task_id) as subscription:
+            first = await current(store, task_id)
+            return [d["seq"] for d in await collect(subscription, first)]
+
+    async with running_worker(store, settings):
+        task_ids = [await store.enqueue(REQUEST) for _ in range(20)]
+        seqs = await asyncio.wait_for(asyncio.gather(
+            *(subscriber(t, n * 3) for n, t in enumerate(task_ids))), 20)
+    for task_id, task_seqs in zip(task_ids, seqs):
+        assert task_seqs == list(range(task_seqs[0], task_seqs[-1] + 1))
+        final = json.loads(await store.result(task_id) or "{}")
+        assert task_seqs[-1] == final["seq"] and final["status"] == "success"
+
+
+async def test_after_skips_what_the_client_already_has(hub, store):
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    await driver.begin_attempt()
+    await driver.retry()
+    with hub.subscribe(task_id) as subscription:
+        first = await current(store, task_id)
+        feed = asyncio.create_task(collect(subscription, first, after=3))
+        await driver.begin_attempt()
+        await driver.succeed()
+        docs = await asyncio.wait_for(feed, 5)
+    assert [d["seq"] for d in docs] == [4, 5]
+
+
+async def test_a_late_subscriber_gets_the_final_state_and_the_feed_ends(hub, store):
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    await driver.begin_attempt()
+    await driver.fail()
+    with hub.subscribe(task_id) as subscription:
+        docs = await asyncio.wait_for(collect(subscription, await current(store, task_id)), 5)
+    assert [(d["seq"], d["status"]) for d in docs] == [(3, "failed")]
+    assert docs[0]["reason"] == "failed after 1 attempt: 550 5.1.1 no such user"
+
+
+async def test_closing_a_subscription_ends_its_feed_and_forgets_it(hub, store):
+    task_id = await TaskDriver(store).enqueue()
+    subscriptions = [hub.subscribe(task_id) for _ in range(3)]
+    assert (hub.subscription_count, hub.task_count) == (3, 1)
+    first = await current(store, task_id)
+    feed = asyncio.create_task(collect(subscriptions[0], first))
+    await until(lambda: subscriptions[0]._queue._getters, what="the feed waiting")  # type: ignore[attr-defined]
+    subscriptions[0].close()
+    assert [d["seq"] for d in await asyncio.wait_for(feed, 5)] == [1]
+    assert hub.subscription_count == 2
+    for subscription in subscriptions:
+        subscription.close()
+    assert (hub.subscription_count, hub.task_count) == (0, 0)
+
+
+async def test_alive_ends_a_quiet_feed(hub, store):
+    task_id = await TaskDriver(store).enqueue()
+    connected = True
+    with hub.subscribe(task_id) as subscription:
+        feed = asyncio.create_task(collect(subscription, await current(store, task_id),
+                                           alive=lambda: connected, idle=0.01))
+        await asyncio.sleep(0.05)
+        assert not feed.done()
+        connected = False
+        assert [d["seq"] for d in await asyncio.wait_for(feed, 5)] == [1]
+
+
+async def test_a_subscriber_that_falls_behind_resyncs_from_the_stored_state(redis, store):
+    async with running_hub(store, queue_size=2) as small_hub:
+        driver = TaskDriver(store)
+        task_id = await driver.enqueue()
+        with small_hub.subscribe(task_id) as slow, small_hub.subscribe(task_id) as witness:
+            first = await current(store, task_id)
+            await driver.run_to_success_after_one_retry()  # 4 events into a queue of 2
+            # The hub hands each event to every subscription at once: when the
+            # witness has event 5, the slow one has had its chance too.
+            seen = [await witness.get(timeout=5) for _ in range(2)]
+            assert Signal.RESYNC in seen
+            assert queued_seqs(slow)[0] is Signal.RESYNC
+            docs = await asyncio.wait_for(collect(slow, first), 5)
+    assert [d["seq"] for d in docs] == [1, 5]
+
+
+async def test_malformed_messages_on_the_channel_are_ignored(hub, store, redis, caplog):
+    task_id = await TaskDriver(store).enqueue()
+    with hub.subscribe(task_id) as subscription:
+        await redis.publish(keys.EVENTS, "not json")
+        await redis.publish(keys.EVENTS, json.dumps({"task_id": task_id}))
+        await redis.publish(keys.EVENTS, json.dumps({"task_id": task_id, "seq": 9, "status": "x"}))
+        items = [await subscription.get(timeout=5) for _ in range(2)]
+    # The queued event may still be in flight when the test subscribes.
+    assert [item.seq for item in items if isinstance(item, Event)][-1] == 9
+    assert caplog.text.count("ignoring a malformed message") == 2
+
+
+async def test_a_killed_pubsub_connection_is_replaced_and_subscribers_resync(hub, store, redis):
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    with hub.subscribe(task_id) as subscription:
+        events = follow(subscription, await current(store, task_id))
+        async with contextlib.aclosing(events):
+            assert (await anext(events)).seq == 1
+            assert len(await redis.client_list(_type="pubsub")) == 1
+            await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            await until(lambda: hub.connections == 2, what="the hub resubscribing")
+            assert Signal.RESYNC in queued_seqs(subscription)
+            await driver.begin_attempt()
+            assert (await asyncio.wait_for(anext(events), 5)).seq == 2
+            await driver.succeed()
+            assert (await asyncio.wait_for(anext(events), 5)).seq == 3
+    assert len(await redis.client_list(_type="pubsub")) == 1
+
+
+async def test_a_redis_restart_is_survived_with_backoff(tmp_path: Path, caplog):
+    server = EmbeddedRedis(tmp_path, port=free_port(), persist=True)
+    server.start()
+    redis = connect(server.url)
+    try:
+        store = TaskStore(redis, retention=60, max_attempts=3, message_id_domain="example.com")
+        driver = TaskDriver(store)
+        task_id = await driver.enqueue()
+        async with running_hub(store, backoff_base=0.05, backoff_cap=0.2) as hub:
+            with hub.subscribe(task_id) as subscription:
+                events = follow(subscription, await current(store, task_id))
+                async with contextlib.aclosing(events):
+                    assert (await anext(events)).seq == 1
+                    await asyncio.to_thread(server.stop)
+                    await until(lambda: not hub._ready.is_set(), what="the hub noticing the outage")
+                    await asyncio.to_thread(server.start)
+                    # Published before or after the hub is back: an event, or found
+                    # by the resync that follows the resubscription; either way once.
+                    await driver.begin_attempt()
+                    assert (await asyncio.wait_for(anext(events), 5)).seq == 2
+                    await until(lambda: hub.connections == 2, what="the hub resubscribing")
+                    await driver.succeed()
+                    assert (await asyncio.wait_for(anext(events), 5)).seq == 3
+                    with pytest.raises(StopAsyncIteration):
+                        await asyncio.wait_for(anext(events), 5)
+        assert "event hub lost Redis" in caplog.text
+    finally:
+        await redis.aclose()
+        server.stop()
+
+
+async def test_stop_closes_every_subscription(redis, store):
+    task_id = await TaskDriver(store).enqueue()
+    async with running_hub(store) as hub:
+        subscription = hub.subscribe(task_id)
+        waiting = asyncio.create_task(subscription.get())
+        await asyncio.sleep(0)
+    assert await asyncio.wait_for(waiting, 5) is Signal.CLOSED
+    assert subscription.closed and hub.subscription_count == 0

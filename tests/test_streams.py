@@ -1,0 +1,315 @@
+"""SSE and WebSocket endpoints on a real aiohttp server (configured as run.py does),
+a real Valkey and, where the worker runs, the real STARTTLS + AUTH SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+from aiohttp import WSCloseCode, web
+
+from mailhub import appkeys
+from mailhub.app import create_app
+from mailhub.embedded_redis import free_port
+from mailhub.events import EventHub
+from mailhub.settings import Settings
+from mailhub.streams import SSE_PATH, WS_PATH
+from tests.conftest import running_worker, with_settings
+from tests.driver import REQUEST, TaskDriver
+from tests.smtp_server import Fault
+from tests.sse import SseReader
+from tests.test_events import until
+
+UNKNOWN = "00000000-0000-4000-8000-000000000000"
+
+
+@dataclass
+class Live:
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+
+    @property
+    def hub(self) -> EventHub:
+        return self.app[appkeys.EVENT_HUB]
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[Live]:
+    """The app behind an AppRunner with run.py's options (no handler cancellation)."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield Live(f"http://127.0.0.1:{port}", app, runner)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def live(settings: Settings) -> AsyncIterator[Live]:
+    async with serving(settings) as server:
+        yield server
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def stream(session: aiohttp.ClientSession, live: Live, task_id: str,
+                 **headers: str) -> AsyncIterator[SseReader]:
+    async with session.get(live.url + SSE_PATH, params={"task_id": task_id},
+                           headers=headers) as response:
+        assert response.status == 200, await response.text()
+        assert response.headers["Content-Type"] == "text/event-stream"
+        yield SseReader(response)
+
+
+async def test_sse_sends_queued_attempt_retry_attempt_success_then_closes(
+        live, session, store, settings, smtp):
+    task_id = await store.enqueue(REQUEST)
+    smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
+    async with stream(session, live, task_id) as reader:
+        first = await reader.next()
+        async with running_worker(store, settings):
+            rest = await asyncio.wait_for(reader.rest(), 10)
+    messages = [first, *rest]
+    assert [m.doc["event"] for m in messages] == ["queued", "attempt", "retry", "attempt", "success"]
+    assert [m.doc["seq"] for m in messages] == [1, 2, 3, 4, 5]
+    assert [m.id for m in messages] == ["1", "2", "3", "4", "5"]
+    assert messages[-1].doc == {**messages[-1].doc, "status": "success", "attempts": 2,
+                                "task_id": task_id, "to": REQUEST.to}
+
+
+async def test_a_late_subscriber_gets_the_final_state_at_once_and_the_stream_closes(
+        live, session, store):
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    await driver.run_to_success_after_one_retry()
+    async with stream(session, live, task_id) as reader:
+        messages = await asyncio.wait_for(reader.rest(), 5)
+    assert [(m.id, m.doc["status"]) for m in messages] == [("5", "success")]
+    await until(lambda: live.hub.subscription_count == 0, what="the subscription to close")
+
+
+@pytest.mark.parametrize(("query", "status"), [({"task_id": UNKNOWN}, 404),
+                                               ({"task_id": "nope"}, 422), ({}, 422)])
+async def test_bad_task_ids_get_json_errors_before_any_stream(live, session, query, status):
+    async with session.get(live.url + SSE_PATH, params=query) as response:
+        assert response.status == status
+        assert response.content_type == "application/json"
+        assert (await response.json())["error"]["code"] in ("not_found", "validation_failed")
+    assert live.hub.subscription_count == 0
+
+
+@pytest.mark.parametrize(("moves_before_read", "expected"), [(2, ["3", "4", "5"]), (4, ["5"])])
+async def test_transitions_while_connecting_are_neither_lost_nor_repeated(
+        live, session, store, monkeypatch, moves_before_read, expected):
+    """Transitions land between the stream's subscribe and its read of the state."""
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    app_store = live.app[appkeys.STORE]
+    read_state, entered, release = app_store.result, asyncio.Event(), asyncio.Event()
+
+    async def gated_read(task_id: str) -> str | None:
+        entered.set()
+        await release.wait()
+        return await read_state(task_id)
+
+    monkeypatch.setattr(app_store, "result", gated_read)
+    moves = [driver.begin_attempt, driver.retry, driver.begin_attempt, driver.succeed]
+    connecting = asyncio.create_task(
+        session.get(live.url + SSE_PATH, params={"task_id": task_id}))
+    await asyncio.wait_for(entered.wait(), 5)
+    for move in moves[:moves_before_read]:
+        await move()
+    release.set()
+    async with await asyncio.wait_for(connecting, 5) as response:
+        reader = SseReader(response)
+        first = await reader.next()
+        assert first is not None
+        for move in moves[moves_before_read:]:
+            await move()
+        messages = [first, *await asyncio.wait_for(reader.rest(), 5)]
+    assert [m.id for m in messages] == expected
+
+
+async def test_streams_racing_the_real_worker_are_complete_and_without_repeats(
+        live, session, store, settings, smtp):
+    smtp.handler.faults.extend([Fault.reply_data("451 4.7.1 busy")] * 10)
+
+    async def follow(task_id: str) -> list[int]:
+        async with stream(session, live, task_id) as reader:
+            return [m.doc["seq"] for m in await reader.rest()]
+
+    async with running_worker(store, settings):
+        followers = []
+        for _ in range(20):
+            task_id = await store.enqueue(REQUEST)
+            followers.append(asyncio.create_task(follow(task_id)))
+        results = await asyncio.wait_for(asyncio.gather(*followers), 20)
+    for seqs in results:
+        assert seqs == list(range(seqs[0], seqs[-1] + 1))
+        assert seqs[-1] in (3, 5)  # success at once, or after one retry
+
+
+async def test_last_event_id_resumes_without_repeats(live, session, store):
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    await driver.begin_attempt()
+    await driver.retry()
+    async with stream(session, live, task_id, **{"Last-Event-ID": "2"}) as reader:
+        first = await reader.next()
+        await driver.begin_attempt()
+        await driver.succeed()
+        messages = [first, *await asyncio.wait_for(reader.rest(), 5)]
+    assert [m.id for m in messages] == ["3", "4", "5"]
+    async with stream(session, live, task_id, **{"Last-Event-ID": "4"}) as reader:
+        assert [m.id for m in await asyncio.wait_for(reader.rest(), 5)] == ["5"]
+    # Everything seen: 204 stops a browser's EventSource from reconnecting.
+    async with session.get(live.url + SSE_PATH, params={"task_id": task_id},
+                           headers={"Last-Event-ID": "5"}) as response:
+        assert response.status == 204
+
+
+async def test_keepalive_comments_come_at_the_configured_interval(settings, session, store):
+    task_id = await TaskDriver(store).enqueue()
+    async with serving(with_settings(settings, sse_keepalive=0.05)) as live:
+        async with stream(session, live, task_id) as reader:
+            assert (await reader.next()).id == "1"  # type: ignore[union-attr]
+            line = await asyncio.wait_for(reader.response.content.readline(), 5)
+            assert line == b": ping\r\n"
+
+
+async def test_200_clients_on_one_task_get_the_same_events_over_one_pubsub_connection(
+        live, session, store, settings, smtp, redis):
+    task_id = await store.enqueue(REQUEST)
+    smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
+    async with contextlib.AsyncExitStack() as stack:
+        readers = await asyncio.gather(
+            *(stack.enter_async_context(stream(session, live, task_id)) for _ in range(200)))
+        firsts = await asyncio.gather(*(reader.next() for reader in readers))
+        assert live.hub.subscription_count == 200
+        assert len(await redis.client_list(_type="pubsub")) == 1
+        async with running_worker(store, settings):
+            rests = await asyncio.wait_for(asyncio.gather(*(r.rest() for r in readers)), 20)
+        assert len(await redis.client_list(_type="pubsub")) == 1
+    sequences = {tuple((m.id, m.data) for m in [first, *rest]) for first, rest in zip(firsts, rests)}
+    [sequence] = sequences
+    assert [seq for seq, _ in sequence] == ["1", "2", "3", "4", "5"]
+    await until(lambda: live.hub.subscription_count == 0, what="every subscription to close")
+
+
+async def test_clients_that_drop_leave_no_subscription_or_task_behind(live, session, store):
+    task_id = await TaskDriver(store).enqueue()
+    baseline = len(asyncio.all_tasks())
+    responses = [await session.get(live.url + SSE_PATH, params={"task_id": task_id})
+                 for _ in range(100)]
+    for response in responses:
+        assert (await SseReader(response).next()).id == "1"  # type: ignore[union-attr]
+    assert live.hub.subscription_count == 100
+    for response in responses:
+        response.close()  # drops the connection, as a closed browser tab does
+    await until(lambda: live.hub.subscription_count == 0, what="the subscriptions to go")
+    assert live.hub.task_count == 0
+    await until(lambda: len(asyncio.all_tasks()) <= baseline, what="the server tasks to end")
+
+
+async def test_shutdown_closes_open_streams_promptly(settings, session, store):
+    task_id = await TaskDriver(store).enqueue()
+    async with contextlib.AsyncExitStack() as stack:
+        live = await stack.enter_async_context(serving(settings))
+        readers = [await stack.enter_async_context(stream(session, live, task_id))
+                   for _ in range(5)]
+        for reader in readers:
+            await reader.next()
+        ws = await stack.enter_async_context(session.ws_connect(live.url + WS_PATH))
+        await ws.send_json({"subscribe": task_id})
+        assert (await ws.receive_json(timeout=5))["seq"] == 1
+        started = time.monotonic()
+        await live.runner.cleanup()
+        assert time.monotonic() - started < 3.0
+        for reader in readers:
+            assert await asyncio.wait_for(reader.rest(), 5) == []
+        closing = await asyncio.wait_for(ws.receive(), 5)
+        assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, WSCloseCode.GOING_AWAY)
+        stack.pop_all()  # the runner is already cleaned up
+
+
+async def ws_messages(ws: aiohttp.ClientWebSocketResponse, count: int) -> list[dict]:
+    return [await ws.receive_json(timeout=5) for _ in range(count)]
+
+
+async def test_ws_follows_two_tasks_on_one_socket(live, session, store):
+    first, second = TaskDriver(store), TaskDriver(store)
+    await first.enqueue()
+    await second.enqueue()
+    async with session.ws_connect(live.url + WS_PATH) as ws:
+        await ws.send_json({"subscribe": first.task_id})
+        await ws.send_json({"subscribe": second.task_id})
+        received = await ws_messages(ws, 2)
+        await first.begin_attempt()
+        await first.succeed()
+        await second.begin_attempt()
+        await second.fail()
+        received += await ws_messages(ws, 4)
+        assert live.hub.subscription_count == 0  # both reached a final state
+    by_task = {t: [(m["seq"], m["event"]) for m in received if m["task_id"] == t]
+               for t in (first.task_id, second.task_id)}
+    assert by_task[first.task_id] == [(1, "queued"), (2, "attempt"), (3, "success")]
+    assert by_task[second.task_id] == [(1, "queued"), (2, "attempt"), (3, "failed")]
+
+
+@pytest.mark.parametrize(("message", "error"), [
+    ("{not json", "Not valid JSON."),
+    ("[]", 'Send {"subscribe": "<task_id>"} or {"unsubscribe": "<task_id>"}.'),
+    ('{"follow": "x"}', 'Send {"subscribe": "<task_id>"} or {"unsubscribe": "<task_id>"}.'),
+    ('{"subscribe": 5}', "Not a valid task id (a UUID)."),
+    ('{"subscribe": "abc"}', "Not a valid task id (a UUID)."),
+])
+async def test_ws_bad_messages_get_an_error_and_the_socket_stays_open(
+        live, session, store, message, error):
+    task_id = await TaskDriver(store).enqueue()
+    async with session.ws_connect(live.url + WS_PATH) as ws:
+        await ws.send_str(message)
+        assert await ws.receive_json(timeout=5) == {
+            "error": {"code": "bad_request", "message": error}}
+        await ws.send_json({"subscribe": task_id})
+        assert (await ws.receive_json(timeout=5))["seq"] == 1
+
+
+async def test_ws_unknown_task_and_binary_frames_get_errors(live, session):
+    async with session.ws_connect(live.url + WS_PATH) as ws:
+        await ws.send_json({"subscribe": UNKNOWN})
+        error = (await ws.receive_json(timeout=5))["error"]
+        assert (error["code"], error["task_id"]) == ("not_found", UNKNOWN)
+        await ws.send_bytes(b"\x00")
+        assert (await ws.receive_json(timeout=5))["error"]["code"] == "bad_request"
+        assert not ws.closed
+    assert live.hub.subscription_count == 0
+
+
+async def test_ws_unsubscribe_stops_the_events_of_that_task(live, session, store):
+    first, second = TaskDriver(store), TaskDriver(store)
+    await first.enqueue()
+    await second.enqueue()
+    async with session.ws_connect(live.url + WS_PATH) as ws:
+        await ws.send_json({"subscribe": first.task_id})
+        assert (await ws.receive_json(timeout=5))["task_id"] == first.task_id
+        await ws.send_json({"unsubscribe": first.task_id})
+        await until(lambda: live.hub.subscription_count == 0, what="the unsubscribe")
+        await first.begin_attempt()
+        await ws.send_json({"subscribe": second.task_id})
+        # The next message is the second task's: nothing of the first came in between.
+        assert (await ws.receive_json(timeout=5))["task_id"] == second.task_id
+    await until(lambda: live.hub.subscription_count == 0, what="the socket's subscriptions to go")
