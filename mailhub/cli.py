@@ -1,4 +1,4 @@
-"""run.py's commands: all-in-one (default), web, worker."""
+"""run.py's commands: all-in-one (default), web, worker, check."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
+from . import check
 from .app import create_app
 from .capture import start_capture_server
 from .embedded_redis import EmbeddedRedis
@@ -28,8 +29,10 @@ logger = logging.getLogger("mailhub")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mailhub", description=__doc__)
-    parser.add_argument("command", nargs="?", default="all", choices=["all", "web", "worker"],
-                        help="all: web and worker in one process (default)")
+    parser.add_argument("command", nargs="?", default="all",
+                        choices=["all", "web", "worker", "check"],
+                        help="all: web and worker in one process (default); "
+                             "check: try the Redis and SMTP settings")
     parser.add_argument("--host", help="address to listen on (default: HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default: PORT or 8000)")
     return parser.parse_args(argv)
@@ -41,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
     except SettingsError as exc:
         print(f"mailhub: {exc}", file=sys.stderr)
-        return 2
+        return 1 if args.command == "check" else 2
+    if args.command == "check":
+        return check.main(settings)
     settings = replace(settings, host=args.host or settings.host, port=args.port or settings.port)
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -105,13 +110,17 @@ async def _running_worker(settings: Settings) -> AsyncIterator[None]:
             settings = replace(settings, smtp_host="127.0.0.1", smtp_port=port, smtp_tls="none")
             logger.warning("CAPTURE MODE: SMTP_HOST is not set, so mail is captured on port %d "
                            "and NOT delivered; see /dev/inbox", port)
+        sender = SmtpSender(settings)
         worker = Worker(
-            TaskStore.from_settings(redis, settings), SmtpSender(settings),
+            TaskStore.from_settings(redis, settings), sender,
             concurrency=settings.worker_concurrency, claim_timeout=settings.claim_timeout,
             retry_base_delay=settings.retry_base_delay, retry_max_delay=settings.retry_max_delay,
         )
-        async with worker.running(grace=settings.shutdown_grace):
-            yield
+        try:
+            async with worker.running(grace=settings.shutdown_grace):
+                yield
+        finally:
+            await sender.close()
         if settings.capture_mode:
             server.close()
     finally:

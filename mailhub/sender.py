@@ -1,4 +1,4 @@
-"""Build the message and deliver it over SMTP; classify what went wrong."""
+"""Build the message and deliver it over pooled SMTP connections; classify what went wrong."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import aiosmtplib
 
 from .errors import ConfigurationFailure, DeliveryError, PermanentFailure, TransientFailure
 from .settings import Settings
+from .smtp_pool import SmtpPool
 from .tasks import Attempt
 
 PLACEHOLDER = "{username}"
@@ -64,29 +65,58 @@ def classify(exc: Exception) -> DeliveryError:
 
 
 class SmtpSender:
-    """Delivers one message per call over a fresh, verified TLS connection."""
+    """Delivers messages over a pool of verified TLS connections (see `SmtpPool`)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, max_messages: int = 100,
+                 idle_timeout: float = 30.0) -> None:
         self.settings = settings
         # The system trust store; SSL_CERT_FILE / SSL_CERT_DIR can add a private CA.
         self.tls_context = ssl.create_default_context()
+        self.pool = SmtpPool(
+            self._connect, size=settings.smtp_pool_size, max_messages=max_messages,
+            idle_timeout=idle_timeout, send_timeout=settings.smtp_timeout,
+        )
 
     async def send(self, attempt: Attempt) -> None:
         """Deliver the attempt's mail; raise a `DeliveryError` if it did not go."""
         message = build_message(attempt, self.settings.mail_from)
         try:
-            await aiosmtplib.send(
-                message,
-                hostname=self.settings.smtp_host,
-                port=self.settings.smtp_port,
-                use_tls=self.settings.smtp_tls == "ssl",
-                start_tls=self.settings.smtp_tls == "starttls",
-                tls_context=self.tls_context,
-                username=self.settings.smtp_user or None,
-                password=self.settings.smtp_pass or None,
-                timeout=self.settings.smtp_timeout,
-            )
+            await self.pool.send(message)
         except DeliveryError:
             raise
         except Exception as exc:  # noqa: BLE001 - classify() re-raises what it does not know
             raise classify(exc) from exc
+
+    async def verify(self) -> None:
+        """Connect, do TLS and log in on a fresh connection; raise a `DeliveryError` if not."""
+        try:
+            smtp = await self._connect()
+            try:
+                await smtp.quit()
+            finally:
+                smtp.close()
+        except Exception as exc:  # noqa: BLE001 - classify() re-raises what it does not know
+            raise classify(exc) from exc
+
+    async def close(self) -> None:
+        """Close the pooled connections politely (QUIT)."""
+        await self.pool.close()
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        smtp = open_smtp(self.settings, self.tls_context)
+        await smtp.connect()
+        return smtp
+
+
+def open_smtp(settings: Settings, tls_context: ssl.SSLContext) -> aiosmtplib.SMTP:
+    """An unconnected client for the configured server; `connect()` does TLS and login."""
+    return aiosmtplib.SMTP(
+        hostname=settings.smtp_host,
+        port=settings.smtp_port,
+        use_tls=settings.smtp_tls == "ssl",
+        start_tls=settings.smtp_tls == "starttls",
+        tls_context=tls_context,
+        username=settings.smtp_user or None,
+        password=settings.smtp_pass or None,
+        timeout=settings.smtp_timeout,
+    )

@@ -83,11 +83,15 @@ def store(redis: Redis, settings: Settings) -> TaskStore:
 
 @asynccontextmanager
 async def running_worker(store: TaskStore, settings: Settings, **options: Any) -> AsyncIterator[Worker]:
-    worker = Worker(store, SmtpSender(settings), concurrency=options.pop("concurrency", 8),
+    sender = SmtpSender(settings)
+    worker = Worker(store, sender, concurrency=options.pop("concurrency", 8),
                     retry_base_delay=settings.retry_base_delay,
                     retry_max_delay=settings.retry_max_delay, poll_interval=0.01, **options)
-    async with worker.running(grace=5.0):
-        yield worker
+    try:
+        async with worker.running(grace=5.0):
+            yield worker
+    finally:
+        await sender.close()
 
 
 @pytest.fixture

@@ -1,0 +1,130 @@
+"""Enqueue: POST rate and latency at 64 connections, mailhub against a minimal baseline.
+
+    python -m bench.enqueue [--duration 10] [--connections 64] [--loadgen wrk|python]
+
+One embedded Valkey (append-only file on, as in production) serves, in turn:
+the baseline (`bench.baseline_app`: JSON parse + one pipeline of HSET 5
+fields, XADD, EXPIRE), mailhub's web process (`python run.py web`:
+validation, rate limiting set high, idempotency keys), and for reference a
+bare aiohttp handler. The load comes from a separate process: wrk with a Lua
+script when installed (`apt-get install wrk`), else `bench.loadgen`. Each
+target gets a 2 s warm-up, then the measured run; Redis is flushed between.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.support import (SUBMIT_PATH, MailhubServer, Process, Row, clean_env, print_table, run,
+                           running, wait_for_http)
+from mailhub.embedded_redis import EmbeddedRedis, free_port
+from mailhub.redis_client import connect
+
+WRK_SCRIPT = r"""
+local counter = 0
+local prefix = "wrk" .. tostring(os.time()) .. tostring(math.random(1, 1000000000))
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+
+request = function()
+  counter = counter + 1
+  wrk.headers["Idempotency-Key"] = prefix .. "-" .. counter
+  local body = '{"to": "user@example.com", "subject": "Hello ' .. counter ..
+    '", "body": "{username}님 안녕하세요!", "username": "홍길동"}'
+  return wrk.format(nil, nil, nil, body)
+end
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "non2xx": %d, "errors": %d, "p50_us": %d, "p99_us": %d}\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def load(url: str, *, seconds: float, connections: int, generator: str, work: Path) -> dict[str, int]:
+    """Run the load generator process against `url`; its JSON summary."""
+    if generator == "wrk":
+        script = work / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
+                "-s", str(script), url]
+    else:
+        args = [sys.executable, "-m", "bench.loadgen", url, "--connections", str(connections),
+                "--duration", str(seconds)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60,
+                          env=clean_env())
+    if done.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed:\n{done.stdout}\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+async def measure(target: Process, url: str, redis_url: str, queue: str,
+                  args: argparse.Namespace, work: Path) -> dict[str, float]:
+    """Warm up, flush, measure; check every accepted POST left a queue entry."""
+    with running(target):
+        wait_for_http(url.rsplit("/api", 1)[0] + "/openapi.json", target, 30)
+        load(url, seconds=2, connections=args.connections, generator=args.loadgen, work=work)
+        redis = connect(redis_url)
+        await redis.flushall()
+        result = load(url, seconds=args.duration, connections=args.connections,
+                      generator=args.loadgen, work=work)
+        queued = await redis.xlen(queue) if queue else None
+        await redis.aclose()
+    ok = result["requests"] - result["non2xx"]
+    if result["non2xx"] or result["errors"] or (queued is not None and queued < ok):
+        raise RuntimeError(f"{target.popen.args}: {result}, {queued} queued")
+    return {"rate": ok / (result["duration_us"] / 1e6), "p50": result["p50_us"] / 1000,
+            "p99": result["p99_us"] / 1000}
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--loadgen", choices=["wrk", "python"],
+                        default="wrk" if shutil.which("wrk") else "python")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mailhub-bench-") as tmp, \
+            EmbeddedRedis(Path(tmp) / "valkey") as valkey:
+        work = Path(tmp)
+        results = {}
+        for name, queue, bare in (("baseline", "bench:queue", False), ("bare", "", True)):
+            port = free_port()
+            app = Process([sys.executable, "-m", "bench.baseline_app", "--port", str(port),
+                           "--redis-url", valkey.url] + ["--bare"] * bare,
+                          env=clean_env(), log_path=work / f"{name}.log")
+            results[name] = await measure(app, f"http://127.0.0.1:{port}{SUBMIT_PATH}",
+                                          valkey.url, queue, args, work)
+        env = clean_env(REDIS_URL=valkey.url, RATE_LIMIT="1000000/minute",
+                        ALLOWED_RECIPIENTS="@example.com", LOG_LEVEL="warning")
+        server = MailhubServer("web", env=env, log_dir=work)
+        results["mailhub"] = await measure(server, server.url + SUBMIT_PATH, valkey.url,
+                                           "mailhub:queue", args, work)
+    show(results, args)
+    return 0
+
+
+def show(results: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+    base, mailhub, bare = results["baseline"], results["mailhub"], results["bare"]
+    baseline = "JSON + 1 pipeline HSET/XADD/EXPIRE"
+    print_table(f"Enqueue ({args.connections} connections, {args.duration:g} s, {args.loadgen})", [
+        Row("mailhub POST rate", mailhub["rate"], "req/s", base["rate"], baseline, "ratio >= 0.8"),
+        Row("mailhub p50 latency", mailhub["p50"], "ms", base["p50"], baseline),
+        Row("mailhub p99 latency", mailhub["p99"], "ms", base["p99"], baseline, "<= 30 ms"),
+        Row("bare aiohttp handler (ceiling)", bare["rate"], "req/s", base["rate"], baseline),
+    ], f"python -m bench.enqueue --duration {args.duration:g} --connections {args.connections} "
+       f"--loadgen {args.loadgen}")
+
+
+if __name__ == "__main__":
+    run(main)

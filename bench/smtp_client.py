@@ -1,0 +1,66 @@
+"""The sink's own capacity: a bare aiosmtplib client, run as its own process.
+
+    python -m bench.smtp_client --port P --ca CA.pem --count 2000 --connections 8 [--fresh]
+
+Sends `count` messages shaped like mailhub's (same builder) over
+`connections` reused STARTTLS + AUTH connections, or with `--fresh` a new
+connection per message, `connections` at a time. Prints one JSON line:
+{"sent": N, "seconds": S}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import ssl
+import time
+
+import aiosmtplib
+
+from bench.sink import PASSWORD, USER
+from mailhub.sender import build_message
+from mailhub.tasks import Attempt
+
+
+def messages(count: int) -> list:  # type: ignore[type-arg]
+    return [build_message(Attempt(f"{n}-0", f"raw-{n}", f"user{n % 50}@example.com",
+                                  f"raw {n:05d} — 안녕하세요  {n}", "{username}님 " + str(n),
+                                  "홍길동", f"<raw-{n}@example.com>", 1), "noreply@example.com")
+            for n in range(count)]
+
+
+async def send_all(args: argparse.Namespace) -> dict[str, float]:
+    context = ssl.create_default_context(cafile=args.ca)
+    options = dict(hostname=args.host, port=args.port, start_tls=True, tls_context=context,
+                   username=USER, password=PASSWORD, timeout=30)
+    queue = iter(messages(args.count))
+
+    async def reused_lane() -> None:
+        async with aiosmtplib.SMTP(**options) as smtp:  # type: ignore[arg-type]
+            for message in queue:
+                await smtp.send_message(message)
+
+    async def fresh_lane() -> None:
+        for message in queue:
+            await aiosmtplib.send(message, **options)  # type: ignore[arg-type]
+
+    lane = fresh_lane if args.fresh else reused_lane
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(args.connections)))
+    return {"sent": args.count, "seconds": time.perf_counter() - started}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ca", required=True)
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--fresh", action="store_true")
+    print(json.dumps(asyncio.run(send_all(parser.parse_args()))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""A pool of open, authenticated SMTP connections, reused across mails.
+
+A connection serves at most `max_messages` transactions, is closed after
+`idle_timeout` seconds unused, and goes back to the pool only in a known
+state: after a successful transaction, or after a clean refusal (a 4xx/5xx
+reply to MAIL, RCPT or DATA) followed by a successful RSET. Any other error
+(a drop, a timeout, a 421, a cancellation) closes it, so a broken connection
+never carries over to the next mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+
+import aiosmtplib
+
+logger = logging.getLogger(__name__)
+
+Connect = Callable[[], Awaitable[aiosmtplib.SMTP]]
+
+#: "Service not available, closing transmission channel": the server is done with us.
+_CLOSING = 421
+
+
+@dataclass(eq=False)
+class _Connection:
+    smtp: aiosmtplib.SMTP
+    transactions: int = 0
+    idle_since: float = 0.0
+    reaper: asyncio.TimerHandle | None = None
+
+
+class SmtpPool:
+    """Up to `size` SMTP connections opened by `connect()`, shared by concurrent sends.
+
+    `send_timeout` bounds one whole `send`: waiting for a free connection,
+    connecting if needed, and the transaction. A connection idle for
+    `probe_after` seconds or more is checked with RSET before it is reused.
+    """
+
+    def __init__(
+        self, connect: Connect, *, size: int = 8, max_messages: int = 100,
+        idle_timeout: float = 30.0, probe_after: float = 1.0, send_timeout: float = 30.0,
+    ) -> None:
+        if size < 1 or max_messages < 1:
+            raise ValueError("size and max_messages must be at least 1")
+        self.size = size
+        self.max_messages = max_messages
+        self.idle_timeout = idle_timeout
+        self.probe_after = probe_after
+        self.send_timeout = send_timeout
+        self._connect = connect
+        self._slots = asyncio.Semaphore(size)
+        # LIFO: the most recently used connection is the likeliest to be alive.
+        self._idle: list[_Connection] = []
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._closed = False
+        #: Connections opened over the pool's life.
+        self.opened = 0
+        #: Connections currently carrying a transaction.
+        self.busy = 0
+
+    @property
+    def idle(self) -> int:
+        """Open connections waiting for a mail."""
+        return len(self._idle)
+
+    async def send(self, message: EmailMessage) -> None:
+        """Send `message` on a pooled connection; raise aiosmtplib's exception if it fails."""
+        if self._closed:
+            raise aiosmtplib.SMTPException("the SMTP pool is closed")
+        waiting = True
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                async with self._slots:
+                    waiting = False
+                    connection = await self._checkout()
+                    self.busy += 1
+                    try:
+                        await self._transact(connection, message)
+                    finally:
+                        self.busy -= 1
+        except TimeoutError as exc:
+            if isinstance(exc, aiosmtplib.SMTPTimeoutError):
+                raise
+            if waiting:
+                raise aiosmtplib.SMTPTimeoutError(
+                    f"all {self.size} SMTP connections stayed busy for {self.send_timeout:g}s"
+                ) from exc
+            raise aiosmtplib.SMTPTimeoutError(
+                f"the SMTP server did not finish within {self.send_timeout:g}s") from exc
+
+    async def close(self) -> None:
+        """QUIT every idle connection and wait for them; later sends are refused."""
+        self._closed = True
+        while self._idle:
+            self._retire(self._idle.pop())
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    async def _transact(self, connection: _Connection, message: EmailMessage) -> None:
+        connection.transactions += 1
+        try:
+            await connection.smtp.send_message(message)
+        except (aiosmtplib.SMTPRecipientsRefused, aiosmtplib.SMTPResponseException) as exc:
+            await self._after_refusal(connection, exc)
+            raise
+        except BaseException:
+            self._discard(connection)
+            raise
+        self._checkin(connection)
+
+    async def _after_refusal(self, connection: _Connection, exc: aiosmtplib.SMTPException) -> None:
+        """Keep the connection only if the server closed nothing and RSET succeeds."""
+        if getattr(exc, "code", None) == _CLOSING or not await self._reset(connection):
+            self._discard(connection)
+        else:
+            self._checkin(connection)
+
+    async def _checkout(self) -> _Connection:
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.reaper is not None:
+                connection.reaper.cancel()
+            unused_for = time.monotonic() - connection.idle_since
+            # A server may drop an idle connection or queue a 421 on it: ask first.
+            if connection.smtp.is_connected and (
+                    unused_for < self.probe_after or await self._reset(connection)):
+                return connection
+            self._discard(connection)
+        smtp = await self._connect()
+        self.opened += 1
+        logger.debug("opened SMTP connection %d", self.opened)
+        return _Connection(smtp)
+
+    async def _reset(self, connection: _Connection) -> bool:
+        try:
+            await connection.smtp.rset()
+        except asyncio.CancelledError:
+            self._discard(connection)
+            raise
+        except (aiosmtplib.SMTPException, OSError):
+            return False
+        return True
+
+    def _checkin(self, connection: _Connection) -> None:
+        if not connection.smtp.is_connected:
+            self._discard(connection)
+            return
+        if self._closed or connection.transactions >= self.max_messages:
+            self._retire(connection)
+            return
+        connection.idle_since = time.monotonic()
+        connection.reaper = asyncio.get_running_loop().call_later(
+            self.idle_timeout, self._expire, connection)
+        self._idle.append(connection)
+
+    def _expire(self, connection: _Connection) -> None:
+        if connection in self._idle:
+            self._idle.remove(connection)
+            self._retire(connection)
+
+    def _retire(self, connection: _Connection) -> None:
+        """Say QUIT in the background: a polite close, never waited for by a send."""
+        if connection.reaper is not None:
+            connection.reaper.cancel()
+        task = asyncio.create_task(self._quit(connection.smtp))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _quit(self, smtp: aiosmtplib.SMTP) -> None:
+        try:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                async with asyncio.timeout(min(5.0, self.send_timeout)):
+                    await smtp.quit()
+        finally:
+            smtp.close()
+
+    @staticmethod
+    def _discard(connection: _Connection) -> None:
+        """Drop a connection in an unknown state, without another word to the server."""
+        if connection.reaper is not None:
+            connection.reaper.cancel()
+        connection.smtp.close()
