@@ -1,16 +1,29 @@
-"""Drive a task through its transitions by hand, one Lua script at a time.
+"""Helpers of the live-status tests: wait for a condition; drive a task by hand.
 
-Live-status tests use it where the real worker would make the timing of a
-transition a race: each call returns once the transition is published.
+`TaskDriver` moves a task one Lua script at a time where the real worker
+would make the timing of a transition a race: each call returns once the
+transition is published.
 """
 
 from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
 
 from mailhub import keys
 from mailhub.tasks import Attempt, EmailRequest, QueueEntry, TaskStore
 
 REQUEST = EmailRequest(to="user@example.com", subject="Hello", body="Hi {username}!",
                        username="Kim")
+
+
+async def until(condition: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
+    """Wait for `condition()` to hold, checking every 5 ms, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
+        await asyncio.sleep(0.005)
 
 
 class TaskDriver:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +16,8 @@ from mailhub.events import Event, EventHub, Signal, Subscription, follow
 from mailhub.redis_client import connect
 from mailhub.tasks import TaskStore
 from tests.conftest import running_worker
-from tests.driver import REQUEST, TaskDriver
+from tests.driver import REQUEST, TaskDriver, until
 from tests.smtp_server import Fault
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    """Wait for `condition()` to hold, checking every 5 ms, or fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
-        await asyncio.sleep(0.005)
 
 
 @contextlib.asynccontextmanager

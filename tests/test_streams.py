@@ -7,50 +7,21 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import aiohttp
 import pytest
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode
 
 from mailhub import appkeys
-from mailhub.app import create_app
-from mailhub.embedded_redis import free_port
-from mailhub.events import EventHub
 from mailhub.settings import Settings
 from mailhub.streams import SSE_PATH, WS_PATH
 from tests.conftest import running_worker, with_settings
-from tests.driver import REQUEST, TaskDriver
+from tests.driver import REQUEST, TaskDriver, until
+from tests.live_server import Live, serving
 from tests.smtp_server import Fault
 from tests.sse import SseReader
-from tests.test_events import until
 
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
-
-
-@dataclass
-class Live:
-    url: str
-    app: web.Application
-    runner: web.AppRunner
-
-    @property
-    def hub(self) -> EventHub:
-        return self.app[appkeys.EVENT_HUB]
-
-
-@contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[Live]:
-    """The app behind an AppRunner with run.py's options (no handler cancellation)."""
-    app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield Live(f"http://127.0.0.1:{port}", app, runner)
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture

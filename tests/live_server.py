@@ -1,0 +1,42 @@
+"""The app served as run.py serves it: an AppRunner on a free port, no handler cancellation."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from mailhub import appkeys
+from mailhub.app import create_app
+from mailhub.embedded_redis import free_port
+from mailhub.events import EventHub
+from mailhub.settings import Settings
+
+
+@dataclass
+class Live:
+    """A running app: its base URL, the app (for its keys) and its runner."""
+
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+
+    @property
+    def hub(self) -> EventHub:
+        return self.app[appkeys.EVENT_HUB]
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[Live]:
+    """Serve `create_app(settings)` on 127.0.0.1 until the block ends."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield Live(f"http://127.0.0.1:{port}", app, runner)
+    finally:
+        await runner.cleanup()

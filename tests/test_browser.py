@@ -1,0 +1,167 @@
+"""The demo form in headless Chromium (Debian's package), driven by Playwright,
+against the real server, a real Valkey and the real STARTTLS + AUTH SMTP server."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, Request, async_playwright, expect
+
+from tests.conftest import running_worker, with_settings
+from tests.driver import until
+from tests.live_server import Live, serving
+from tests.processes import ROOT, MailhubProcess
+from tests.smtp_server import Fault
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync",
+                 "--disable-quic"]
+ARTIFACTS = ROOT / "test-artifacts"
+#: Generous for a loaded CI machine; the events themselves take milliseconds.
+WAIT_MS = 10_000
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport={"width": 390, "height": 844})  # a phone
+    try:
+        yield await context.new_page()
+    finally:
+        await context.close()
+
+
+@pytest.fixture
+async def site(settings) -> AsyncIterator[Live]:  # type: ignore[no-untyped-def]
+    """The server only: each test starts the worker when it suits it."""
+    async with serving(with_settings(settings, demo_recipient="owner@example.com")) as live:
+        yield live
+
+
+def requests_of(page: Page) -> list[Request]:
+    seen: list[Request] = []
+    page.on("request", lambda request: seen.append(request))
+    return seen
+
+
+async def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def paths(requests: list[Request]) -> list[str]:
+    return [request.url.split("?")[0].split("/", 3)[-1] for request in requests]
+
+
+async def test_the_form_shows_a_retried_delivery_live(page, site, store, settings, smtp):
+    smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
+    requests = requests_of(page)
+    await page.goto(site.url + "/")
+    await expect(page.locator("input[name=to]")).to_have_value("owner@example.com")
+    await page.locator("form button[type=submit]").click()
+    # The worker starts once the page listens, so every transition is seen live.
+    await until(lambda: site.hub.subscription_count == 1, timeout=WAIT_MS / 1000,
+                what="the page's EventSource")
+    status = page.get_by_role("status")
+    async with running_worker(store, settings):
+        await expect(status.locator(".event-success")).to_contain_text(
+            "Delivered to owner@example.com on attempt 2", timeout=WAIT_MS)
+    await expect(status).to_have_attribute("aria-live", "polite")
+    await expect(status.locator("li > span")).to_have_text([
+        "Queued for owner@example.com", "Attempt 1: sending…",
+        re.compile(r"^Attempt 1 failed \(451 4\.7\.1 try again later\); retry scheduled in "),
+        "Attempt 2: sending…", "Delivered to owner@example.com on attempt 2"])
+    await expect(page.locator("#mode")).to_have_text("Live updates from the server.")
+    await screenshot(page, "demo-form-delivered.png")
+    [mail] = await smtp.handler.wait_for_count(1)
+    assert mail.rcpt_tos == ["owner@example.com"]
+    assert mail.message.get_content().strip() == "Hello Kim, thank you for getting in touch!"
+    [submit] = [r for r in requests if r.method == "POST"]
+    assert len(submit.headers["idempotency-key"]) == 36
+    assert "api/v1/email/events" in paths(requests)
+    assert "api/v1/email/result" not in paths(requests)  # live, not polled
+
+
+async def test_a_refused_recipient_shows_failed_with_the_reason(page, site, store, settings, smtp):
+    smtp.handler.faults.append(Fault.reply_rcpt("550 5.1.1 no such user"))
+    await page.goto(site.url + "/")
+    await page.locator("input[name=to]").fill("nobody@example.com")
+    await page.locator("form button[type=submit]").click()
+    failed = page.get_by_role("status").locator(".event-failed")
+    async with running_worker(store, settings):
+        await expect(failed).to_contain_text("Failed: ", timeout=WAIT_MS)
+    await expect(failed).to_contain_text("550 5.1.1 no such user")
+    await expect(page.get_by_role("status")).to_have_class("card status done failed")
+    await screenshot(page, "demo-form-failed.png")
+
+
+async def test_a_field_error_shows_next_to_its_field(page, site):
+    await page.goto(site.url + "/")
+    to = page.locator("input[name=to]")
+    await to.fill("not an address")
+    await page.locator("textarea[name=body]").fill("   ")
+    await page.locator("form button[type=submit]").click()
+    to_error = page.locator("#to-error")
+    await expect(to_error).to_be_visible(timeout=WAIT_MS)
+    await expect(to_error).to_contain_text("Not a valid email address")
+    await expect(to).to_have_attribute("aria-invalid", "true")
+    await expect(to).to_be_focused()
+    await expect(page.locator("#body-error")).to_contain_text("Must not be empty.")
+    assert await to.evaluate("input => input.nextElementSibling.id") == "to-error"
+    await expect(page.locator("#subject-error")).to_be_hidden()
+    await expect(page.get_by_role("status")).to_be_hidden()
+    await screenshot(page, "demo-form-field-error.png")
+
+
+async def test_without_event_source_polling_still_reaches_the_result(
+        page, site, store, settings, smtp):
+    await page.add_init_script("delete window.EventSource;")
+    requests = requests_of(page)
+    await page.goto(site.url + "/")
+    assert await page.evaluate("'EventSource' in window") is False
+    await page.locator("form button[type=submit]").click()
+    status = page.get_by_role("status")
+    async with running_worker(store, settings):
+        await expect(status.locator(".event-success")).to_be_visible(timeout=WAIT_MS)
+    await expect(page.locator("#mode")).to_contain_text("checks for news now and then")
+    assert "api/v1/email/result" in paths(requests)
+    assert "api/v1/email/events" not in paths(requests)
+    await smtp.handler.wait_for_count(1)
+
+
+async def test_zero_config_run_shows_delivery_within_2_seconds_and_the_inbox_has_it(
+        browser: Browser, tmp_path: Path):
+    with MailhubProcess(cwd=tmp_path, env={}) as server:
+        page = await browser.new_page()
+        await page.goto(server.url + "/")
+        await expect(page.locator("input[name=to]")).to_have_value("you@example.com")
+        await expect(page.locator("#capture-note")).to_be_visible()
+        started = time.monotonic()
+        await page.locator("form button[type=submit]").click()
+        await expect(page.get_by_role("status").locator(".event-success")).to_be_visible(
+            timeout=2000)
+        elapsed = time.monotonic() - started
+        assert elapsed < 2.0, f"delivered state shown after {elapsed:.2f}s"
+        await page.locator("#inbox-link").click()
+        await expect(page.locator(".mail")).to_contain_text("Hello from the contact form")
+        await expect(page.locator(".mail")).to_contain_text("Hello Kim, thank you")
+        await screenshot(page, "dev-inbox.png")
+        await page.close()
+        assert server.stop() == 0
