@@ -8,9 +8,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import appkeys, demo, inbox, openapi, streams, views
+from . import appkeys, demo, health, inbox, openapi, streams, views
 from .guard import SubmitGuard
-from .middlewares import json_errors
+from .middlewares import cors, json_errors
 from .redis_client import connect
 from .settings import Settings
 from .tasks import TaskStore
@@ -41,7 +41,8 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=MAX_REQUEST_BYTES)
+    app = web.Application(middlewares=[cors(settings.cors_origins), json_errors],
+                          client_max_size=MAX_REQUEST_BYTES)
     app[appkeys.SETTINGS] = settings
     app.cleanup_ctx.append(_redis_context)
     app.cleanup_ctx.append(streams.hub_context)
@@ -51,6 +52,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get(streams.SSE_PATH, streams.task_events)
     app.router.add_get(streams.WS_PATH, streams.task_events_ws)
     app.router.add_get(demo.DEMO_CONFIG_PATH, demo.demo_config)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/", index)
     app.router.add_static("/static", STATIC_DIR)
     if settings.capture_mode:

@@ -115,6 +115,7 @@ async def _running_worker(settings: Settings) -> AsyncIterator[None]:
             TaskStore.from_settings(redis, settings), sender,
             concurrency=settings.worker_concurrency, claim_timeout=settings.claim_timeout,
             retry_base_delay=settings.retry_base_delay, retry_max_delay=settings.retry_max_delay,
+            recheck_interval=settings.smtp_recheck_interval,
         )
         try:
             async with worker.running(grace=settings.shutdown_grace):

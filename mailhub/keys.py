@@ -12,6 +12,8 @@ WORKERS_GROUP = "workers"
 RETRIES = PREFIX + "retries"
 #: Pub/sub channel carrying every task's status transitions.
 EVENTS = PREFIX + "events"
+#: What the workers last found of the SMTP login (JSON, expires).
+SMTP_STATUS = PREFIX + "smtp-status"
 #: List of mails caught by the capture SMTP server (zero-config mode), newest first.
 INBOX = PREFIX + "inbox"
 

@@ -14,6 +14,10 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_TASK_ID = 64
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: The same rules for the OpenAPI spec (JSON Schema patterns).
+NO_CONTROL_PATTERN = r"^[^\u0000-\u001f\u007f]*$"
+NOT_BLANK_PATTERN = r"\S"
+SUBJECT_PATTERN = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$"
 
 
 class Text(fields.String):
@@ -63,18 +67,19 @@ class EmailRequestSchema(Schema):
     """The body of `POST /api/v1/email/received`."""
 
     to = Text(required=True, validate=[validate.Length(max=254), deliverable_address],
-                       metadata={"example": "user@example.com"})
+                       metadata={"example": "user@example.com", "format": "email"})
     subject = Text(
         required=True,
         validate=[validate.Length(min=1, max=MAX_SUBJECT), not_blank, no_control_characters],
-        metadata={"example": "Hello"},
+        metadata={"example": "Hello", "pattern": SUBJECT_PATTERN},
     )
     body = Text(required=True, validate=[not_blank, body_size],
-                         metadata={"example": "{username}님 안녕하세요!",
+                         metadata={"example": "{username}님 안녕하세요!", "minLength": 1,
+                                   "pattern": NOT_BLANK_PATTERN,
                                    "description": "`{username}` is replaced with `username`."})
     username = Text(load_default="",
                              validate=[validate.Length(max=MAX_USERNAME), no_control_characters],
-                             metadata={"example": "홍길동"})
+                             metadata={"example": "홍길동", "pattern": NO_CONTROL_PATTERN})
 
 
 class TaskQuerySchema(Schema):

@@ -69,7 +69,8 @@ end
 return {task_id, 1}
 """
 
-#: KEYS: task, queue. ARGV: entry id, at, max attempts, retention seconds.
+#: KEYS: task, queue. ARGV: entry id, at, max attempts, retention seconds,
+#: now (epoch s), max queue age (s).
 #: Returns the fields to send with, or false when there is nothing to send.
 BEGIN_ATTEMPT = """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -77,12 +78,18 @@ if not state or state == 'success' or state == 'failed' then
   done_with_entry(KEYS[2], ARGV[1])
   return false
 end
-local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts'))
+local f = redis.call('HMGET', KEYS[1], 'attempts', 'created_ts', 'last_error')
+local attempts = tonumber(f[1])
+local reason = nil
 if attempts >= tonumber(ARGV[3]) then
   -- The last allowed attempt was interrupted (its worker died mid-send).
-  local last = redis.call('HGET', KEYS[1], 'last_error') or 'the last attempt was interrupted'
-  redis.call('HSET', KEYS[1], 'state', 'failed',
-             'reason', 'failed after ' .. attempts .. ' attempts: ' .. last)
+  reason = 'failed after ' .. attempts .. ' attempts: ' .. (f[3] or 'the last attempt was interrupted')
+elseif tonumber(ARGV[5]) - (tonumber(f[2]) or tonumber(ARGV[5])) > tonumber(ARGV[6]) then
+  reason = 'not delivered within ' .. ARGV[6] .. ' s of being accepted'
+  if f[3] then reason = reason .. ': ' .. f[3] end
+end
+if reason then
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', reason)
   emit(KEYS[1], 'failed', ARGV[2])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   done_with_entry(KEYS[2], ARGV[1])
@@ -115,11 +122,12 @@ done_with_entry(KEYS[2], ARGV[1])
 """
 
 #: KEYS: task, queue, retries. ARGV: entry id, attempt, at, due (epoch ms),
-#: due (ISO 8601), last error.
+#: due (ISO 8601), last error, whether the attempt counts (1 or 0).
 RETRY_LATER = """
 if owns_attempt(KEYS[1], ARGV[2]) then
   redis.call('HSET', KEYS[1], 'state', 'retrying', 'last_error', ARGV[6],
              'next_attempt_at', ARGV[5])
+  if ARGV[7] == '0' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
   redis.call('ZADD', KEYS[3], ARGV[4], redis.call('HGET', KEYS[1], 'task_id'))
   emit(KEYS[1], 'retry', ARGV[3])
 end

@@ -76,10 +76,12 @@ def now_iso() -> str:
 class TaskStore:
     """Reads and atomic transitions of tasks; takes a Redis client."""
 
-    def __init__(self, redis: Redis, *, retention: int, max_attempts: int, message_id_domain: str):
+    def __init__(self, redis: Redis, *, retention: int, max_attempts: int, message_id_domain: str,
+                 max_queue_age: int = 24 * 3600):
         self.redis = redis
         self.retention = retention
         self.max_attempts = max_attempts
+        self.max_queue_age = max_queue_age
         self.message_id_domain = message_id_domain
         self._enqueue = redis.register_script(scripts.source(scripts.ENQUEUE))
         self._begin = redis.register_script(scripts.source(scripts.BEGIN_ATTEMPT))
@@ -92,7 +94,8 @@ class TaskStore:
     def from_settings(cls, redis: Redis, settings: Settings) -> TaskStore:
         domain = parseaddr(settings.mail_from)[1].rpartition("@")[2] or "mailhub.local"
         return cls(redis, retention=settings.result_retention,
-                   max_attempts=settings.max_attempts, message_id_domain=domain)
+                   max_attempts=settings.max_attempts, message_id_domain=domain,
+                   max_queue_age=settings.max_queue_age)
 
     async def enqueue(self, request: EmailRequest, idempotency_key: str | None = None) -> str:
         """Store a new task and queue it in one step; returns its id.
@@ -142,7 +145,8 @@ class TaskStore:
         """Count a new attempt for the entry's task, or None if there is nothing to send."""
         row = await self._begin(
             keys=[keys.task(entry.task_id), keys.QUEUE],
-            args=[entry.entry_id, now_iso(), self.max_attempts, self.retention],
+            args=[entry.entry_id, now_iso(), self.max_attempts, self.retention,
+                  int(time.time()), self.max_queue_age],
         )
         if not row:
             return None
@@ -161,13 +165,15 @@ class TaskStore:
             args=[attempt.entry_id, attempt.number, now_iso(), self.retention, reason],
         )
 
-    async def retry_later(self, attempt: Attempt, delay: float, error: str) -> None:
+    async def retry_later(self, attempt: Attempt, delay: float, error: str, *,
+                          counted: bool = True) -> None:
+        """Schedule the next attempt in `delay` s; `counted=False` gives the attempt back."""
         due = time.time() + delay
         due_iso = datetime.fromtimestamp(due, timezone.utc).isoformat(timespec="milliseconds")
         await self._retry(
             keys=[keys.task(attempt.task_id), keys.QUEUE, keys.RETRIES],
             args=[attempt.entry_id, attempt.number, now_iso(), int(due * 1000),
-                  due_iso.replace("+00:00", "Z"), error],
+                  due_iso.replace("+00:00", "Z"), error, int(counted)],
         )
 
     async def promote_due_retries(self, batch: int = 500) -> int:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from mailhub import keys
+from mailhub import keys, smtp_status
 from mailhub.tasks import EmailRequest, QueueEntry
 from mailhub.worker import backoff_delay
 from tests.conftest import running_worker, settings_for, wait_for_result
@@ -114,16 +114,59 @@ async def test_implicit_tls_server(store, redis, valkey, tls_material, trust_tes
         assert len(await server.handler.wait_for_count(1)) == 1
 
 
-async def test_untrusted_certificate_is_not_accepted(store, valkey, tls_material, monkeypatch):
+async def test_untrusted_certificate_pauses_sending_without_failing_mail(
+        store, redis, valkey, tls_material, monkeypatch):
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     with SmtpServer(tls_material, tls="starttls", user="u", password="p") as server:
-        settings = settings_for(server, redis_url=valkey.url, max_attempts=1)
-        async with running_worker(store, settings):
+        settings = settings_for(server, redis_url=valkey.url)
+        async with running_worker(store, settings, recheck_interval=0.05) as worker:
             task_id = await store.enqueue(REQUEST)
-            document = await wait_for_result(store, task_id)
-        assert document["status"] == "failed"
-        assert "CERTIFICATE_VERIFY_FAILED" in document["reason"]
+            await _wait_until(lambda: worker.paused)
+            document = json.loads(await _wait_event(store, task_id, "retry"))
+            status = await smtp_status.read(redis)
+        assert document["status"] == "pending"
+        assert document["attempts"] == 0
+        assert "CERTIFICATE_VERIFY_FAILED" in document["last_error"]
+        assert status.paused and "CERTIFICATE_VERIFY_FAILED" in status.reason
         assert server.handler.messages == []
+
+
+async def test_refused_login_pauses_the_queue_and_resumes_when_it_works(
+        store, redis, settings, smtp):
+    smtp.password = "changed-by-the-provider"
+    async with running_worker(store, settings, recheck_interval=0.05) as worker:
+        task_ids = [await store.enqueue(REQUEST) for _ in range(5)]
+        await _wait_until(lambda: worker.paused)
+        assert (await smtp_status.read(redis)).paused
+        for task_id in task_ids:  # an attempt under way when the pause began is given back
+            document = await _wait_for(store, task_id, lambda d: d["event"] in ("queued", "retry"))
+            assert (document["status"], document["attempts"]) == ("pending", 0)
+        smtp.password = settings.smtp_pass  # the owner fixes the account
+        results = [await wait_for_result(store, task_id) for task_id in task_ids]
+    assert [(r["status"], r["attempts"]) for r in results] == [("success", 1)] * 5
+    assert not (await smtp_status.read(redis)).paused
+    assert len(await smtp.handler.wait_for_count(5)) == 5
+
+
+async def test_mail_older_than_the_queue_age_is_failed_not_sent(store, redis, settings, smtp):
+    task_id = await store.enqueue(REQUEST)
+    await redis.hset(keys.task(task_id), "created_ts", 1)
+    async with running_worker(store, settings):
+        document = await wait_for_result(store, task_id)
+    assert document["status"] == "failed"
+    assert "not delivered within 86400 s" in document["reason"]
+    assert smtp.handler.messages == []
+
+
+async def test_connection_dropped_after_data_is_retried_with_the_same_message_id(
+        store, worker, smtp):
+    smtp.handler.faults.append(Fault.drop_after_data())
+    task_id = await store.enqueue(REQUEST)
+    document = await wait_for_result(store, task_id)
+    assert (document["status"], document["attempts"]) == ("success", 2)
+    [ambiguous] = await smtp.handler.wait_for_count(1, dropped=True)
+    [delivered] = await smtp.handler.wait_for_count(1)
+    assert ambiguous.message["Message-ID"] == delivered.message["Message-ID"]
 
 
 async def test_a_waiting_retry_does_not_hold_a_send_slot(store, settings, smtp):
@@ -217,6 +260,23 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap():
         assert all(full / 2 <= d <= full for d in delays)
         assert len(set(delays)) > 1
     assert backoff_delay(30, 2.0, 600.0) <= 600.0
+
+
+async def _wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def _wait_for(store, task_id: str, predicate, timeout: float = 10.0) -> dict:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        document = json.loads(await store.result(task_id))
+        if predicate(document):
+            return document
+        assert asyncio.get_running_loop().time() < deadline, f"still {document}"
+        await asyncio.sleep(0.005)
 
 
 async def _wait_event(store, task_id: str, event: str, timeout: float = 10.0) -> str:

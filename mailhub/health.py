@@ -1,0 +1,47 @@
+"""Liveness and readiness: /healthz and /readyz."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from . import appkeys, smtp_status
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and serving."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when Redis answers and no worker reports SMTP sending paused."""
+    settings = request.app[appkeys.SETTINGS]
+    redis = request.app[appkeys.REDIS]
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(redis.ping(), timeout=1.0)
+        checks["redis"] = "ok"
+    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        checks["redis"] = f"unreachable: {exc or type(exc).__name__}"
+        return _answer(checks, f"Redis is unreachable: {exc or type(exc).__name__}")
+    if settings.capture_mode:
+        checks["smtp"] = "capture mode: mail is not delivered"
+        return _answer(checks)
+    status = await smtp_status.read(redis)
+    if status is None:
+        checks["smtp"] = "not checked yet"
+    elif status.paused:
+        checks["smtp"] = f"paused: {status.reason}"
+        return _answer(checks, f"SMTP sending is paused: {status.reason}")
+    else:
+        checks["smtp"] = f"ok (checked {status.checked_at})"
+    return _answer(checks)
+
+
+def _answer(checks: dict[str, str], problem: str | None = None) -> web.Response:
+    if problem is None:
+        return web.json_response({"status": "ready", "checks": checks})
+    return web.json_response({"status": "unavailable", "reason": problem, "checks": checks},
+                             status=503)

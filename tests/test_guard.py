@@ -1,0 +1,167 @@
+"""Abuse protection on a public form: allowlist, API keys, rate limits, CORS, honeypot,
+idempotency, and the health endpoints."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from mailhub import keys, smtp_status
+from mailhub.app import create_app
+from tests.conftest import with_settings
+
+SUBMIT = "/api/v1/email/received"
+MAIL = {"to": "owner@example.com", "subject": "Hello", "body": "Hi"}
+
+
+@pytest.fixture
+def make_client(aiohttp_client, settings):
+    async def make(**changes):
+        return await aiohttp_client(create_app(with_settings(settings, **changes)))
+
+    return make
+
+
+async def test_recipient_outside_the_allowlist_is_refused_and_never_sent(make_client, redis,
+                                                                         worker, smtp):
+    client = await make_client(allowed_recipients=("owner@example.com", "@corp.example"))
+    refused = await client.post(SUBMIT, json={**MAIL, "to": "victim@elsewhere.example"})
+    assert refused.status == 403
+    error = (await refused.json())["error"]
+    assert error["code"] == "recipient_not_allowed"
+    assert "to" in error["fields"]
+    assert await redis.xlen(keys.QUEUE) == 0
+    for allowed in ("Owner@Example.com", "sales@corp.example"):
+        assert (await client.post(SUBMIT, json={**MAIL, "to": allowed})).status == 200
+    assert (await client.post(SUBMIT, json={**MAIL, "to": "x@sub.corp.example"})).status == 403
+    mails = await smtp.handler.wait_for_count(2)
+    assert all("elsewhere" not in m.rcpt_tos[0] for m in mails)
+
+
+async def test_capture_mode_accepts_any_recipient(make_client):
+    client = await make_client(smtp_host="", allowed_recipients=())
+    assert (await client.post(SUBMIT, json={**MAIL, "to": "anyone@anywhere.example"})).status == 200
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic c2VjcmV0", "Bearer"])
+async def test_submit_without_a_valid_api_key_is_401(make_client, redis, header):
+    client = await make_client(api_keys=("k-123", "k-456"))
+    headers = {"Authorization": header} if header else {}
+    response = await client.post(SUBMIT, json=MAIL, headers=headers)
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert (await response.json())["error"]["code"] == "unauthorized"
+    assert await redis.xlen(keys.QUEUE) == 0
+
+
+async def test_submit_with_a_valid_api_key_is_queued(make_client):
+    client = await make_client(api_keys=("k-123", "k-456"))
+    response = await client.post(SUBMIT, json=MAIL, headers={"Authorization": "Bearer k-456"})
+    assert response.status == 200
+
+
+async def test_rate_limit_is_shared_by_two_web_processes(make_client):
+    first = await make_client(rate_limit="3/minute")
+    second = await make_client(rate_limit="3/minute")
+    statuses = [(await c.post(SUBMIT, json=MAIL)).status for c in (first, second, first)]
+    assert statuses == [200, 200, 200]
+    limited = await second.post(SUBMIT, json=MAIL)
+    assert limited.status == 429
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert (await limited.json())["error"]["code"] == "rate_limited"
+
+
+async def test_forwarded_for_is_ignored_from_untrusted_peers(make_client):
+    client = await make_client(rate_limit="1/minute")
+    assert (await client.post(SUBMIT, json=MAIL, headers={"X-Forwarded-For": "1.1.1.1"})).status == 200
+    spoofed = await client.post(SUBMIT, json=MAIL, headers={"X-Forwarded-For": "2.2.2.2"})
+    assert spoofed.status == 429
+
+
+async def test_forwarded_for_from_a_trusted_proxy_names_the_client(make_client):
+    client = await make_client(rate_limit="1/minute", trusted_proxies=("127.0.0.1/32",))
+    for address in ("1.1.1.1", "2.2.2.2"):
+        response = await client.post(SUBMIT, json=MAIL, headers={"X-Forwarded-For": address})
+        assert response.status == 200
+    again = await client.post(SUBMIT, json=MAIL, headers={"X-Forwarded-For": "9.9.9.9, 1.1.1.1"})
+    assert again.status == 429
+
+
+async def test_cors_preflight_for_an_allowed_origin(make_client):
+    client = await make_client(cors_origins=("https://www.example.com",))
+    response = await client.options(SUBMIT, headers={
+        "Origin": "https://www.example.com", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type, idempotency-key"})
+    assert response.status == 204
+    assert response.headers["Access-Control-Allow-Origin"] == "https://www.example.com"
+    assert "POST" in response.headers["Access-Control-Allow-Methods"]
+    assert "Idempotency-Key" in response.headers["Access-Control-Allow-Headers"]
+    post = await client.post(SUBMIT, json=MAIL, headers={"Origin": "https://www.example.com"})
+    assert post.headers["Access-Control-Allow-Origin"] == "https://www.example.com"
+
+
+async def test_cors_refuses_other_origins_by_default(make_client):
+    client = await make_client()
+    preflight = await client.options(SUBMIT, headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert preflight.status == 403
+    assert "Access-Control-Allow-Origin" not in preflight.headers
+    post = await client.post(SUBMIT, json=MAIL, headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in post.headers
+
+
+async def test_filled_honeypot_looks_queued_but_is_dropped(make_client, redis):
+    client = await make_client(honeypot_field="website")
+    response = await client.post(SUBMIT, json={**MAIL, "website": "http://spam.example"})
+    assert response.status == 200
+    answer = await response.json()
+    assert answer["status"] == "queued"
+    assert uuid.UUID(answer["task_id"])
+    assert await redis.xlen(keys.QUEUE) == 0
+    human = await client.post(SUBMIT, json={**MAIL, "website": ""})
+    assert human.status == 200
+    assert await redis.xlen(keys.QUEUE) == 1
+
+
+async def test_same_idempotency_key_and_body_queue_once(client, redis):
+    headers = {"Idempotency-Key": "form-4711"}
+    first = await (await client.post(SUBMIT, json=MAIL, headers=headers)).json()
+    again = await client.post(SUBMIT, json=MAIL, headers=headers)
+    assert again.status == 200
+    assert (await again.json())["task_id"] == first["task_id"]
+    assert await redis.xlen(keys.QUEUE) == 1
+    assert 0 < await redis.ttl(keys.idempotency(_sha256("form-4711"))) <= 24 * 3600
+
+
+async def test_same_idempotency_key_with_another_body_is_409(client, redis):
+    headers = {"Idempotency-Key": "form-4712"}
+    assert (await client.post(SUBMIT, json=MAIL, headers=headers)).status == 200
+    conflict = await client.post(SUBMIT, json={**MAIL, "body": "changed"}, headers=headers)
+    assert conflict.status == 409
+    assert (await conflict.json())["error"]["code"] == "idempotency_conflict"
+    assert await redis.xlen(keys.QUEUE) == 1
+
+
+@pytest.mark.parametrize("key", ["x" * 256, "bad\tkey"])
+async def test_malformed_idempotency_key_is_400(client, key):
+    response = await client.post(SUBMIT, json=MAIL, headers={"Idempotency-Key": key})
+    assert response.status == 400
+
+
+async def test_health_and_readiness(client, redis):
+    assert (await (await client.get("/healthz")).json()) == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    await smtp_status.record(redis, "w1", paused=True, reason="SMTP login refused: 535")
+    paused = await client.get("/readyz")
+    assert paused.status == 503
+    assert "535" in (await paused.json())["reason"]
+    await smtp_status.record(redis, "w1", paused=False)
+    assert (await client.get("/readyz")).status == 200
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
