@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from .redis_client import connect
 from .settings import Settings
+from .smtp_pool import close_now
 
 #: The longest a check waits for any one reply: a wrong TLS mode shows as silence.
 CHECK_TIMEOUT = 10.0
@@ -92,7 +93,7 @@ async def check_smtp(settings: Settings) -> list[Step]:
     except _Stop as stop:
         steps.append(stop.args[0])
     finally:
-        smtp.close()
+        close_now(smtp)
     return steps
 
 

@@ -11,7 +11,7 @@ import aiosmtplib
 
 from .errors import ConfigurationFailure, DeliveryError, PermanentFailure, TransientFailure
 from .settings import Settings
-from .smtp_pool import SmtpPool
+from .smtp_pool import SmtpPool, close_now
 from .tasks import Attempt
 
 PLACEHOLDER = "{username}"
@@ -91,10 +91,11 @@ class SmtpSender:
         """Connect, do TLS and log in on a fresh connection; raise a `DeliveryError` if not."""
         try:
             smtp = await self._connect()
+            transport = smtp.transport
             try:
                 await smtp.quit()
             finally:
-                smtp.close()
+                close_now(smtp, transport)
         except Exception as exc:  # noqa: BLE001 - classify() re-raises what it does not know
             raise classify(exc) from exc
 

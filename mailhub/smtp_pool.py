@@ -175,16 +175,30 @@ class SmtpPool:
         task.add_done_callback(self._retiring.discard)
 
     async def _quit(self, smtp: aiosmtplib.SMTP) -> None:
+        transport = smtp.transport
         try:
             with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
                 async with asyncio.timeout(min(5.0, self.send_timeout)):
                     await smtp.quit()
         finally:
-            smtp.close()
+            close_now(smtp, transport)
 
     @staticmethod
     def _discard(connection: _Connection) -> None:
         """Drop a connection in an unknown state, without another word to the server."""
         if connection.reaper is not None:
             connection.reaper.cancel()
-        connection.smtp.close()
+        close_now(connection.smtp)
+
+
+def close_now(smtp: aiosmtplib.SMTP, transport: asyncio.BaseTransport | None = None) -> None:
+    """Close `smtp`'s socket at once.
+
+    aiosmtplib's close() starts a TLS shutdown that can wait 30 s for the
+    server's close_notify and leaves the socket open meanwhile; after QUIT, or
+    on a connection being thrown away, there is nothing left to say.
+    """
+    transport = transport or smtp.transport
+    if isinstance(transport, asyncio.Transport):
+        transport.abort()
+    smtp.close()

@@ -152,9 +152,11 @@ async def test_a_login_failure_leaves_nothing_behind(settings, smtp):
 
 
 async def test_waiting_for_a_busy_pool_is_bounded_by_the_smtp_timeout(settings, smtp):
-    async with pooled(replace(settings, smtp_timeout=0.3), size=1) as sender:
+    async with pooled(settings, size=1) as sender:
+        sender.pool.send_timeout = 0.3
         async with sender.pool._slots:  # every connection busy
-            with pytest.raises(TransientFailure, match="stayed busy"):
+            with pytest.raises(TransientFailure, match="stayed busy for 0.3s"):
                 await sender.send(attempt(1))
+        sender.pool.send_timeout = settings.smtp_timeout
         await sender.send(attempt(2))
     assert [m.message["Subject"] for m in await smtp.handler.wait_for_count(1)] == ["mail 2"]
