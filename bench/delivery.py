@@ -6,9 +6,9 @@ The sink is aiosmtpd with STARTTLS and AUTH, in this process. Its capacity is
 measured in the same run by a bare aiosmtplib client process with as many
 reused connections as mailhub's pool (best of a run before and one after
 mailhub's), and, for reference, with a new connection per mail. mailhub runs
-as `python run.py` (web, worker and embedded Valkey in one process); its
-figure is mails divided by the time from the first submit to the last
-`success` transition.
+as `python run.py` (web, worker and embedded Valkey in one process), then as
+separate `web` and 1 or 2 `worker` processes sharing a Valkey; each figure is
+mails divided by the time from the first submit to the last `success`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from redis.asyncio import Redis
+
 from bench.sink import Sink
 from bench.support import (MailhubServer, Row, clean_env, event_time, mail, print_table, run,
-                           running, sink_env, submit_all, wait_for_results, wait_until)
+                           running, sink_env, submit_all, wait_for_results, wait_until,
+                           wait_until_async)
+from mailhub import keys
+from mailhub.embedded_redis import EmbeddedRedis
+from mailhub.redis_client import connect
 
 
 async def raw_client_rate(sink: Sink, count: int, connections: int, *, fresh: bool = False) -> float:
@@ -59,6 +65,35 @@ async def mailhub_rate(sink: Sink, count: int, pool: int, work: Path) -> float:
     return count / (max(map(event_time, documents)) - submitted.started)
 
 
+async def split_rate(sink: Sink, count: int, pool: int, workers: int, work: Path) -> float:
+    """As `mailhub_rate`, with `python run.py web` and `workers` worker processes on one Valkey."""
+    sink.handler.reset()
+    with EmbeddedRedis(work / f"valkey-{workers}", persist=True) as valkey:
+        env = sink_env(sink, work / "data", SMTP_POOL_SIZE=str(pool), REDIS_URL=valkey.url)
+        processes = [MailhubServer("worker", env=env, log_dir=work) for _ in range(workers)]
+        web = MailhubServer("web", env=env, log_dir=work)
+        redis = connect(valkey.url)
+        try:
+            web.wait_ready()
+            await wait_until_async(lambda: _consumers(redis, workers), 30, "workers reading")
+            submitted = await submit_all(web.url, [mail(n, f"split{workers}") for n in range(count)])
+            await wait_until(lambda: sink.handler.delivered >= count, 300, "delivery")
+            documents = await wait_for_results(web.url, [t for t in submitted.task_ids if t],
+                                               timeout=60)
+        finally:
+            await redis.aclose()
+            for process in [web, *processes]:
+                process.stop()
+    if {doc["status"] for doc in documents} != {"success"} or sink.handler.delivered != count:
+        raise RuntimeError(f"split {workers}: {sink.handler.delivered} delivered of {count}")
+    return count / (max(map(event_time, documents)) - submitted.started)
+
+
+async def _consumers(redis: Redis, wanted: int) -> bool:
+    groups = await redis.xinfo_groups(keys.QUEUE) if await redis.exists(keys.QUEUE) else []
+    return any(group["consumers"] >= wanted for group in groups)
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=2000)
@@ -68,11 +103,14 @@ async def main() -> int:
         capacity = await raw_client_rate(sink, args.count, args.pool)
         fresh = await raw_client_rate(sink, args.count // 4, args.pool, fresh=True)
         mailhub = await mailhub_rate(sink, args.count, args.pool, Path(tmp))
+        split = {n: await split_rate(sink, args.count, args.pool, n, Path(tmp)) for n in (1, 2)}
         capacity = max(capacity, await raw_client_rate(sink, args.count, args.pool))
     reused = f"raw aiosmtplib, {args.pool} reused connections"
     print_table("Delivery (aiosmtpd STARTTLS + AUTH sink)", [
         Row(f"mailhub: {args.count:,} mails submitted -> all success", mailhub, "mails/s",
             capacity, reused, "ratio >= 0.85"),
+        *(Row(f"mailhub: web + {n} worker process{'es' * (n > 1)} (REDIS_URL)", rate, "mails/s",
+              capacity, reused) for n, rate in split.items()),
         Row("raw aiosmtplib, new connection per mail", fresh, "mails/s", capacity, reused),
     ], f"python -m bench.delivery --count {args.count} --pool {args.pool}")
     return 0

@@ -187,6 +187,16 @@ async def wait_until(condition: Callable[[], bool], timeout: float, what: str,
         await asyncio.sleep(interval)
 
 
+async def wait_until_async(condition: Callable[[], Awaitable[bool]], timeout: float,
+                           what: str) -> None:
+    """`wait_until` for a condition that must ask something over the network."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not done after {timeout:g}s")
+        await asyncio.sleep(0.05)
+
+
 async def wait_for_results(url: str, task_ids: list[str], *, timeout: float,
                            done: Callable[[dict[str, Any]], bool] | None = None,
                            ) -> list[dict[str, Any]]:

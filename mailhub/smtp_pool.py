@@ -75,26 +75,40 @@ class SmtpPool:
         """Send `message` on a pooled connection; raise aiosmtplib's exception if it fails."""
         if self._closed:
             raise aiosmtplib.SMTPException("the SMTP pool is closed")
-        waiting = True
+        deadline = asyncio.get_running_loop().time() + self.send_timeout
         try:
-            async with asyncio.timeout(self.send_timeout):
-                async with self._slots:
-                    waiting = False
-                    connection = await self._checkout()
-                    self.busy += 1
-                    try:
-                        await self._transact(connection, message)
-                    finally:
-                        self.busy -= 1
-        except TimeoutError as exc:
-            if isinstance(exc, aiosmtplib.SMTPTimeoutError):
-                raise
-            if waiting:
-                raise aiosmtplib.SMTPTimeoutError(
-                    f"all {self.size} SMTP connections stayed busy for {self.send_timeout:g}s"
-                ) from exc
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        except TimeoutError:
             raise aiosmtplib.SMTPTimeoutError(
-                f"the SMTP server did not finish within {self.send_timeout:g}s") from exc
+                f"all {self.size} SMTP connections stayed busy for {self.send_timeout:g}s") from None
+        self.busy += 1
+        try:
+            await self._send_until(deadline, message)
+        finally:
+            self.busy -= 1
+            self._slots.release()
+
+    async def _send_until(self, deadline: float, message: EmailMessage) -> None:
+        connection: _Connection | None = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                connection = await self._checkout()
+                connection.transactions += 1
+                await connection.smtp.send_message(message)
+        except (aiosmtplib.SMTPRecipientsRefused, aiosmtplib.SMTPResponseException) as exc:
+            # Outside the deadline: a refusal must be reported as the server's reply.
+            if connection is not None:
+                await self._after_refusal(connection, exc)
+            raise
+        except BaseException as exc:
+            if connection is not None:
+                self._discard(connection)
+            if isinstance(exc, TimeoutError) and not isinstance(exc, aiosmtplib.SMTPTimeoutError):
+                raise aiosmtplib.SMTPTimeoutError(
+                    f"the SMTP server did not finish within {self.send_timeout:g}s") from exc
+            raise
+        self._checkin(connection)
 
     async def close(self) -> None:
         """QUIT every idle connection and wait for them; later sends are refused."""
@@ -103,18 +117,6 @@ class SmtpPool:
             self._retire(self._idle.pop())
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
-
-    async def _transact(self, connection: _Connection, message: EmailMessage) -> None:
-        connection.transactions += 1
-        try:
-            await connection.smtp.send_message(message)
-        except (aiosmtplib.SMTPRecipientsRefused, aiosmtplib.SMTPResponseException) as exc:
-            await self._after_refusal(connection, exc)
-            raise
-        except BaseException:
-            self._discard(connection)
-            raise
-        self._checkin(connection)
 
     async def _after_refusal(self, connection: _Connection, exc: aiosmtplib.SMTPException) -> None:
         """Keep the connection only if the server closed nothing and RSET succeeds."""
@@ -141,7 +143,7 @@ class SmtpPool:
 
     async def _reset(self, connection: _Connection) -> bool:
         try:
-            await connection.smtp.rset()
+            await connection.smtp.rset(timeout=min(5.0, self.send_timeout))
         except asyncio.CancelledError:
             self._discard(connection)
             raise
