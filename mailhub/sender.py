@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import ssl
+from email import policy
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import formatdate
 
@@ -23,8 +26,24 @@ def render_body(body: str, username: str) -> str:
     return body.replace(PLACEHOLDER, username)
 
 
+class _CachedHeaderRegistry(HeaderRegistry):
+    """The standard header classes, each built once.
+
+    HeaderRegistry makes a new class on every lookup; that was a third of the
+    time spent building and flattening a message. The output is unchanged.
+    """
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019 - one registry for the process
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        return super().__getitem__(name)
+
+
+_POLICY = policy.default.clone(header_factory=_CachedHeaderRegistry())
+
+
 def build_message(attempt: Attempt, mail_from: str) -> EmailMessage:
-    message = EmailMessage()
+    """The mail of an attempt: plain UTF-8 text, headers as given, the task's Message-ID."""
+    message = EmailMessage(policy=_POLICY)
     message["From"] = mail_from
     message["To"] = attempt.to
     message["Subject"] = attempt.subject
