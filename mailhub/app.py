@@ -54,6 +54,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get(demo.DEMO_CONFIG_PATH, demo.demo_config)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", health.prometheus)
     app.router.add_get("/", index)
     app.router.add_static("/static", STATIC_DIR)
     if settings.capture_mode:

@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from aiohttp import web
+from pythonjsonlogger.json import JsonFormatter
 
-from . import check
+from . import check, metrics
 from .app import create_app
 from .capture import start_capture_server
 from .embedded_redis import EmbeddedRedis
@@ -38,6 +39,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
+                                           rename_fields={"levelname": "level", "name": "logger"}))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level, handlers=[handler])
+    # aiosmtpd (capture mode) logs every SMTP line at INFO.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -48,10 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return check.main(settings)
     settings = replace(settings, host=args.host or settings.host, port=args.port or settings.port)
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # aiosmtpd (capture mode) logs every SMTP line at INFO.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    configure_logging(settings)
     run_web, run_worker = args.command in ("all", "web"), args.command in ("all", "worker")
     if not settings.redis_url and args.command != "all":
         print("mailhub: REDIS_URL is missing: separate web and worker processes must share "
@@ -111,6 +121,7 @@ async def _running_worker(settings: Settings) -> AsyncIterator[None]:
             logger.warning("CAPTURE MODE: SMTP_HOST is not set, so mail is captured on port %d "
                            "and NOT delivered; see /dev/inbox", port)
         sender = SmtpSender(settings)
+        metrics.watch_pool(sender.pool)
         worker = Worker(
             TaskStore.from_settings(redis, settings), sender,
             concurrency=settings.worker_concurrency, claim_timeout=settings.claim_timeout,

@@ -1,13 +1,14 @@
-"""Liveness and readiness: /healthz and /readyz."""
+"""Operations endpoints: liveness (/healthz), readiness (/readyz), metrics (/metrics)."""
 
 from __future__ import annotations
 
 import asyncio
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from . import appkeys, smtp_status
+from . import appkeys, metrics, smtp_status
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -45,3 +46,11 @@ def _answer(checks: dict[str, str], problem: str | None = None) -> web.Response:
         return web.json_response({"status": "ready", "checks": checks})
     return web.json_response({"status": "unavailable", "reason": problem, "checks": checks},
                              status=503)
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    """This process's metrics in Prometheus text format."""
+    metrics.SUBSCRIBERS.set(request.app[appkeys.EVENT_HUB].subscription_count)
+    await metrics.refresh_queue_gauges(request.app[appkeys.REDIS])
+    # The content type carries a version parameter, which `content_type=` would refuse.
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -54,6 +54,8 @@ class Settings:
     shutdown_grace: float = 25.0
     result_retention: int = 7 * 24 * 3600
     log_level: str = "INFO"
+    #: "text" for people, "json" for log collectors.
+    log_format: str = "text"
     #: Seconds between keep-alive comments on an idle SSE stream (and WebSocket pings).
     sse_keepalive: float = 15.0
     #: The recipient the demo form at / is prefilled with.
@@ -216,6 +218,7 @@ def _parse(env: _Reader) -> Settings:
         log_level=env.get("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info").upper(),
         sse_keepalive=env.get("SSE_KEEPALIVE", _positive(float), d.sse_keepalive),
         demo_recipient=env.get("DEMO_RECIPIENT", _address, d.demo_recipient),
+        log_format=env.get("LOG_FORMAT", _choice("text", "json"), d.log_format),
         max_queue_age=env.get("MAX_QUEUE_AGE", _positive(int), d.max_queue_age),
         smtp_recheck_interval=env.get("SMTP_RECHECK_INTERVAL", _positive(float),
                                       d.smtp_recheck_interval),

@@ -64,6 +64,14 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class Queued:
+    """The answer to a submit: the task, and whether this call created it."""
+
+    task_id: str
+    created: bool
+
+
+@dataclass(frozen=True)
 class QueueEntry:
     entry_id: str
     task_id: str
@@ -97,11 +105,16 @@ class TaskStore:
                    max_attempts=settings.max_attempts, message_id_domain=domain,
                    max_queue_age=settings.max_queue_age)
 
-    async def enqueue(self, request: EmailRequest, idempotency_key: str | None = None) -> str:
-        """Store a new task and queue it in one step; returns its id.
+    async def enqueue(self, request: EmailRequest) -> str:
+        """Store a new task and queue it in one step; returns its id."""
+        return (await self.accept(request)).task_id
+
+    async def accept(self, request: EmailRequest, idempotency_key: str | None = None) -> Queued:
+        """Store a new task and queue it in one step.
 
         With an `idempotency_key` seen in the last 24 h, returns the earlier
-        task's id instead, or raises `IdempotencyConflict` if the body differs.
+        task instead (`created` False), or raises `IdempotencyConflict` if the
+        body differs.
         """
         task_id = str(uuid.uuid4())
         fields = {
@@ -127,7 +140,7 @@ class TaskStore:
         )
         if int(outcome) < 0:
             raise IdempotencyConflict("This Idempotency-Key was already used with another body.")
-        return _text(task_id)
+        return Queued(_text(task_id), created=int(outcome) > 0)
 
     async def result(self, task_id: str) -> str | None:
         """The task's result document as JSON text, or None if unknown or expired."""

@@ -9,8 +9,8 @@ import uuid
 from aiohttp import web
 from marshmallow import ValidationError
 
-from . import appkeys
-from .errors import InvalidRequest, TaskNotFound, ValidationFailed
+from . import appkeys, metrics
+from .errors import ApiError, InvalidRequest, TaskNotFound, ValidationFailed
 from .schemas import EmailRequestSchema, TaskQuerySchema
 from .tasks import EmailRequest
 
@@ -55,18 +55,32 @@ def _flatten(message: object) -> list[str]:
 
 async def submit(request: web.Request) -> web.Response:
     """Queue an email; answer at once with its task id."""
+    try:
+        task_id, outcome = await _admit(request)
+    except ApiError as refusal:
+        metrics.SUBMISSIONS.labels(refusal.code).inc()
+        raise
+    metrics.SUBMISSIONS.labels(outcome).inc()
+    return _queued(task_id)
+
+
+async def _admit(request: web.Request) -> tuple[str, str]:
     guard = request.app[appkeys.GUARD]
     guard.check_api_key(request.headers)
-    await guard.check_rate(guard.client_address(request.remote, request.headers))
+    client = guard.client_address(request.remote, request.headers)
+    await guard.check_rate(client)
     payload = await read_json(request)
     if guard.is_spam(payload):
-        logger.warning("honeypot filled by %s: dropped quietly", request.remote)
-        return _queued(str(uuid.uuid4()))
+        logger.warning("honeypot filled by %s: dropped quietly", client)
+        return str(uuid.uuid4()), "honeypot"
     data = validated(_request_schema, guard.strip_honeypot(payload))
     guard.check_recipient(data["to"])
-    key = idempotency_key(request)
-    task_id = await request.app[appkeys.STORE].enqueue(EmailRequest(**data), key)
-    return _queued(task_id)
+    queued = await request.app[appkeys.STORE].accept(EmailRequest(**data), idempotency_key(request))
+    if not queued.created:
+        logger.info("task %s: repeated submit (same Idempotency-Key and body)", queued.task_id)
+        return queued.task_id, "duplicate"
+    logger.info("task %s: queued for %s", queued.task_id, data["to"])
+    return queued.task_id, "accepted"
 
 
 def _queued(task_id: str) -> web.Response:

@@ -15,24 +15,17 @@ import random
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import keys, smtp_status
+from . import keys, metrics
 from .errors import ConfigurationFailure, DeliveryError, PermanentFailure
+from .sending_gate import Sender, SendingGate
 from .tasks import Attempt, QueueEntry, TaskStore
 
 logger = logging.getLogger(__name__)
-
-
-class Sender(Protocol):
-    async def send(self, attempt: Attempt) -> None: ...
-
-    async def verify(self) -> None:
-        """Connect, do TLS and log in; raise a `DeliveryError` if that fails."""
 
 
 async def _until_recorded(write: Callable[[], Awaitable[None]], cap: float = 2.0) -> None:
@@ -50,19 +43,6 @@ async def _until_recorded(write: Callable[[], Awaitable[None]], cap: float = 2.0
             logger.warning("Redis unreachable while recording an outcome (%s); retrying", exc)
             await asyncio.sleep(delay)
             delay = min(cap, delay * 2)
-
-
-async def _keeping_cancellation(call: Awaitable[None]) -> None:
-    """Await `call`; if this task was cancelled meanwhile, raise even if `call` swallowed it.
-
-    aiosmtplib can turn a cancelled connect into an SMTP error.
-    """
-    try:
-        await call
-    finally:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise asyncio.CancelledError
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
@@ -97,11 +77,8 @@ class Worker:
         self.retry_base_delay = retry_base_delay
         self.retry_max_delay = retry_max_delay
         self.poll_interval = poll_interval
-        self.recheck_interval = recheck_interval
         self.name = consumer_name()
-        #: Set while sending is allowed; cleared while a configuration failure pauses it.
-        self._sending = asyncio.Event()
-        self._sending.set()
+        self.gate = SendingGate(sender, store.redis, self.name, recheck_interval)
         self._slots = asyncio.Semaphore(concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -113,7 +90,7 @@ class Worker:
             asyncio.create_task(self._forever(self._claim_new), name="worker-claim"),
             asyncio.create_task(self._forever(self._reclaim_stalled), name="worker-reclaim"),
             asyncio.create_task(self._forever(self._promote_retries), name="worker-retries"),
-            asyncio.create_task(self._watch_smtp_login(), name="worker-smtp-login"),
+            asyncio.create_task(self.gate.watch(), name="worker-smtp-login"),
         ]
         logger.info("worker %s started, %d send slots", self.name, self.concurrency)
 
@@ -150,7 +127,7 @@ class Worker:
                 await asyncio.sleep(delay)
 
     async def _take_slots(self, wanted: int) -> int:
-        await self._sending.wait()
+        await self.gate.wait_open()
         await self._slots.acquire()
         taken = 1
         while taken < wanted and not self._slots.locked():
@@ -216,18 +193,21 @@ class Worker:
     async def _attempt(self, attempt: Attempt) -> None:
         logger.info("task %s: attempt %d to %s", attempt.task_id, attempt.number, attempt.to)
         try:
-            await self.sender.send(attempt)
+            with metrics.ATTEMPT_SECONDS.time():
+                await self.sender.send(attempt)
         except ConfigurationFailure as failure:
             # Not this mail's fault: give the attempt back and stop sending until fixed.
             await _until_recorded(lambda: self.store.retry_later(
-                attempt, self.recheck_interval, f"sending paused: {failure.reason}",
+                attempt, self.gate.recheck_interval, f"sending paused: {failure.reason}",
                 counted=False))
-            await self._pause(failure)
+            metrics.MAILS.labels("deferred").inc()
+            await self.gate.pause(failure)
         except DeliveryError as failure:
             await self._handle_failure(attempt, failure)
         else:
             # First thing after the server's 250: a crash now would mean a resend.
             await _until_recorded(lambda: self.store.succeed(attempt))
+            metrics.MAILS.labels("sent").inc()
             logger.info("task %s: delivered on attempt %d", attempt.task_id, attempt.number)
 
     async def _handle_failure(self, attempt: Attempt, failure: DeliveryError) -> None:
@@ -235,49 +215,14 @@ class Worker:
         if isinstance(failure, PermanentFailure) or n >= self.store.max_attempts:
             reason = f"failed after {n} attempt{'s' if n > 1 else ''}: {failure.reason}"
             await _until_recorded(lambda: self.store.fail(attempt, reason))
+            metrics.MAILS.labels("failed").inc()
             logger.warning("task %s: %s", attempt.task_id, reason)
             return
         delay = backoff_delay(n, self.retry_base_delay, self.retry_max_delay)
         await _until_recorded(lambda: self.store.retry_later(attempt, delay, failure.reason))
+        metrics.MAILS.labels("retried").inc()
         logger.info("task %s: attempt %d failed (%s); retry in %.1fs",
                     attempt.task_id, n, failure.reason, delay)
-
-    @property
-    def paused(self) -> bool:
-        return not self._sending.is_set()
-
-    async def _pause(self, failure: DeliveryError) -> None:
-        if self.paused:
-            return
-        self._sending.clear()
-        logger.error("SENDING PAUSED: %s. No mail is failed meanwhile; the login is re-checked "
-                     "every %.3gs and sending resumes by itself once it works.",
-                     failure.reason, self.recheck_interval)
-        await smtp_status.record(self.store.redis, self.name, paused=True, reason=failure.reason)
-
-    async def _watch_smtp_login(self) -> None:
-        """Check the login at start; while paused, re-check it until it works again."""
-        await self._check_login()
-        while True:
-            await asyncio.sleep(self.recheck_interval)
-            if self.paused:
-                await self._check_login()
-
-    async def _check_login(self) -> None:
-        try:
-            await _keeping_cancellation(self.sender.verify())
-        except ConfigurationFailure as failure:
-            await self._pause(failure)
-            await smtp_status.record(self.store.redis, self.name, paused=True,
-                                     reason=failure.reason)
-            return
-        except (DeliveryError, RedisError, OSError) as exc:
-            logger.warning("SMTP login check inconclusive: %s", exc)
-            return
-        await smtp_status.record(self.store.redis, self.name, paused=False)
-        if self.paused:
-            logger.warning("SMTP login works again: sending resumed")
-            self._sending.set()
 
     @contextlib.asynccontextmanager
     async def running(self, grace: float = 25.0):  # type: ignore[no-untyped-def]

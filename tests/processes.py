@@ -60,7 +60,11 @@ class MailhubProcess:
         return self.process.wait(timeout)
 
     def __enter__(self) -> MailhubProcess:
-        return self.wait_ready()
+        try:
+            return self.wait_ready()
+        except BaseException:
+            self.__exit__()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         if self.process.poll() is None:

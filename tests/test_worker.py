@@ -9,7 +9,8 @@ import pytest
 
 from mailhub import keys, smtp_status
 from mailhub.tasks import EmailRequest, QueueEntry
-from mailhub.worker import backoff_delay
+from mailhub.sender import SmtpSender
+from mailhub.worker import Worker, backoff_delay
 from tests.conftest import running_worker, settings_for, wait_for_result
 from tests.smtp_server import Fault, SmtpServer
 
@@ -121,7 +122,7 @@ async def test_untrusted_certificate_pauses_sending_without_failing_mail(
         settings = settings_for(server, redis_url=valkey.url)
         async with running_worker(store, settings, recheck_interval=0.05) as worker:
             task_id = await store.enqueue(REQUEST)
-            await _wait_until(lambda: worker.paused)
+            await _wait_until(lambda: worker.gate.paused)
             document = json.loads(await _wait_event(store, task_id, "retry"))
             status = await smtp_status.read(redis)
         assert document["status"] == "pending"
@@ -136,7 +137,7 @@ async def test_refused_login_pauses_the_queue_and_resumes_when_it_works(
     smtp.password = "changed-by-the-provider"
     async with running_worker(store, settings, recheck_interval=0.05) as worker:
         task_ids = [await store.enqueue(REQUEST) for _ in range(5)]
-        await _wait_until(lambda: worker.paused)
+        await _wait_until(lambda: worker.gate.paused)
         assert (await smtp_status.read(redis)).paused
         for task_id in task_ids:  # an attempt under way when the pause began is given back
             document = await _wait_for(store, task_id, lambda d: d["event"] in ("queued", "retry"))
@@ -247,6 +248,53 @@ async def test_outcome_of_a_stale_attempt_is_ignored(store, redis):
     stale = type(attempt)(**{**attempt.__dict__, "number": attempt.number + 5})
     await store.succeed(stale)
     assert json.loads(await store.result(task_id))["status"] == "pending"
+
+
+class GatedSender:
+    """The real sender, held at a gate the test opens: a send in flight, on demand."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def send(self, attempt) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        await self.real.send(attempt)
+
+    async def verify(self) -> None:
+        await self.real.verify()
+
+
+async def test_shutdown_lets_a_send_in_flight_finish_and_claims_nothing_new(store, settings, smtp):
+    sender = GatedSender(SmtpSender(settings))
+    worker = Worker(store, sender, poll_interval=0.01)
+    await worker.start()
+    in_flight = await store.enqueue(REQUEST)
+    await asyncio.wait_for(sender.entered.wait(), 10)
+    stopping = asyncio.create_task(worker.stop(grace=10))
+    await _wait_until(lambda: all(loop.done() for loop in worker._loops))
+    waiting = await store.enqueue(REQUEST)
+    sender.gate.set()
+    await asyncio.wait_for(stopping, 15)
+    await sender.real.close()
+    assert json.loads(await store.result(in_flight))["status"] == "success"
+    assert json.loads(await store.result(waiting))["event"] == "queued"
+    assert len(await smtp.handler.wait_for_count(1)) == 1
+
+
+async def test_a_send_outliving_the_grace_period_keeps_its_queue_entry(store, redis, settings):
+    sender = GatedSender(SmtpSender(settings))
+    worker = Worker(store, sender, poll_interval=0.01)
+    await worker.start()
+    task_id = await store.enqueue(REQUEST)
+    await asyncio.wait_for(sender.entered.wait(), 10)
+    await asyncio.wait_for(worker.stop(grace=0.05), 10)
+    await sender.real.close()
+    document = json.loads(await store.result(task_id))
+    assert (document["status"], document["attempts"]) == ("pending", 1)
+    assert (await redis.xpending(keys.QUEUE, keys.WORKERS_GROUP))["pending"] == 1
 
 
 def text_of(message) -> str:
