@@ -40,8 +40,9 @@ class SmtpPool:
     """Up to `size` SMTP connections opened by `connect()`, shared by concurrent sends.
 
     `send_timeout` bounds one whole `send`: waiting for a free connection,
-    connecting if needed, and the transaction. A connection idle for
-    `probe_after` seconds or more is checked with RSET before it is reused.
+    connecting if needed, and the transaction (not the RSET after a refusal,
+    so a refusal is always reported as the server's reply). A connection idle
+    for `probe_after` seconds or more is checked with RSET before it is reused.
     """
 
     def __init__(
