@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp_sse import EventSourceResponse, sse_response
+from redis.exceptions import RedisError
 
 from . import appkeys
 from .errors import ApiError, InvalidRequest, TaskNotFound
@@ -105,9 +106,14 @@ async def task_events(request: web.Request) -> web.StreamResponse:
             events = follow(subscription, first, after=after,
                             alive=lambda: _connected(request, stream), idle=LIVENESS_INTERVAL)
             async with contextlib.aclosing(events):
-                with contextlib.suppress(ConnectionError, TimeoutError):  # the client left
+                try:
                     async for event in events:
                         await stream.send(event.data, id=str(event.seq))
+                except (ConnectionError, TimeoutError):
+                    pass  # the client left
+                except RedisError as exc:
+                    # Headers are sent: end the stream; the client's reconnect resumes it.
+                    logger.warning("task %s: SSE stream ended, Redis unavailable: %s", task_id, exc)
     return stream
 
 
@@ -148,6 +154,9 @@ class _WsSession:
                 await self.unsubscribe(task_id)
         except ApiError as exc:
             await self.error(exc, task_id)
+        except RedisError as exc:
+            logger.warning("task %s: WebSocket subscribe failed, Redis unavailable: %s", task_id, exc)
+            await self.error(_Unavailable("The queue is unavailable; try again shortly."), task_id)
 
     async def subscribe(self, task_id: str) -> None:
         """Send the task's current state, then its transitions; ApiError if unknown."""

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import WSCloseCode
 
 from mailhub import appkeys
+from mailhub.embedded_redis import EmbeddedRedis
 from mailhub.settings import Settings
 from mailhub.streams import SSE_PATH, WS_PATH
 from tests.conftest import running_worker, with_settings
@@ -284,3 +285,21 @@ async def test_ws_unsubscribe_stops_the_events_of_that_task(live, session, store
         # The next message is the second task's: nothing of the first came in between.
         assert (await ws.receive_json(timeout=5))["task_id"] == second.task_id
     await until(lambda: live.hub.subscription_count == 0, what="the socket's subscriptions to go")
+
+
+async def test_with_redis_down_sse_answers_503_and_ws_an_error_message(tmp_path, settings, session):
+    valkey = EmbeddedRedis(tmp_path, persist=False)
+    valkey.start()
+    try:
+        async with serving(with_settings(settings, redis_url=valkey.url)) as live:
+            valkey.stop()
+            async with session.get(live.url + SSE_PATH, params={"task_id": UNKNOWN}) as response:
+                assert response.status == 503
+                assert (await response.json())["error"]["code"] == "unavailable"
+            async with session.ws_connect(live.url + WS_PATH) as ws:
+                await ws.send_json({"subscribe": UNKNOWN})
+                error = (await ws.receive_json(timeout=5))["error"]
+                assert (error["code"], error["task_id"]) == ("unavailable", UNKNOWN)
+                assert not ws.closed
+    finally:
+        valkey.stop()

@@ -1,0 +1,251 @@
+"""Fan-out: 1,000 SSE subscribers on 100 tasks, on one web process.
+
+    python -m bench.fanout [--tasks 100] [--per-task 10] [--timeout 120]
+
+Processes (all children of this script, stopped by PID): an embedded Valkey,
+`python run.py web`, and `python run.py worker` delivering to the aiosmtpd
+sink of `bench.sink`, which answers 451 to each mail's first DATA, so every
+task goes queued, attempt, retry, attempt, success: 5 transitions.
+
+The mails are posted first; then every subscriber connects and gets the
+queued state; only then does the worker start, so each subscriber must
+receive all 5 transitions of its task. This script also subscribes to the
+events channel itself: the moment it sees a publish is the reference for
+the latency of the SSE clients (both clocks are this process's). Latency
+from each event's own `at` (the worker's wall clock, millisecond precision)
+is shown too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from redis.asyncio import Redis
+
+from bench.sink import Sink
+from bench.support import (ROOT, MailhubServer, Process, Row, event_time, mail, print_table, run,
+                           sink_env, submit_all, wait_until)
+from mailhub import keys
+from mailhub.embedded_redis import EmbeddedRedis
+
+EVENTS_PATH = "/api/v1/email/events"
+EXPECTED = ["queued", "attempt", "retry", "attempt", "success"]
+REFERENCE_NAME = "bench-reference"
+
+
+@dataclass
+class Subscriber:
+    """One SSE client: what it received, when (monotonic and wall clock)."""
+
+    task_id: str
+    docs: list[dict[str, Any]] = field(default_factory=list)
+    received: list[tuple[float, float]] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def events(self) -> list[str]:
+        return [doc["event"] for doc in self.docs]
+
+
+def raise_fd_limit() -> int:
+    """Allow this process (and its children) enough sockets for every subscriber."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 65536
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(wanted, 65536)), hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def local_ports(pid: int) -> set[int]:
+    """Local TCP ports of `pid`'s sockets (from /proc: no extra package)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            columns = line.split()
+            if columns[9] in inodes:
+                ports.add(int(columns[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+async def redis_connections(redis: Redis, pid: int) -> tuple[int, int]:
+    """(pub/sub connections, all connections) that `pid` holds to Redis."""
+    ports = local_ports(pid)
+    mine = [c for c in await redis.client_list() if int(c["addr"].rsplit(":", 1)[1]) in ports]
+    pubsub = [c for c in mine if int(c.get("sub", 0)) + int(c.get("psub", 0)) > 0]
+    return len(pubsub), len(mine)
+
+
+async def reference(redis: Redis, seen: dict[tuple[str, int], float], ready: asyncio.Event) -> None:
+    """Record when each (task, seq) is published, as this process sees it."""
+    async with redis.pubsub() as pubsub:
+        await pubsub.subscribe(keys.EVENTS)
+        while True:
+            message = await pubsub.get_message(timeout=None)
+            if message is None:
+                continue
+            if message["type"] == "subscribe":
+                ready.set()
+            elif message["type"] == "message":
+                doc = json.loads(message["data"])
+                seen[(doc["task_id"], doc["seq"])] = time.monotonic()
+
+
+async def subscribe(session: aiohttp.ClientSession, url: str, subscriber: Subscriber,
+                    gate: asyncio.Semaphore, connected: list[int]) -> None:
+    """Follow one task until the server closes the stream."""
+    data: list[str] = []
+    try:
+        async with gate:  # connect a bounded number at a time (listen backlog)
+            response = await session.get(url + EVENTS_PATH, params={"task_id": subscriber.task_id})
+        async with response:
+            if response.status != 200:
+                subscriber.error = f"HTTP {response.status}"
+                return
+            while raw := await response.content.readline():
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith("data:"):
+                    data.append(line[5:].lstrip(" "))
+                elif line == "" and data:
+                    subscriber.received.append((time.monotonic(), time.time()))
+                    subscriber.docs.append(json.loads("\n".join(data)))
+                    data.clear()
+                    if len(subscriber.docs) == 1:
+                        connected[0] += 1
+    except (aiohttp.ClientError, OSError) as exc:
+        subscriber.error = f"{type(exc).__name__}: {exc}"
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: EmbeddedRedis) -> int:
+    total = args.tasks * args.per_task
+    env = sink_env(sink, tmp / "data", REDIS_URL=valkey.url, RETRY_BASE_DELAY="0.2",
+                   RETRY_MAX_DELAY="0.4", WORKER_CONCURRENCY="64")
+    redis = Redis.from_url(valkey.url, decode_responses=True, client_name=REFERENCE_NAME)
+    web = MailhubServer("web", env=env, log_dir=tmp)
+    worker: Process | None = None
+    try:
+        web.wait_ready()
+        sink.handler.reset(refuse_first=True)
+        published: dict[tuple[str, int], float] = {}
+        listening = asyncio.Event()
+        watcher = asyncio.create_task(reference(redis, published, listening))
+        await asyncio.wait_for(listening.wait(), 10)
+
+        submitted = await submit_all(web.url, [mail(n, "fanout") for n in range(args.tasks)])
+        if submitted.errors or None in submitted.task_ids:
+            raise RuntimeError(f"submits failed: {submitted.errors[:3]}")
+        task_ids = [t for t in submitted.task_ids if t]
+        rss_before = rss_mib(web.pid)
+
+        subscribers = [Subscriber(task_ids[n % args.tasks]) for n in range(total)]
+        connected = [0]
+        gate = asyncio.Semaphore(100)
+        timeout = aiohttp.ClientTimeout(total=None, connect=30, sock_read=None)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                         timeout=timeout) as session:
+            started = time.monotonic()
+            readers = [asyncio.create_task(subscribe(session, web.url, s, gate, connected))
+                       for s in subscribers]
+            await wait_until(lambda: connected[0] + sum(bool(s.error) for s in subscribers) >= total,
+                             30, "every subscriber connected")
+            connect_seconds = time.monotonic() - started
+            rss_peak = rss_mib(web.pid)
+            pubsub_peak, redis_peak = await redis_connections(redis, web.pid)
+
+            worker = Process([sys.executable, str(ROOT / "run.py"), "worker"], env=env,
+                             log_path=tmp / "worker.log")
+            await asyncio.wait_for(asyncio.gather(*readers), args.timeout)
+        pubsub_after, _ = await redis_connections(redis, web.pid)
+        rss_after = rss_mib(web.pid)
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    finally:
+        if worker is not None:
+            worker.stop()
+        web.stop()
+        await redis.aclose()
+
+    complete = [s for s in subscribers if s.events == EXPECTED and not s.error]
+    seq_ok = all([d["seq"] for d in s.docs] == [1, 2, 3, 4, 5] for s in complete)
+    live = [(s, doc, received) for s in subscribers
+            for doc, received in zip(s.docs, s.received) if doc["seq"] > 1]
+    from_publish = [(mono - published[(doc["task_id"], doc["seq"])]) * 1000
+                    for _, doc, (mono, _wall) in live if (doc["task_id"], doc["seq"]) in published]
+    from_at = [(wall - event_time(doc)) * 1000 for _, doc, (_mono, wall) in live]
+    errors = sorted({s.error for s in subscribers if s.error})
+
+    every = len(complete) == total and seq_ok
+    print(f"\nevery subscriber received every transition: {'yes' if every else 'NO'} "
+          f"({len(complete)}/{total} subscribers complete, "
+          f"{sum(len(s.docs) for s in subscribers)}/{total * len(EXPECTED)} events)")
+    if errors:
+        print("errors:", "; ".join(errors[:5]))
+    rows = [
+        Row("subscribers", total, "", goal=f"{args.tasks} tasks x {args.per_task}"),
+        Row("all connected in", connect_seconds, "s"),
+        Row("latency publish -> SSE client, p50", statistics.median(from_publish), "ms"),
+        Row("latency publish -> SSE client, p99", percentile(from_publish, 99), "ms"),
+        Row("latency publish -> SSE client, max", max(from_publish), "ms"),
+        Row("latency event `at` -> SSE client, p50", statistics.median(from_at), "ms"),
+        Row("latency event `at` -> SSE client, p99", percentile(from_at, 99), "ms"),
+        Row("web RSS before subscribers", rss_before, "MiB"),
+        Row("web RSS with all subscribers", rss_peak, "MiB"),
+        Row("web RSS after all streams closed", rss_after, "MiB"),
+        Row("web pub/sub connections (all subscribed)", pubsub_peak, "", goal="1"),
+        Row("web pub/sub connections (after)", pubsub_after, "", goal="1"),
+        Row("web Redis connections in all (all subscribed)", redis_peak, ""),
+    ]
+    print_table(f"SSE fan-out: {total} subscribers on {args.tasks} tasks, one web process", rows,
+                "python -m bench.fanout " + " ".join(sys.argv[1:]))
+    return 0 if every and pubsub_peak == 1 else 1
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=100)
+    parser.add_argument("--per-task", type=int, default=10)
+    parser.add_argument("--timeout", type=float, default=120.0, help="bound on the delivery phase")
+    args = parser.parse_args()
+    print(f"open files allowed: {raise_fd_limit()}")
+    with tempfile.TemporaryDirectory(prefix="mailhub-fanout-") as tmp, Sink(Path(tmp)) as sink:
+        valkey = EmbeddedRedis(Path(tmp) / "valkey", persist=False)
+        valkey.start()
+        try:
+            return await measure(args, Path(tmp), sink, valkey)
+        finally:
+            valkey.stop()
+
+
+if __name__ == "__main__":
+    run(main)
