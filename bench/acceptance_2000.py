@@ -13,7 +13,7 @@ exactly once, with its subject unaltered.
 
 --kill: after ~300 deliveries the server gets SIGKILL, then is started again
 on the same DATA_DIR (the append-only file keeps the queue), with
-CLAIM_TIMEOUT=5 and SMTP_TIMEOUT=3. Posts that failed because of the kill are
+CLAIM_TIMEOUT=5 and SMTP_TIMEOUT=2. Posts that failed because of the kill are
 sent again, with the same Idempotency-Key, to the new server. Every accepted
 mail must end `success` (0 lost, 0 stuck), and the mails received twice must
 be no more than the attempts the kill interrupted.
@@ -108,7 +108,7 @@ class KillRun:
 
 async def with_kill(sink: Sink, work: Path, count: int) -> int:
     bodies = [mail(n, "kill") for n in range(count)]
-    env = sink_env(sink, work / "data", CLAIM_TIMEOUT="5", SMTP_TIMEOUT="3")
+    env = sink_env(sink, work / "data", CLAIM_TIMEOUT="5", SMTP_TIMEOUT="2")
     first = MailhubServer(env=env, log_dir=work)
     try:
         submitted, delivered_at_kill = await post_until_killed(first.wait_ready(), bodies, sink)

@@ -42,13 +42,13 @@ class Settings:
     smtp_tls: str = "starttls"
     smtp_timeout: float = 30.0
     #: Open SMTP connections kept and reused by each worker process.
-    smtp_pool_size: int = 8
+    smtp_pool_size: int = 16
     mail_from: str = "mailhub@localhost"
     max_attempts: int = 3
     #: First retry delay in seconds; each later one doubles, with jitter.
     retry_base_delay: float = 2.0
     retry_max_delay: float = 600.0
-    worker_concurrency: int = 32
+    worker_concurrency: int = 16
     #: A queue entry held this long by a silent worker is taken over by another.
     claim_timeout: float = 60.0
     shutdown_grace: float = 25.0
@@ -195,6 +195,7 @@ def _parse(env: _Reader) -> Settings:
     if smtp_user and not smtp_pass:
         raise SettingsError("SMTP_PASS is missing: SMTP_USER is set, so a password is needed")
     default_tls = "ssl" if smtp_port == 465 else "starttls"
+    worker_concurrency = env.get("WORKER_CONCURRENCY", _positive(int), d.worker_concurrency)
     settings = Settings(
         host=env.get("HOST", str, d.host),
         port=env.get("PORT", _port, d.port),
@@ -206,12 +207,13 @@ def _parse(env: _Reader) -> Settings:
         smtp_pass=smtp_pass,
         smtp_tls=env.get("SMTP_TLS", _choice(*TLS_MODES), default_tls),
         smtp_timeout=env.get("SMTP_TIMEOUT", _positive(float), d.smtp_timeout),
-        smtp_pool_size=env.get("SMTP_POOL_SIZE", _positive(int), d.smtp_pool_size),
+        # One connection per send slot unless told otherwise: a send never waits for one.
+        smtp_pool_size=env.get("SMTP_POOL_SIZE", _positive(int), worker_concurrency),
         mail_from=env.get("MAIL_FROM", _address, smtp_user or d.mail_from),
         max_attempts=env.get("MAX_ATTEMPTS", _positive(int), d.max_attempts),
         retry_base_delay=env.get("RETRY_BASE_DELAY", _positive(float), d.retry_base_delay),
         retry_max_delay=env.get("RETRY_MAX_DELAY", _positive(float), d.retry_max_delay),
-        worker_concurrency=env.get("WORKER_CONCURRENCY", _positive(int), d.worker_concurrency),
+        worker_concurrency=worker_concurrency,
         claim_timeout=env.get("CLAIM_TIMEOUT", _positive(float), d.claim_timeout),
         shutdown_grace=env.get("SHUTDOWN_GRACE", _positive(float), d.shutdown_grace),
         result_retention=env.get("RESULT_RETENTION", _positive(int), d.result_retention),
@@ -230,6 +232,8 @@ def _parse(env: _Reader) -> Settings:
         honeypot_field=env.get("HONEYPOT_FIELD", str, d.honeypot_field),
     )
     _check_abuse_settings(settings)
-    if settings.smtp_timeout >= settings.claim_timeout:
-        raise SettingsError("CLAIM_TIMEOUT must be longer than SMTP_TIMEOUT, or a slow send is taken over")
+    # A send can take SMTP_TIMEOUT, plus as long again to reset a refused transaction.
+    if settings.claim_timeout < 2 * settings.smtp_timeout:
+        raise SettingsError("CLAIM_TIMEOUT must be at least twice SMTP_TIMEOUT, or a slow send "
+                            "is taken over by another worker while it is still running")
     return settings
