@@ -267,12 +267,18 @@ class GatedSender:
         await self.real.verify()
 
 
-async def test_shutdown_lets_a_send_in_flight_finish_and_claims_nothing_new(store, settings, smtp):
+async def _send_in_flight(store, settings) -> tuple[Worker, GatedSender, str]:
+    """A started worker whose one send is held at the gate; returns the task id too."""
     sender = GatedSender(SmtpSender(settings))
     worker = Worker(store, sender, poll_interval=0.01)
     await worker.start()
-    in_flight = await store.enqueue(REQUEST)
+    task_id = await store.enqueue(REQUEST)
     await asyncio.wait_for(sender.entered.wait(), 10)
+    return worker, sender, task_id
+
+
+async def test_shutdown_lets_a_send_in_flight_finish_and_claims_nothing_new(store, settings, smtp):
+    worker, sender, in_flight = await _send_in_flight(store, settings)
     stopping = asyncio.create_task(worker.stop(grace=10))
     await _wait_until(lambda: all(loop.done() for loop in worker._loops))
     waiting = await store.enqueue(REQUEST)
@@ -285,11 +291,7 @@ async def test_shutdown_lets_a_send_in_flight_finish_and_claims_nothing_new(stor
 
 
 async def test_a_send_outliving_the_grace_period_keeps_its_queue_entry(store, redis, settings):
-    sender = GatedSender(SmtpSender(settings))
-    worker = Worker(store, sender, poll_interval=0.01)
-    await worker.start()
-    task_id = await store.enqueue(REQUEST)
-    await asyncio.wait_for(sender.entered.wait(), 10)
+    worker, sender, task_id = await _send_in_flight(store, settings)
     await asyncio.wait_for(worker.stop(grace=0.05), 10)
     await sender.real.close()
     document = json.loads(await store.result(task_id))
