@@ -8,9 +8,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import appkeys, demo, health, inbox, openapi, streams, views
+from . import appkeys, cors, demo, health, inbox, openapi, streams, views
 from .guard import SubmitGuard
-from .middlewares import cors, json_errors
+from .middlewares import json_errors
 from .redis_client import connect
 from .settings import Settings
 from .tasks import TaskStore
@@ -41,8 +41,8 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[cors(settings.cors_origins), json_errors],
-                          client_max_size=MAX_REQUEST_BYTES)
+    app = web.Application(middlewares=[json_errors], client_max_size=MAX_REQUEST_BYTES)
+    cors.setup(app, settings.cors_origins)
     app[appkeys.SETTINGS] = settings
     app.cleanup_ctx.append(_redis_context)
     app.cleanup_ctx.append(streams.hub_context)

@@ -100,7 +100,8 @@ async def _stop_requested() -> None:
 
 @contextlib.asynccontextmanager
 async def _running_web(settings: Settings) -> AsyncIterator[None]:
-    runner = web.AppRunner(create_app(settings), access_log=None)
+    # handler_cancellation: a client that hangs up stops its handler (and its stream) at once.
+    runner = web.AppRunner(create_app(settings), access_log=None, handler_cancellation=True)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
     logger.info("mailhub listening on http://%s:%d (API docs at /docs)", settings.host, settings.port)

@@ -46,38 +46,3 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         logger.exception("unexpected error while serving %s %s", request.method, request.path)
         return error_response(500, "internal_error", "Something went wrong on our side.")
 
-
-CORS_METHODS = "GET, POST, OPTIONS"
-CORS_HEADERS = "Content-Type, Authorization, Idempotency-Key, Last-Event-ID"
-
-
-def cors(origins: tuple[str, ...]) -> Handler:
-    """Let pages on `origins` (exact matches) call the API; nothing else cross-origin."""
-    allowed = frozenset(origins)
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        if origin is None:
-            return await handler(request)
-        preflight = (request.method == "OPTIONS"
-                     and "Access-Control-Request-Method" in request.headers)
-        if origin.lower() not in allowed:
-            if preflight:
-                return error_response(403, "origin_not_allowed",
-                                      "This origin may not call the API (see CORS_ORIGINS).")
-            return await handler(request)  # same-origin and non-browser calls pass as usual
-        if preflight:
-            response: web.StreamResponse = web.Response(status=204, headers={
-                "Access-Control-Allow-Methods": CORS_METHODS,
-                "Access-Control-Allow-Headers": CORS_HEADERS,
-                "Access-Control-Max-Age": "600",
-            })
-        else:
-            response = await handler(request)
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Expose-Headers"] = "Retry-After"
-        response.headers.add("Vary", "Origin")
-        return response
-
-    return middleware  # type: ignore[return-value]

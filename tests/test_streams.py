@@ -305,8 +305,6 @@ async def test_with_redis_down_sse_answers_503_and_ws_an_error_message(tmp_path,
         valkey.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="the CORS middleware adds its headers after the handler "
-                   "returns, when an SSE stream has long been prepared; on_response_prepare would not")
 async def test_an_allowed_origin_may_follow_a_task_over_sse(settings, session, store):
     task_id = await TaskDriver(store).enqueue()
     origin = "https://www.example.com"
