@@ -9,7 +9,8 @@
      │    ├── TaskNotFound      404: unknown or expired task id
      │    ├── IdempotencyConflict 409: key reused with another body
      │    ├── ValidationFailed  422: per-field messages
-     │    └── RateLimited       429: too many submits from one client
+     │    ├── RateLimited       429: too many submits from one client
+     │    └── ServiceUnavailable 503: Redis is unreachable
      └── DeliveryError          one SMTP attempt failed
           ├── TransientFailure  try again later (4xx, connection trouble)
           ├── PermanentFailure  the mail can never go (5xx)
@@ -81,6 +82,11 @@ class IdempotencyConflict(ApiError):
 class RateLimited(ApiError):
     status = 429
     code = "rate_limited"
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    code = "unavailable"
 
 
 class DeliveryError(MailhubError):

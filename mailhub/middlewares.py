@@ -9,7 +9,7 @@ from aiohttp.typedefs import Handler
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import ApiError
+from .errors import ApiError, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return response
     except (RedisConnectionError, RedisTimeoutError) as exc:
         logger.error("Redis unavailable while serving %s %s: %s", request.method, request.path, exc)
-        return error_response(503, "unavailable", "The queue is unavailable; try again shortly.")
+        unavailable = ServiceUnavailable("The queue is unavailable; try again shortly.")
+        return web.json_response(unavailable.document(), status=unavailable.status)
     except Exception:
         logger.exception("unexpected error while serving %s %s", request.method, request.path)
         return error_response(500, "internal_error", "Something went wrong on our side.")

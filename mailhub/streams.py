@@ -19,7 +19,7 @@ from aiohttp_sse import EventSourceResponse, sse_response
 from redis.exceptions import RedisError
 
 from . import appkeys
-from .errors import ApiError, InvalidRequest, TaskNotFound
+from .errors import ApiError, InvalidRequest, ServiceUnavailable, TaskNotFound
 from .events import Event, EventHub, Subscription, follow
 from .views import task_id_from_query
 
@@ -32,11 +32,6 @@ LIVENESS_INTERVAL = 1.0
 #: Tasks one WebSocket may follow at once.
 MAX_WS_SUBSCRIPTIONS = 100
 MAX_WS_MESSAGE = 4096
-
-
-class _Unavailable(ApiError):
-    status = 503
-    code = "unavailable"
 
 
 async def hub_context(app: web.Application) -> AsyncIterator[None]:
@@ -156,7 +151,7 @@ class _WsSession:
             await self.error(exc, task_id)
         except RedisError as exc:
             logger.warning("task %s: WebSocket subscribe failed, Redis unavailable: %s", task_id, exc)
-            await self.error(_Unavailable("The queue is unavailable; try again shortly."), task_id)
+            await self.error(ServiceUnavailable("The queue is unavailable; try again shortly."), task_id)
 
     async def subscribe(self, task_id: str) -> None:
         """Send the task's current state, then its transitions; ApiError if unknown."""
@@ -189,7 +184,7 @@ class _WsSession:
             pass  # the socket closed under us; the reader loop ends the session
         except Exception:  # noqa: BLE001 - one task's trouble must not end the socket
             logger.exception("task %s: live updates over WebSocket stopped", subscription.task_id)
-            await self.error(_Unavailable("Live updates stopped; read the result instead."),
+            await self.error(ServiceUnavailable("Live updates stopped; read the result instead."),
                              subscription.task_id)
         finally:
             if self.followers.get(subscription.task_id) is asyncio.current_task():
