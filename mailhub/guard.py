@@ -10,20 +10,43 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-import math
-import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from limits import parse_many
-from limits.aio.storage import RedisStorage
-from limits.aio.strategies import FixedWindowRateLimiter
 from redis.asyncio import Redis
 
-from . import keys
+from . import keys, scripts
 from .errors import RateLimited, RecipientRefused, Unauthorized
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Quota:
+    """One client's rate limits, as the Lua scripts count them (`scripts.over_limit`).
+
+    The enqueue script counts an accepted submit in the same round trip that
+    queues it; `SubmitGuard.count` counts one refused before that.
+    """
+
+    client: str
+    #: (amount, seconds) of each fixed window, in RATE_LIMIT's order.
+    windows: tuple[tuple[int, int], ...]
+
+    def counter_keys(self) -> list[str]:
+        return [keys.rate_limit(seconds, self.client) for _, seconds in self.windows]
+
+    def script_args(self) -> list[int]:
+        return [number for window in self.windows for number in window]
+
+    def refusal(self, retry_after: int, window: int) -> RateLimited:
+        """The 429 for going over window number `window` (from 1)."""
+        amount, seconds = self.windows[window - 1]
+        logger.warning("rate limit %d per %d s reached by %s", amount, seconds, self.client)
+        return RateLimited(f"Too many emails from your address; try again in {retry_after} s.",
+                           headers={"Retry-After": str(retry_after)})
 
 
 class SubmitGuard:
@@ -32,13 +55,14 @@ class SubmitGuard:
     def __init__(self, settings: Settings, redis: Redis) -> None:
         self.settings = settings
         self._proxies = [ipaddress.ip_network(net) for net in settings.trusted_proxies]
-        self._limits = [] if settings.rate_limit == "off" else parse_many(settings.rate_limit)
-        self._limiter = None
-        if self._limits:
-            storage = RedisStorage("async+redis://", implementation="redispy",
-                                   key_prefix=keys.RATE_LIMITS,
-                                   connection_pool=redis.connection_pool)
-            self._limiter = FixedWindowRateLimiter(storage)
+        limits = [] if settings.rate_limit == "off" else parse_many(settings.rate_limit)
+        # One counter per window length: of two limits on the same length, the lower rules.
+        amounts: dict[int, int] = {}
+        for item in limits:
+            seconds = item.get_expiry()
+            amounts[seconds] = min(item.amount, amounts.get(seconds, item.amount))
+        self._windows = tuple((amount, seconds) for seconds, amount in amounts.items())
+        self._count = redis.register_script(scripts.source(scripts.COUNT_SUBMIT))
 
     def check_api_key(self, headers: Mapping[str, str]) -> None:
         if not self.settings.api_keys:
@@ -67,16 +91,20 @@ class SubmitGuard:
             return False
         return any(ip in net for net in self._proxies)
 
-    async def check_rate(self, client: str) -> None:
-        if self._limiter is None:
+    def quota(self, client: str) -> Quota:
+        """The client's rate limits; no windows when RATE_LIMIT is off."""
+        return Quota(client, self._windows)
+
+    async def count(self, quota: Quota) -> None:
+        """Count a submit that was refused before the enqueue script; `RateLimited` if over.
+
+        One round trip, none when RATE_LIMIT is off.
+        """
+        if not quota.windows:
             return
-        for limit in self._limits:
-            if not await self._limiter.hit(limit, "submit", client):
-                stats = await self._limiter.get_window_stats(limit, "submit", client)
-                retry_after = max(1, math.ceil(stats.reset_time - time.time()))
-                logger.warning("rate limit %s reached by %s", limit, client)
-                raise RateLimited(f"Too many emails from your address; try again in "
-                                  f"{retry_after} s.", headers={"Retry-After": str(retry_after)})
+        retry_after, window = await self._count(keys=quota.counter_keys(), args=quota.script_args())
+        if int(retry_after):
+            raise quota.refusal(int(retry_after), int(window))
 
     def check_recipient(self, address: str) -> None:
         if self.settings.capture_mode:

@@ -23,8 +23,13 @@ def task(task_id: str) -> str:
     return f"{PREFIX}task:{task_id}"
 
 
-#: Prefix of the rate limiter's counters (kept by the `limits` package).
-RATE_LIMITS = PREFIX + "ratelimit"
+def rate_limit(window: int, client: str) -> str:
+    """Prefix of one client's submit counters for windows of `window` seconds.
+
+    The enqueue script appends `:<window start>` (epoch seconds, by Redis's
+    clock) to name one window's counter, which expires with its window.
+    """
+    return f"{PREFIX}ratelimit:{window}:{client}"
 
 
 def idempotency(key_digest: str) -> str:

@@ -5,6 +5,9 @@ it in the hash (`doc`), publishes it on the events channel and moves the queue
 entry, all in one atomic step: no state without its queue entry, no
 transition without its event. `emit` is the one renderer of the document
 that both the result endpoint and the live streams serve.
+
+A submit is counted against the client's rate limits (`over_limit`) by the
+same script that queues it, so an accepted submit is one round trip to Redis.
 """
 
 from __future__ import annotations
@@ -37,6 +40,30 @@ local function done_with_entry(queue, entry_id)
   redis.call('XDEL', queue, entry_id)
 end
 
+-- Counts one submit in each fixed window: KEYS[first_key..] are counter
+-- prefixes, ARGV[first_arg..] an amount and a length in seconds per window.
+-- Windows start at multiples of their length on Redis's clock, so every web
+-- process agrees on them. Returns nothing within every limit, else the
+-- seconds until the exceeded window resets (at least 1) and its number. As
+-- with the `limits` package before: the refused submit is counted too, and
+-- the windows after the exceeded one are not.
+local function over_limit(first_key, first_arg)
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1])
+  for k = first_key, #KEYS do
+    local a = first_arg + 2 * (k - first_key)
+    local amount, length = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+    local start = now - now % length
+    local counter = KEYS[k] .. ':' .. start
+    local count = redis.call('INCR', counter)
+    if count == 1 then redis.call('EXPIREAT', counter, start + length) end
+    if count > amount then
+      local wait = math.ceil(start + length - now - tonumber(clock[2]) / 1000000)
+      return math.max(1, wait), k - first_key + 1
+    end
+  end
+end
+
 -- True when the caller still owns the attempt it is reporting on: a worker
 -- that stalled past the claim timeout may report after another took over.
 local function owns_attempt(key, attempt)
@@ -45,11 +72,17 @@ local function owns_attempt(key, attempt)
 end
 """
 
-#: KEYS: task, queue, idempotency key (the task key again when there is none).
-#: ARGV: at, body fingerprint, idempotency TTL, then field, value pairs of the task.
+#: KEYS: task, queue, idempotency key (the task key again when there is none),
+#: then one rate-limit counter prefix per window (see `over_limit`).
+#: ARGV: at, body fingerprint, idempotency TTL, amount and seconds of each
+#: window, then field, value pairs of the task.
 #: Returns {task id, 1} when queued, {earlier task id, 0} for a repeat of the
-#: same body under the same idempotency key, {earlier task id, -1} for another body.
+#: same body under the same idempotency key, {earlier task id, -1} for another
+#: body, {seconds until the window resets, -2, window number} over a rate
+#: limit (then nothing but the counters is written).
 ENQUEUE = """
+local wait, window = over_limit(4, 4)
+if wait then return {wait, -2, window} end
 local once = KEYS[3] ~= KEYS[1]
 if once then
   local seen = redis.call('GET', KEYS[3])
@@ -59,7 +92,7 @@ if once then
     return {task_id, -1}
   end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4 + 2 * (#KEYS - 3)))
 local task_id = redis.call('HGET', KEYS[1], 'task_id')
 redis.call('XADD', KEYS[2], '*', 'task_id', task_id)
 emit(KEYS[1], 'queued', ARGV[1])
@@ -67,6 +100,14 @@ if once then
   redis.call('SET', KEYS[3], task_id .. ' ' .. ARGV[2], 'EX', ARGV[3])
 end
 return {task_id, 1}
+"""
+
+#: KEYS: one rate-limit counter prefix per window. ARGV: amount and seconds of
+#: each window. Counts a submit refused before it reached ENQUEUE; returns
+#: {seconds until the window resets, window number} over a limit, else {0, 0}.
+COUNT_SUBMIT = """
+local wait, window = over_limit(1, 1)
+return {wait or 0, window or 0}
 """
 
 #: KEYS: task, queue. ARGV: entry id, at, max attempts, retention seconds,

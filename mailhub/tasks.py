@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import make_msgid, parseaddr
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -24,6 +24,9 @@ from redis.exceptions import ResponseError
 from . import keys, scripts
 from .errors import IdempotencyConflict
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .guard import Quota
 
 
 class TaskState(str, enum.Enum):
@@ -37,6 +40,8 @@ class TaskState(str, enum.Enum):
 TERMINAL_STATES = frozenset({TaskState.SUCCESS, TaskState.FAILED})
 #: An Idempotency-Key is remembered this long (seconds).
 IDEMPOTENCY_TTL = 24 * 3600
+#: What the enqueue script answers (see `scripts.ENQUEUE`).
+_QUEUED, _REPEAT, _CONFLICT, _OVER_LIMIT = 1, 0, -1, -2
 
 
 @dataclass(frozen=True)
@@ -109,9 +114,12 @@ class TaskStore:
         """Store a new task and queue it in one step; returns its id."""
         return (await self.accept(request)).task_id
 
-    async def accept(self, request: EmailRequest, idempotency_key: str | None = None) -> Queued:
-        """Store a new task and queue it in one step.
+    async def accept(self, request: EmailRequest, idempotency_key: str | None = None,
+                     quota: Quota | None = None) -> Queued:
+        """Store a new task and queue it in one step: one round trip to Redis.
 
+        With a `quota`, the submit is first counted against the client's rate
+        limits; over one, nothing is stored and its `RateLimited` is raised.
         With an `idempotency_key` seen in the last 24 h, returns the earlier
         task instead (`created` False), or raises `IdempotencyConflict` if the
         body differs.
@@ -134,13 +142,17 @@ class TaskStore:
         if idempotency_key is not None:
             once_key = keys.idempotency(_digest(idempotency_key))
         flat = [item for pair in fields.items() for item in pair]
-        task_id, outcome = await self._enqueue(
-            keys=[keys.task(task_id), keys.QUEUE, once_key],
-            args=[now_iso(), _fingerprint(request), IDEMPOTENCY_TTL, *flat],
+        limit_keys, limit_args = (quota.counter_keys(), quota.script_args()) if quota else ([], [])
+        answer = await self._enqueue(
+            keys=[keys.task(task_id), keys.QUEUE, once_key, *limit_keys],
+            args=[now_iso(), _fingerprint(request), IDEMPOTENCY_TTL, *limit_args, *flat],
         )
-        if int(outcome) < 0:
+        outcome = int(answer[1])
+        if outcome == _OVER_LIMIT and quota is not None:
+            raise quota.refusal(int(answer[0]), int(answer[2]))
+        if outcome == _CONFLICT:
             raise IdempotencyConflict("This Idempotency-Key was already used with another body.")
-        return Queued(_text(task_id), created=int(outcome) > 0)
+        return Queued(_text(answer[0]), created=outcome == _QUEUED)
 
     async def result(self, task_id: str) -> str | None:
         """The task's result document as JSON text, or None if unknown or expired."""

@@ -68,19 +68,38 @@ async def _admit(request: web.Request) -> tuple[str, str]:
     guard = request.app[appkeys.GUARD]
     guard.check_api_key(request.headers)
     client = guard.client_address(request.remote, request.headers)
-    await guard.check_rate(client)
-    payload = await read_json(request)
-    if guard.is_spam(payload):
+    quota = guard.quota(client)
+    # Every submit with a valid API key counts against the client's rate limit,
+    # and over it the answer is 429 whatever else is wrong. The enqueue script
+    # counts the submits that reach it in the same round trip; the others are
+    # counted here, before their own refusal is raised.
+    try:
+        submission = await _read_submission(request)
+    except Exception:
+        await guard.count(quota)
+        raise
+    if submission is None:
+        await guard.count(quota)
         logger.warning("honeypot filled by %s: dropped quietly", client)
         return str(uuid.uuid4()), "honeypot"
-    data = validated(_request_schema, guard.strip_honeypot(payload))
-    guard.check_recipient(data["to"])
-    queued = await request.app[appkeys.STORE].accept(EmailRequest(**data), idempotency_key(request))
+    data, key = submission
+    queued = await request.app[appkeys.STORE].accept(EmailRequest(**data), key, quota)
     if not queued.created:
         logger.info("task %s: repeated submit (same Idempotency-Key and body)", queued.task_id)
         return queued.task_id, "duplicate"
     logger.info("task %s: queued for %s", queued.task_id, data["to"])
     return queued.task_id, "accepted"
+
+
+async def _read_submission(request: web.Request) -> tuple[dict, str | None] | None:
+    """The valid mail and its Idempotency-Key, None for a filled honeypot, or an error."""
+    guard = request.app[appkeys.GUARD]
+    payload = await read_json(request)
+    if guard.is_spam(payload):
+        return None
+    data = validated(_request_schema, guard.strip_honeypot(payload))
+    guard.check_recipient(data["to"])
+    return data, idempotency_key(request)
 
 
 def _queued(task_id: str) -> web.Response:

@@ -3,11 +3,14 @@ idempotency, and the health endpoints."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 import pytest
+from redis.asyncio.connection import AbstractConnection
 
-from mailhub import keys, smtp_status
+from mailhub import appkeys, keys, smtp_status
 from mailhub.app import create_app
 from tests.conftest import with_settings
 
@@ -16,7 +19,8 @@ MAIL = {"to": "owner@example.com", "subject": "Hello", "body": "Hi"}
 
 
 @pytest.fixture
-def make_client(aiohttp_client, settings):
+def make_client(aiohttp_client, settings, redis):
+    # `redis` flushes: rate-limit counters are per client and window, whatever the amount.
     async def make(**changes):
         return await aiohttp_client(create_app(with_settings(settings, **changes)))
 
@@ -70,6 +74,85 @@ async def test_rate_limit_is_shared_by_two_web_processes(make_client):
     assert limited.status == 429
     assert 1 <= int(limited.headers["Retry-After"]) <= 60
     assert (await limited.json())["error"]["code"] == "rate_limited"
+
+
+@pytest.fixture
+def sent_commands(monkeypatch):
+    """The name of the first command in every write to a Redis connection: one per round trip."""
+    sent: list[str] = []
+    send = AbstractConnection.send_packed_command
+
+    async def counting(self, command, check_health=True):
+        packed = command if isinstance(command, (bytes, str)) else b"".join(command)
+        packed = packed.encode() if isinstance(packed, str) else packed
+        sent.append(packed.split(b"\r\n")[2].decode().upper())
+        await send(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    return sent
+
+
+@pytest.mark.parametrize("rate_limit", ["off", "10/minute;100/day"])
+async def test_an_accepted_submit_is_one_redis_round_trip(make_client, sent_commands, rate_limit):
+    client = await make_client(rate_limit=rate_limit)
+    # The first submit also loads the script into Redis (EVALSHA, SCRIPT LOAD, EVALSHA).
+    assert (await client.post(SUBMIT, json=MAIL)).status == 200
+    for headers in ({}, {"Idempotency-Key": "k-1"}, {"Idempotency-Key": "k-1"}):
+        sent_commands.clear()
+        assert (await client.post(SUBMIT, json=MAIL, headers=headers)).status == 200
+        assert sent_commands == ["EVALSHA"]
+    assert await client.server.app[appkeys.REDIS].xlen(keys.QUEUE) == 3
+
+
+async def test_submits_refused_for_other_reasons_count_against_the_limit(make_client, redis):
+    client = await make_client(rate_limit="5/hour", allowed_recipients=("owner@example.com",),
+                               honeypot_field="website")
+    refused = [
+        await client.post(SUBMIT, json={**MAIL, "to": "not an address"}),
+        await client.post(SUBMIT, data=b"{", headers={"Content-Type": "application/json"}),
+        await client.post(SUBMIT, data=b"to=x", headers={"Content-Type": "text/plain"}),
+        await client.post(SUBMIT, json={**MAIL, "to": "victim@elsewhere.example"}),
+        await client.post(SUBMIT, json={**MAIL, "website": "http://spam.example"}),
+    ]
+    assert [r.status for r in refused] == [422, 400, 415, 403, 200]
+    limited = await client.post(SUBMIT, json=MAIL)
+    assert limited.status == 429
+    assert (await limited.json())["error"]["code"] == "rate_limited"
+    invalid_too = await client.post(SUBMIT, json={**MAIL, "to": "not an address"})
+    assert invalid_too.status == 429
+    assert 1 <= int(invalid_too.headers["Retry-After"]) <= 3600
+    assert await redis.xlen(keys.QUEUE) == 0
+
+
+async def test_idempotent_repeats_and_conflicts_count_and_a_refusal_queues_nothing(make_client,
+                                                                                   redis):
+    client = await make_client(rate_limit="3/hour")
+    headers = {"Idempotency-Key": "form-1"}
+    first = await (await client.post(SUBMIT, json=MAIL, headers=headers)).json()
+    repeat = await (await client.post(SUBMIT, json=MAIL, headers=headers)).json()
+    assert repeat["task_id"] == first["task_id"]
+    conflict = await client.post(SUBMIT, json={**MAIL, "body": "changed"}, headers=headers)
+    assert conflict.status == 409
+    limited = await client.post(SUBMIT, json=MAIL, headers={"Idempotency-Key": "form-2"})
+    assert limited.status == 429
+    assert await redis.xlen(keys.QUEUE) == 1
+    assert not await redis.exists(keys.idempotency(_sha256("form-2")))
+
+
+async def test_rate_limit_windows_reset(make_client, redis):
+    client = await make_client(rate_limit="2/second")
+    deadline = time.monotonic() + 5
+    accepted = 0
+    while (response := await client.post(SUBMIT, json=MAIL)).status == 200:
+        accepted += 1
+        assert accepted <= 4, "2/second let more than two windows' worth through"
+    assert response.status == 429
+    assert response.headers["Retry-After"] == "1"
+    while (response := await client.post(SUBMIT, json=MAIL)).status == 429:
+        assert time.monotonic() < deadline, "the window never reset"
+        await asyncio.sleep(0.05)
+    assert response.status == 200
+    assert await redis.xlen(keys.QUEUE) == accepted + 1
 
 
 async def test_forwarded_for_is_ignored_from_untrusted_peers(make_client):

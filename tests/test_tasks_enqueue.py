@@ -1,0 +1,75 @@
+"""TaskStore.accept: rate limit, idempotency and queueing in one enqueue script."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from mailhub import keys
+from mailhub.errors import RateLimited
+from mailhub.guard import SubmitGuard
+from mailhub.tasks import EmailRequest
+from tests.conftest import with_settings
+
+MAIL = EmailRequest(to="owner@example.com", subject="Hello", body="Hi")
+CLIENT = "203.0.113.7"
+
+
+@pytest.fixture
+def quota_for(redis, settings):
+    def quota(rate_limit: str):
+        return SubmitGuard(with_settings(settings, rate_limit=rate_limit), redis).quota(CLIENT)
+
+    return quota
+
+
+async def test_each_window_is_counted_and_expires_with_the_window(store, redis, quota_for):
+    quota = quota_for("5/minute;50/hour")
+    await store.accept(MAIL, quota=quota)
+    await store.accept(MAIL, quota=quota)
+    now = (await redis.time())[0]
+    for window in (60, 3600):
+        (counter,) = await redis.keys(keys.rate_limit(window, CLIENT) + ":*")
+        start = int(counter.rpartition(":")[2])
+        assert start % window == 0 and start <= now < start + window
+        assert await redis.get(counter) == "2"
+        assert 0 < await redis.ttl(counter) <= start + window - now
+    assert await redis.xlen(keys.QUEUE) == 2
+
+
+async def test_over_the_limit_nothing_but_the_counter_is_written(store, redis, quota_for):
+    quota = quota_for("1/day")
+    await store.accept(MAIL, quota=quota)
+    with pytest.raises(RateLimited) as refused:
+        await store.accept(MAIL, "form-1", quota)
+    assert 1 <= int(refused.value.headers["Retry-After"]) <= 24 * 3600
+    assert await redis.xlen(keys.QUEUE) == 1
+    assert len(await redis.keys(keys.task("*"))) == 1
+    assert not await redis.exists(keys.idempotency(hashlib.sha256(b"form-1").hexdigest()))
+
+
+async def test_a_later_window_is_not_counted_once_an_earlier_one_refuses(store, redis, quota_for):
+    quota = quota_for("1/hour;10/day")
+    await store.accept(MAIL, quota=quota)
+    for _ in range(3):
+        with pytest.raises(RateLimited):
+            await store.accept(MAIL, quota=quota)
+    (hour,) = await redis.keys(keys.rate_limit(3600, CLIENT) + ":*")
+    (day,) = await redis.keys(keys.rate_limit(86400, CLIENT) + ":*")
+    assert (await redis.get(hour), await redis.get(day)) == ("4", "1")
+
+
+async def test_limits_on_the_same_window_length_share_one_counter(store, redis, quota_for):
+    quota = quota_for("10/day;1/86400 seconds")
+    await store.accept(MAIL, quota=quota)
+    with pytest.raises(RateLimited):
+        await store.accept(MAIL, quota=quota)
+    (counter,) = await redis.keys(keys.rate_limit(86400, CLIENT) + ":*")
+    assert await redis.get(counter) == "2"
+
+
+async def test_without_a_quota_nothing_is_counted(store, redis):
+    await store.accept(MAIL)
+    assert await redis.keys(keys.rate_limit(60, "*")) == []
+    assert await redis.xlen(keys.QUEUE) == 1
