@@ -206,6 +206,20 @@ class TaskStore:
         return int(await self._promote(keys=[keys.RETRIES, keys.QUEUE],
                                        args=[int(time.time() * 1000), batch]))
 
+    async def forget_idle_consumers(self, idle_seconds: float, keep: str) -> int:
+        """Drop consumers of the group that hold nothing and were silent this long.
+
+        Every worker process joins under a new name; without this the group
+        would list every worker that ever ran. A live worker that was merely
+        idle joins again with its next read.
+        """
+        consumers = await self.redis.xinfo_consumers(keys.QUEUE, keys.WORKERS_GROUP)
+        stale = [c["name"] for c in consumers if c["name"] != keep and c["pending"] == 0
+                 and c["idle"] >= idle_seconds * 1000]
+        for name in stale:
+            await self.redis.xgroup_delconsumer(keys.QUEUE, keys.WORKERS_GROUP, name)
+        return len(stale)
+
     async def next_retry_due(self) -> float | None:
         """Epoch seconds of the earliest scheduled retry, if any."""
         first = await self.redis.zrange(keys.RETRIES, 0, 0, withscores=True)

@@ -27,6 +27,9 @@ from .tasks import Attempt, QueueEntry, TaskStore
 
 logger = logging.getLogger(__name__)
 
+#: Seconds after which a consumer holding nothing is removed from the group.
+CONSUMER_RETENTION = 3600.0
+
 
 async def _until_recorded(write: Callable[[], Awaitable[None]], cap: float = 2.0) -> None:
     """Await a write of an outcome, retrying while Redis is unreachable.
@@ -165,8 +168,9 @@ class Worker:
         claimed = await self._claim(self._read_stalled, self.concurrency)
         if claimed:
             logger.warning("worker %s took over %d stalled tasks", self.name, claimed)
-        else:
-            await asyncio.sleep(min(5.0, self.claim_timeout / 4))
+            return
+        await self.store.forget_idle_consumers(CONSUMER_RETENTION, keep=self.name)
+        await asyncio.sleep(min(5.0, self.claim_timeout / 4))
 
     async def _read_stalled(self, count: int) -> list[QueueEntry]:
         reply: Any = await self.store.redis.xautoclaim(

@@ -66,13 +66,14 @@ async def test_submit_with_a_valid_api_key_is_queued(make_client):
 
 
 async def test_rate_limit_is_shared_by_two_web_processes(make_client):
-    first = await make_client(rate_limit="3/minute")
-    second = await make_client(rate_limit="3/minute")
+    # Hour-long windows: a window boundary falling inside the test is practically impossible.
+    first = await make_client(rate_limit="3/hour")
+    second = await make_client(rate_limit="3/hour")
     statuses = [(await c.post(SUBMIT, json=MAIL)).status for c in (first, second, first)]
     assert statuses == [200, 200, 200]
     limited = await second.post(SUBMIT, json=MAIL)
     assert limited.status == 429
-    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert 1 <= int(limited.headers["Retry-After"]) <= 3600
     assert (await limited.json())["error"]["code"] == "rate_limited"
 
 
@@ -156,14 +157,14 @@ async def test_rate_limit_windows_reset(make_client, redis):
 
 
 async def test_forwarded_for_is_ignored_from_untrusted_peers(make_client):
-    client = await make_client(rate_limit="1/minute")
+    client = await make_client(rate_limit="1/hour")
     assert (await client.post(SUBMIT, json=MAIL, headers={"X-Forwarded-For": "1.1.1.1"})).status == 200
     spoofed = await client.post(SUBMIT, json=MAIL, headers={"X-Forwarded-For": "2.2.2.2"})
     assert spoofed.status == 429
 
 
 async def test_forwarded_for_from_a_trusted_proxy_names_the_client(make_client):
-    client = await make_client(rate_limit="1/minute", trusted_proxies=("127.0.0.1/32",))
+    client = await make_client(rate_limit="1/hour", trusted_proxies=("127.0.0.1/32",))
     for address in ("1.1.1.1", "2.2.2.2"):
         response = await client.post(SUBMIT, json=MAIL, headers={"X-Forwarded-For": address})
         assert response.status == 200

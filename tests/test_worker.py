@@ -338,3 +338,15 @@ async def _wait_event(store, task_id: str, event: str, timeout: float = 10.0) ->
             await asyncio.sleep(0.005)
 
     return await asyncio.wait_for(poll(), timeout)
+
+
+async def test_consumers_of_gone_workers_are_forgotten(store, redis):
+    await store.ensure_group()
+    await store.enqueue(REQUEST)
+    reply = await redis.xreadgroup(keys.WORKERS_GROUP, "busy-worker", {keys.QUEUE: ">"}, count=1)
+    await redis.xreadgroup(keys.WORKERS_GROUP, "gone-worker", {keys.QUEUE: ">"}, count=1)
+    await redis.xreadgroup(keys.WORKERS_GROUP, "me", {keys.QUEUE: ">"}, count=1)
+    assert reply  # busy-worker holds the entry
+    assert await store.forget_idle_consumers(0, keep="me") == 1
+    names = {c["name"] for c in await redis.xinfo_consumers(keys.QUEUE, keys.WORKERS_GROUP)}
+    assert names == {"busy-worker", "me"}
