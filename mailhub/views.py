@@ -66,14 +66,15 @@ async def submit(request: web.Request) -> web.Response:
 
 async def _admit(request: web.Request) -> tuple[str, str]:
     guard = request.app[appkeys.GUARD]
-    guard.check_api_key(request.headers)
     client = guard.client_address(request.remote, request.headers)
     quota = guard.quota(client)
-    # Every submit with a valid API key counts against the client's rate limit,
-    # and over it the answer is 429 whatever else is wrong. The enqueue script
-    # counts the submits that reach it in the same round trip; the others are
-    # counted here, before their own refusal is raised.
+    # Every submit counts against the client's rate limit (wrong API keys too,
+    # so keys cannot be guessed at speed), and over it the answer is 429
+    # whatever else is wrong. The enqueue script counts the submits that reach
+    # it in the same round trip; the others are counted here, before their own
+    # refusal is raised.
     try:
+        guard.check_api_key(request.headers)
         submission = await _read_submission(request)
     except Exception:
         await guard.count(quota)

@@ -249,3 +249,10 @@ def _sha256(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+async def test_wrong_api_keys_count_against_the_rate_limit(make_client):
+    client = await make_client(api_keys=("k-123",), rate_limit="2/hour")
+    wrong = {"Authorization": "Bearer guess"}
+    statuses = [(await client.post(SUBMIT, json=MAIL, headers=wrong)).status for _ in range(3)]
+    assert statuses == [401, 401, 429]
