@@ -62,3 +62,12 @@ def create_app(settings: Settings) -> web.Application:
         app.router.add_get("/dev/inbox/messages", inbox.messages)
     openapi.setup(app)
     return app
+
+
+def create_runner(settings: Settings) -> web.AppRunner:
+    """The runner every web process uses.
+
+    handler_cancellation: a client that hangs up stops its handler, and so
+    its stream, at once.
+    """
+    return web.AppRunner(create_app(settings), access_log=None, handler_cancellation=True)

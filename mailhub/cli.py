@@ -15,7 +15,7 @@ from aiohttp import web
 from pythonjsonlogger.json import JsonFormatter
 
 from . import check, metrics
-from .app import create_app
+from .app import create_runner
 from .capture import start_capture_server
 from .embedded_redis import EmbeddedRedis
 from .errors import SettingsError
@@ -100,8 +100,7 @@ async def _stop_requested() -> None:
 
 @contextlib.asynccontextmanager
 async def _running_web(settings: Settings) -> AsyncIterator[None]:
-    # handler_cancellation: a client that hangs up stops its handler (and its stream) at once.
-    runner = web.AppRunner(create_app(settings), access_log=None, handler_cancellation=True)
+    runner = create_runner(settings)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
     logger.info("mailhub listening on http://%s:%d (API docs at /docs)", settings.host, settings.port)

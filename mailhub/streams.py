@@ -27,8 +27,6 @@ logger = logging.getLogger(__name__)
 
 SSE_PATH = "/api/v1/email/events"
 WS_PATH = "/api/v1/email/ws"
-#: How often a quiet SSE stream checks that its client is still connected.
-LIVENESS_INTERVAL = 1.0
 #: Tasks one WebSocket may follow at once.
 MAX_WS_SUBSCRIPTIONS = 100
 MAX_WS_MESSAGE = 4096
@@ -99,7 +97,9 @@ async def task_events(request: web.Request) -> web.StreamResponse:
             stream.subscription = subscription
             request.app[appkeys.STREAMS].add(stream)
             events = follow(subscription, first, after=after,
-                            alive=lambda: _connected(request, stream), idle=LIVENESS_INTERVAL)
+                            # A quiet stream checks its client at each keep-alive; the
+                            # server's handler cancellation usually ends it sooner.
+                            alive=lambda: _connected(request, stream), idle=keepalive)
             async with contextlib.aclosing(events):
                 try:
                     async for event in events:

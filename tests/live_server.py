@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from mailhub import appkeys
-from mailhub.app import create_app
+from mailhub.app import create_runner
 from mailhub.embedded_redis import free_port
 from mailhub.events import EventHub
 from mailhub.settings import Settings
@@ -30,10 +30,10 @@ class Live:
 
 @contextlib.asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[Live]:
-    """Serve `create_app(settings)` on 127.0.0.1 until the block ends."""
-    app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None)
+    """Serve the app with the production runner on 127.0.0.1 until the block ends."""
+    runner = create_runner(settings)
     await runner.setup()
+    app = runner.app
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
