@@ -113,14 +113,15 @@ class EventHub:
 
     def __init__(
         self, store: TaskStore, *, channel: str = keys.EVENTS, queue_size: int = 64,
-        read_limit: int = 32, backoff_base: float = 0.1, backoff_cap: float = 5.0,
+        read_limit: int = 1, backoff_base: float = 0.1, backoff_cap: float = 5.0,
     ) -> None:
         self.store = store
         self.redis: Redis = store.redis
         self.channel = channel
         self.queue_size = queue_size
         # A burst of clients connecting (or all of them resyncing) reads the
-        # stored states a few at a time instead of failing on an exhausted pool.
+        # stored states one at a time: each read is one quick HGET, and the
+        # process then holds few Redis connections however many clients follow.
         self._reads = asyncio.Semaphore(read_limit)
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
