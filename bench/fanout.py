@@ -238,13 +238,9 @@ async def main() -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="bound on the delivery phase")
     args = parser.parse_args()
     print(f"open files allowed: {raise_fd_limit()}")
-    with tempfile.TemporaryDirectory(prefix="mailhub-fanout-") as tmp, Sink(Path(tmp)) as sink:
-        valkey = EmbeddedRedis(Path(tmp) / "valkey", persist=False)
-        valkey.start()
-        try:
-            return await measure(args, Path(tmp), sink, valkey)
-        finally:
-            valkey.stop()
+    with tempfile.TemporaryDirectory(prefix="mailhub-fanout-") as tmp, Sink(Path(tmp)) as sink, \
+            EmbeddedRedis(Path(tmp) / "valkey", persist=False) as valkey:
+        return await measure(args, Path(tmp), sink, valkey)
 
 
 if __name__ == "__main__":

@@ -220,11 +220,6 @@ class TaskStore:
             await self.redis.xgroup_delconsumer(keys.QUEUE, keys.WORKERS_GROUP, name)
         return len(stale)
 
-    async def next_retry_due(self) -> float | None:
-        """Epoch seconds of the earliest scheduled retry, if any."""
-        first = await self.redis.zrange(keys.RETRIES, 0, 0, withscores=True)
-        return first[0][1] / 1000 if first else None
-
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
