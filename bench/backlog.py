@@ -43,7 +43,7 @@ from redis.asyncio import Redis
 
 from bench.delivery import raw_client_rate
 from bench.fanout import rss_mib
-from bench.fanout_10k import cpu_seconds, py_spy, stop_py_spy, summarize_profile
+from bench.profiling import cpu_seconds, py_spy, stop_py_spy, summarize_profile
 from bench.sink import Sink
 from bench.support import ROOT, Process, Row, mail, print_table, run, sink_env
 from mailhub import keys

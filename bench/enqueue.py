@@ -9,12 +9,12 @@ validation, rate limiting set high, idempotency keys), and for reference a
 bare aiohttp handler. The load comes from a separate process: wrk with a Lua
 script when installed (`apt-get install wrk`), else `bench.loadgen`. Each
 target gets a 2 s warm-up, then the measured run; Redis is flushed between.
+With `--profile FILE`, py-spy samples mailhub's web process during its run.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shutil
 import subprocess
@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.profiling import py_spy, stop_py_spy, summarize_profile
 from bench.support import (SUBMIT_PATH, MailhubServer, Process, Row, clean_env, print_table, run,
                            running, wait_for_http)
 from mailhub.embedded_redis import EmbeddedRedis, free_port
@@ -69,15 +70,18 @@ def load(url: str, *, seconds: float, connections: int, generator: str, work: Pa
 
 
 async def measure(target: Process, url: str, redis_url: str, queue: str,
-                  args: argparse.Namespace, work: Path) -> dict[str, float]:
+                  args: argparse.Namespace, work: Path, profile: Path | None = None) -> dict[str, float]:
     """Warm up, flush, measure; check every accepted POST left a queue entry."""
     with running(target):
         wait_for_http(url.rsplit("/api", 1)[0] + "/openapi.json", target, 30)
         load(url, seconds=2, connections=args.connections, generator=args.loadgen, work=work)
         redis = connect(redis_url)
         await redis.flushall()
+        profiler = py_spy(target.pid, profile, duration=args.duration) if profile else None
         result = load(url, seconds=args.duration, connections=args.connections,
                       generator=args.loadgen, work=work)
+        if profiler is not None:
+            stop_py_spy(profiler)
         queued = await redis.xlen(queue) if queue else None
         await redis.aclose()
     ok = result["requests"] - result["non2xx"]
@@ -93,6 +97,7 @@ async def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--loadgen", choices=["wrk", "python"],
                         default="wrk" if shutil.which("wrk") else "python")
+    parser.add_argument("--profile", type=Path, help="py-spy mailhub's run; raw stacks to this file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mailhub-bench-") as tmp, \
             EmbeddedRedis(Path(tmp) / "valkey") as valkey:
@@ -109,8 +114,10 @@ async def main() -> int:
                         ALLOWED_RECIPIENTS="@example.com", LOG_LEVEL="warning")
         server = MailhubServer("web", env=env, log_dir=work)
         results["mailhub"] = await measure(server, server.url + SUBMIT_PATH, valkey.url,
-                                           "mailhub:queue", args, work)
+                                           "mailhub:queue", args, work, args.profile)
     show(results, args)
+    if args.profile:
+        summarize_profile(args.profile)
     return 0
 
 

@@ -37,10 +37,8 @@ import asyncio
 import collections
 import contextlib
 import json
-import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,13 +50,13 @@ from redis.asyncio import Redis
 
 from bench.fanout import (EVENTS_PATH, EXPECTED, REFERENCE_NAME, Subscriber, percentile,
                           raise_fd_limit, redis_connections, reference, rss_mib)
+from bench.profiling import cpu_seconds, py_spy, stop_py_spy, summarize_profile
 from bench.sink import Sink
 from bench.support import (ROOT, MailhubServer, Process, Row, clean_env, event_time, mail,
                            print_table, run, sink_env, wait_for_http, wait_until)
 from mailhub.embedded_redis import EmbeddedRedis, free_port
 from mailhub.tasks import EmailRequest, TaskStore
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # --- the client process ------------------------------------------------------------------------
@@ -166,12 +164,6 @@ async def _reference(args: argparse.Namespace) -> None:
 
 
 # --- the measuring process ---------------------------------------------------------------------
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
 
 @dataclass
 class Phase:
@@ -311,68 +303,6 @@ class Bench:
                     result.from_publish.append(delay)
                     last[key] = max(last[key], delay)
         result.spread = list(last.values())
-
-def py_spy(pid: int, output: Path, duration: float | None = None) -> Process:
-    """Start sampling `pid` (CPU-busy stacks only, 250/s, without pausing it) into `output`."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    py_spy_bin = Path(sys.executable).with_name("py-spy")
-    return Process([str(py_spy_bin), "record", "--pid", str(pid), "--rate", "250", "--nonblocking",
-                    "--format", "raw", "--output", str(output),
-                    *(["--duration", str(round(duration))] if duration else [])],
-                   env=clean_env(), log_path=output.with_suffix(".log"))
-
-
-def stop_py_spy(profiler: Process) -> None:
-    """SIGINT: py-spy writes its samples out, then exits."""
-    if profiler.popen.poll() is None:
-        os.kill(profiler.pid, signal.SIGINT)
-    try:
-        profiler.popen.wait(30)
-    except subprocess.TimeoutExpired:
-        profiler.stop()
-
-
-def summarize_profile(path: Path, top: int = 12) -> None:
-    """Print the frames where py-spy's samples were: by own time and including callees."""
-    if not path.exists():
-        print(f"(no profile at {path})")
-        return
-    own: collections.Counter[str] = collections.Counter()
-    inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        frames = stack.split(";")
-        n = int(count)
-        total += n
-        own[_short(frames[-1])] += n
-        for frame in {short for short in map(_short, frames) if not short.endswith(_OUTER)}:
-            inclusive[frame] += n
-    print(f"\n#### py-spy {path.name}: {total} samples at 250/s while busy "
-          f"(~{total / 250:.1f} CPU s)\n")
-    for title, counter in (("own time", own), ("including callees", inclusive)):
-        print(f"| {title} | samples | share |\n|---|---:|---:|")
-        for frame, n in counter.most_common(top):
-            print(f"| `{frame}` | {n} | {n / max(total, 1):.0%} |")
-        print()
-
-
-#: Frames every sample has (the event loop running the process): left out of "including callees".
-_OUTER = tuple(f"{name})" for name in ("asyncio/runners.py", "asyncio/base_events.py",
-                                       "asyncio/events.py", "mailhub/cli.py", "run.py"))
-
-
-def _short(frame: str) -> str:
-    """`func (path/to/site-packages/pkg/mod.py:12)` -> `func (pkg/mod.py)`: one row per function."""
-    name, _, where = frame.partition(" (")
-    where = where.rstrip(")").rsplit(":", 1)[0]
-    for marker in ("site-packages/", "lib/python3.11/", str(ROOT) + "/"):
-        if marker in where:
-            where = where.split(marker, 1)[1]
-    return f"{name} ({where})" if where else name
-
 
 WHEN = ("before subscribers", "with all subscribers", "after")
 

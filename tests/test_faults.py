@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from mailhub import keys
 from mailhub.app import create_app
 from mailhub.embedded_redis import EmbeddedRedis, free_port
 from mailhub.redis_client import connect
