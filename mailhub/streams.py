@@ -2,25 +2,32 @@
 
 Both endpoints send the documents of `GET /api/v1/email/result` (plus `seq`,
 `event`, `at`) as they change, through the process's one `EventHub`.
+
+SSE streams are written by the hub itself as it dispatches an event (see
+`events.relay`): the event is framed once, and the same bytes go to each
+stream's socket without waiting. aiohttp-sse still runs the response: the
+headers, the keep-alive pings and their liveness check, the kernel's
+TCP_USER_TIMEOUT, stop_streaming().
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import uuid
 import weakref
 from collections.abc import AsyncIterator
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 from aiohttp_sse import EventSourceResponse, sse_response
 from redis.exceptions import RedisError
 
 from . import appkeys
 from .errors import ApiError, InvalidRequest, ServiceUnavailable, TaskNotFound
-from .events import Event, EventHub, Subscription, follow
+from .events import Event, EventHub, Subscription, Writer, follow, relay
 from .views import task_id_from_query
 
 logger = logging.getLogger(__name__)
@@ -30,6 +37,9 @@ WS_PATH = "/api/v1/email/ws"
 #: Tasks one WebSocket may follow at once.
 MAX_WS_SUBSCRIPTIONS = 100
 MAX_WS_MESSAGE = 4096
+#: Bytes an SSE client may leave unsent before it must catch up from the stored state
+#: (about 100 events; a client that is reading keeps next to nothing unsent).
+SSE_BUFFER_LIMIT = 64 * 1024
 
 
 async def hub_context(app: web.Application) -> AsyncIterator[None]:
@@ -81,6 +91,36 @@ def _connected(request: web.Request, response: EventSourceResponse) -> bool:
     return response.is_connected() and transport is not None and not transport.is_closing()
 
 
+@functools.lru_cache(maxsize=1024)
+def sse_frame(event: Event, chunked: bool) -> bytes:
+    """The event as `EventSourceResponse.send(event.data, id=seq)` writes it, made once per event.
+
+    aiohttp-sse frames and writes in one awaited call, with a timeout per
+    write; the hub writes each event to every stream without waiting, so the
+    frame is made here, with the library's separator and line splitting (and,
+    on HTTP/1.1, in the chunk that aiohttp's writer would have made of it).
+    """
+    sep = EventSourceResponse.DEFAULT_SEPARATOR
+    lines = "".join(f"data: {line}{sep}" for line in EventSourceResponse.LINE_SEP_EXPR.split(event.data))
+    frame = f"id: {event.seq}{sep}{lines}{sep}".encode()
+    return b"%x\r\n%b\r\n" % (len(frame), frame) if chunked else frame
+
+
+def _sse_writer(request: web.Request, stream: EventSourceResponse) -> Writer:
+    """Write events straight to the stream's socket (after the headers, between pings)."""
+    transport = request.transport
+    chunked = stream.headers.get(hdrs.TRANSFER_ENCODING) == "chunked"
+
+    def write(event: Event) -> bool:
+        if transport is None or transport.is_closing() or \
+                transport.get_write_buffer_size() > SSE_BUFFER_LIMIT:
+            return False
+        transport.write(sse_frame(event, chunked))
+        return True
+
+    return write
+
+
 async def task_events(request: web.Request) -> web.StreamResponse:
     """SSE: the task's current state, then each transition (`id:` = seq) until a terminal one."""
     task_id = task_id_from_query(request)
@@ -96,19 +136,22 @@ async def task_events(request: web.Request) -> web.StreamResponse:
                                 response_cls=_TaskEventSource) as stream:
             stream.subscription = subscription
             request.app[appkeys.STREAMS].add(stream)
-            events = follow(subscription, first, after=after,
-                            # A quiet stream checks its client at each keep-alive; the
-                            # server's handler cancellation usually ends it sooner.
-                            alive=lambda: _connected(request, stream), idle=keepalive)
-            async with contextlib.aclosing(events):
-                try:
-                    async for event in events:
-                        await stream.send(event.data, id=str(event.seq))
-                except (ConnectionError, TimeoutError):
-                    pass  # the client left
-                except RedisError as exc:
-                    # Headers are sent: end the stream; the client's reconnect resumes it.
-                    logger.warning("task %s: SSE stream ended, Redis unavailable: %s", task_id, exc)
+            try:
+                kept_up = await relay(subscription, first, _sse_writer(request, stream),
+                                      after=after,
+                                      # A quiet stream checks its client at each keep-alive; the
+                                      # server's handler cancellation usually ends it sooner.
+                                      alive=lambda: _connected(request, stream), idle=keepalive)
+            except RedisError as exc:
+                # Headers are sent: end the stream; the client's reconnect resumes it.
+                logger.warning("task %s: SSE stream ended, Redis unavailable: %s", task_id, exc)
+            else:
+                if not kept_up and request.transport is not None:
+                    # Too much unsent even after a resync: drop the client, as aiohttp-sse
+                    # does on a send timeout (a graceful close would wait on its reads).
+                    # Its EventSource reconnects and resumes with Last-Event-ID.
+                    logger.info("task %s: SSE client too slow, disconnected", task_id)
+                    request.transport.abort()
     return stream
 
 
