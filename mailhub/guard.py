@@ -78,6 +78,8 @@ class SubmitGuard:
     def client_address(self, remote: str | None, headers: Mapping[str, str]) -> str:
         """The client's address; X-Forwarded-For counts only when a trusted proxy sent it."""
         address = remote or "unknown"
+        if not self._proxies:
+            return address
         forwarded = [hop.strip() for hop in headers.get("X-Forwarded-For", "").split(",")]
         # Walk back from the nearest hop while the hop is one of our proxies.
         while self._trusted(address) and forwarded and forwarded[-1]:

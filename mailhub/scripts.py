@@ -84,6 +84,8 @@ ENQUEUE = """
 local wait, window = over_limit(4, 4)
 if wait then return {wait, -2, window} end
 local once = KEYS[3] ~= KEYS[1]
+-- A retry of this very call (its reply was lost with the connection).
+if redis.call('EXISTS', KEYS[1]) == 1 then return {redis.call('HGET', KEYS[1], 'task_id'), 0} end
 if once then
   local seen = redis.call('GET', KEYS[3])
   if seen then

@@ -7,7 +7,6 @@ architecture section for the state machine.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import hashlib
 import json
@@ -22,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import keys, scripts
+from .batching import ScriptBatcher
 from .errors import IdempotencyConflict
 from .settings import Settings
 
@@ -96,6 +96,7 @@ class TaskStore:
         self.max_attempts = max_attempts
         self.max_queue_age = max_queue_age
         self.message_id_domain = message_id_domain
+        self._batcher = ScriptBatcher(redis)
         self._enqueue = redis.register_script(scripts.source(scripts.ENQUEUE))
         self._begin = redis.register_script(scripts.source(scripts.BEGIN_ATTEMPT))
         self._succeed = redis.register_script(scripts.source(scripts.SUCCEED))
@@ -125,6 +126,7 @@ class TaskStore:
         body differs.
         """
         task_id = str(uuid.uuid4())
+        now = now_iso()
         fields = {
             "task_id": task_id,
             "to": request.to,
@@ -135,7 +137,7 @@ class TaskStore:
             "message_id": make_msgid(idstring=task_id, domain=self.message_id_domain),
             "state": TaskState.QUEUED.value,
             "attempts": 0,
-            "created_at": now_iso(),
+            "created_at": now,
             "created_ts": int(time.time()),
         }
         once_key = keys.task(task_id)
@@ -143,9 +145,9 @@ class TaskStore:
             once_key = keys.idempotency(_digest(idempotency_key))
         flat = [item for pair in fields.items() for item in pair]
         limit_keys, limit_args = (quota.counter_keys(), quota.script_args()) if quota else ([], [])
-        answer = await self._enqueue(
-            keys=[keys.task(task_id), keys.QUEUE, once_key, *limit_keys],
-            args=[now_iso(), _fingerprint(request), IDEMPOTENCY_TTL, *limit_args, *flat],
+        answer = await self._batcher.run(
+            self._enqueue, [keys.task(task_id), keys.QUEUE, once_key, *limit_keys],
+            [now, _fingerprint(request), IDEMPOTENCY_TTL, *limit_args, *flat],
         )
         outcome = int(answer[1])
         if outcome == _OVER_LIMIT and quota is not None:
@@ -168,10 +170,10 @@ class TaskStore:
 
     async def begin_attempt(self, entry: QueueEntry) -> Attempt | None:
         """Count a new attempt for the entry's task, or None if there is nothing to send."""
-        row = await self._begin(
-            keys=[keys.task(entry.task_id), keys.QUEUE],
-            args=[entry.entry_id, now_iso(), self.max_attempts, self.retention,
-                  int(time.time()), self.max_queue_age],
+        row = await self._batcher.run(
+            self._begin, [keys.task(entry.task_id), keys.QUEUE],
+            [entry.entry_id, now_iso(), self.max_attempts, self.retention,
+             int(time.time()), self.max_queue_age],
         )
         if not row:
             return None
@@ -179,15 +181,15 @@ class TaskStore:
         return Attempt(entry.entry_id, task_id, to, subject, body, username, message_id, int(number))
 
     async def succeed(self, attempt: Attempt) -> None:
-        await self._succeed(
-            keys=[keys.task(attempt.task_id), keys.QUEUE],
-            args=[attempt.entry_id, attempt.number, now_iso(), self.retention],
+        await self._batcher.run(
+            self._succeed, [keys.task(attempt.task_id), keys.QUEUE],
+            [attempt.entry_id, attempt.number, now_iso(), self.retention],
         )
 
     async def fail(self, attempt: Attempt, reason: str) -> None:
-        await self._fail(
-            keys=[keys.task(attempt.task_id), keys.QUEUE],
-            args=[attempt.entry_id, attempt.number, now_iso(), self.retention, reason],
+        await self._batcher.run(
+            self._fail, [keys.task(attempt.task_id), keys.QUEUE],
+            [attempt.entry_id, attempt.number, now_iso(), self.retention, reason],
         )
 
     async def retry_later(self, attempt: Attempt, delay: float, error: str, *,
@@ -195,10 +197,10 @@ class TaskStore:
         """Schedule the next attempt in `delay` s; `counted=False` gives the attempt back."""
         due = time.time() + delay
         due_iso = datetime.fromtimestamp(due, timezone.utc).isoformat(timespec="milliseconds")
-        await self._retry(
-            keys=[keys.task(attempt.task_id), keys.QUEUE, keys.RETRIES],
-            args=[attempt.entry_id, attempt.number, now_iso(), int(due * 1000),
-                  due_iso.replace("+00:00", "Z"), error, int(counted)],
+        await self._batcher.run(
+            self._retry, [keys.task(attempt.task_id), keys.QUEUE, keys.RETRIES],
+            [attempt.entry_id, attempt.number, now_iso(), int(due * 1000),
+             due_iso.replace("+00:00", "Z"), error, int(counted)],
         )
 
     async def promote_due_retries(self, batch: int = 500) -> int:
@@ -226,7 +228,8 @@ def _digest(text: str) -> str:
 
 
 def _fingerprint(request: EmailRequest) -> str:
-    return _digest(json.dumps(dataclasses.astuple(request), ensure_ascii=False))
+    fields = [request.to, request.subject, request.body, request.username]
+    return _digest(json.dumps(fields, ensure_ascii=False))
 
 
 def _text(value: Any) -> str:
