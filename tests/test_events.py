@@ -1,4 +1,8 @@
-"""The event hub and `follow` against a real Valkey: order, races, resync, cleanup."""
+"""The event hub, `follow` and `relay` against a real Valkey: order, races, resync, cleanup.
+
+The contract tests run twice: through `follow` (the async generator of the
+WebSocket) and through `relay` (the hub writing to a synchronous writer, as
+for SSE)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import pytest
 
 from mailhub import keys
 from mailhub.embedded_redis import EmbeddedRedis, free_port
-from mailhub.events import Event, EventHub, Signal, Subscription, follow
+from mailhub.events import Event, EventHub, Signal, Subscription, follow, relay
 from mailhub.redis_client import connect
 from mailhub.tasks import TaskStore
 from tests.conftest import running_worker
@@ -49,20 +53,54 @@ def queued_seqs(subscription: Subscription) -> list[int | Signal]:
     return [item.seq if isinstance(item, Event) else item for item in items]
 
 
-async def collect(subscription: Subscription, first: Event,
+class Recorder:
+    """A `relay` writer: keeps each event it is given and the asyncio task that gave it."""
+
+    def __init__(self, refuse: int = 0) -> None:
+        self.events: list[Event] = []
+        self.writers: list[str] = []
+        #: Say "no more" to this many writes (after the first event), as a full socket would.
+        self.refuse = refuse
+        self.refused: list[int] = []
+
+    def __call__(self, event: Event) -> bool:
+        if self.events and self.refuse:
+            self.refuse -= 1
+            self.refused.append(event.seq)
+            return False
+        self.events.append(event)
+        task = asyncio.current_task()
+        self.writers.append(task.get_name() if task else "")
+        return True
+
+    @property
+    def seqs(self) -> list[int]:
+        return [event.seq for event in self.events]
+
+
+@pytest.fixture(params=["follow", "relay"])
+def how(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+async def collect(subscription: Subscription, first: Event, how: str = "follow",
                   **options) -> list[dict]:  # type: ignore[no-untyped-def]
+    if how == "relay":
+        recorder = Recorder()
+        assert await relay(subscription, first, recorder, **options)
+        return [json.loads(event.data) for event in recorder.events]
     async with contextlib.aclosing(follow(subscription, first, **options)) as events:
         return [json.loads(event.data) async for event in events]
 
 
 async def test_one_retry_gives_exactly_queued_attempt_retry_attempt_success(
-        hub, store, settings, smtp):
+        hub, store, settings, smtp, how):
     task_id = await store.enqueue(REQUEST)
     smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
     with hub.subscribe(task_id) as subscription:
         first = await current(store, task_id)
         async with running_worker(store, settings):
-            docs = await asyncio.wait_for(collect(subscription, first), 10)
+            docs = await asyncio.wait_for(collect(subscription, first, how), 10)
     assert [(d["event"], d["status"], d["attempts"]) for d in docs] == [
         ("queued", "pending", 0), ("attempt", "pending", 1), ("retry", "pending", 1),
         ("attempt", "pending", 2), ("success", "success", 2)]
@@ -72,7 +110,7 @@ async def test_one_retry_gives_exactly_queued_attempt_retry_attempt_success(
     assert all(d["task_id"] == task_id and d["to"] == REQUEST.to and d["at"] for d in docs)
 
 
-async def test_transitions_between_subscribe_and_read_are_sent_once(hub, store):
+async def test_transitions_between_subscribe_and_read_are_sent_once(hub, store, how):
     driver = TaskDriver(store)
     task_id = await driver.enqueue()
     subscription = hub.subscribe(task_id)
@@ -82,7 +120,7 @@ async def test_transitions_between_subscribe_and_read_are_sent_once(hub, store):
     await until(lambda: 3 in queued_seqs(subscription), what="event 3 queued")
     first = await current(store, task_id)
     assert first.seq == 3
-    feed = asyncio.create_task(collect(subscription, first))
+    feed = asyncio.create_task(collect(subscription, first, how))
     await driver.begin_attempt()
     await driver.succeed()
     docs = await asyncio.wait_for(feed, 5)
@@ -92,7 +130,7 @@ async def test_transitions_between_subscribe_and_read_are_sent_once(hub, store):
     assert (hub.subscription_count, hub.task_count) == (0, 0)
 
 
-async def test_racing_the_real_worker_misses_nothing_and_repeats_nothing(hub, store, settings, smtp):
+async def test_racing_the_real_worker_misses_nothing_and_repeats_nothing(hub, store, settings, smtp, how):
     smtp.handler.faults.extend([Fault.reply_data("451 4.7.1 busy")] * 10)
 
     async def subscriber(task_id: str, delay_rounds: int) -> list[int]:
@@ -100,7 +138,7 @@ async def test_racing_the_real_worker_misses_nothing_and_repeats_nothing(hub, st
             await asyncio.sleep(0)  # join at a different point of the task's life
         with hub.subscribe(task_id) as subscription:
             first = await current(store, task_id)
-            return [d["seq"] for d in await collect(subscription, first)]
+            return [d["seq"] for d in await collect(subscription, first, how)]
 
     async with running_worker(store, settings):
         task_ids = [await store.enqueue(REQUEST) for _ in range(20)]
@@ -112,37 +150,37 @@ async def test_racing_the_real_worker_misses_nothing_and_repeats_nothing(hub, st
         assert task_seqs[-1] == final["seq"] and final["status"] == "success"
 
 
-async def test_after_skips_what_the_client_already_has(hub, store):
+async def test_after_skips_what_the_client_already_has(hub, store, how):
     driver = TaskDriver(store)
     task_id = await driver.enqueue()
     await driver.begin_attempt()
     await driver.retry()
     with hub.subscribe(task_id) as subscription:
         first = await current(store, task_id)
-        feed = asyncio.create_task(collect(subscription, first, after=3))
+        feed = asyncio.create_task(collect(subscription, first, how, after=3))
         await driver.begin_attempt()
         await driver.succeed()
         docs = await asyncio.wait_for(feed, 5)
     assert [d["seq"] for d in docs] == [4, 5]
 
 
-async def test_a_late_subscriber_gets_the_final_state_and_the_feed_ends(hub, store):
+async def test_a_late_subscriber_gets_the_final_state_and_the_feed_ends(hub, store, how):
     driver = TaskDriver(store)
     task_id = await driver.enqueue()
     await driver.begin_attempt()
     await driver.fail()
     with hub.subscribe(task_id) as subscription:
-        docs = await asyncio.wait_for(collect(subscription, await current(store, task_id)), 5)
+        docs = await asyncio.wait_for(collect(subscription, await current(store, task_id), how), 5)
     assert [(d["seq"], d["status"]) for d in docs] == [(3, "failed")]
     assert docs[0]["reason"] == "failed after 1 attempt: 550 5.1.1 no such user"
 
 
-async def test_closing_a_subscription_ends_its_feed_and_forgets_it(hub, store):
+async def test_closing_a_subscription_ends_its_feed_and_forgets_it(hub, store, how):
     task_id = await TaskDriver(store).enqueue()
     subscriptions = [hub.subscribe(task_id) for _ in range(3)]
     assert (hub.subscription_count, hub.task_count) == (3, 1)
     first = await current(store, task_id)
-    feed = asyncio.create_task(collect(subscriptions[0], first))
+    feed = asyncio.create_task(collect(subscriptions[0], first, how))
     await until(lambda: subscriptions[0]._queue._getters, what="the feed waiting")  # type: ignore[attr-defined]
     subscriptions[0].close()
     assert [d["seq"] for d in await asyncio.wait_for(feed, 5)] == [1]
@@ -152,11 +190,11 @@ async def test_closing_a_subscription_ends_its_feed_and_forgets_it(hub, store):
     assert (hub.subscription_count, hub.task_count) == (0, 0)
 
 
-async def test_alive_ends_a_quiet_feed(hub, store):
+async def test_alive_ends_a_quiet_feed(hub, store, how):
     task_id = await TaskDriver(store).enqueue()
     connected = True
     with hub.subscribe(task_id) as subscription:
-        feed = asyncio.create_task(collect(subscription, await current(store, task_id),
+        feed = asyncio.create_task(collect(subscription, await current(store, task_id), how,
                                            alive=lambda: connected, idle=0.01))
         await asyncio.sleep(0.05)
         assert not feed.done()
@@ -164,7 +202,7 @@ async def test_alive_ends_a_quiet_feed(hub, store):
         assert [d["seq"] for d in await asyncio.wait_for(feed, 5)] == [1]
 
 
-async def test_a_subscriber_that_falls_behind_resyncs_from_the_stored_state(redis, store):
+async def test_a_subscriber_that_falls_behind_resyncs_from_the_stored_state(redis, store, how):
     async with running_hub(store, queue_size=2) as small_hub:
         driver = TaskDriver(store)
         task_id = await driver.enqueue()
@@ -176,7 +214,7 @@ async def test_a_subscriber_that_falls_behind_resyncs_from_the_stored_state(redi
             seen = [await witness.get(timeout=5) for _ in range(2)]
             assert Signal.RESYNC in seen
             assert queued_seqs(slow)[0] is Signal.RESYNC
-            docs = await asyncio.wait_for(collect(slow, first), 5)
+            docs = await asyncio.wait_for(collect(slow, first, how), 5)
     assert [d["seq"] for d in docs] == [1, 5]
 
 
@@ -249,3 +287,72 @@ async def test_stop_closes_every_subscription(redis, store):
         await asyncio.sleep(0)
     assert await asyncio.wait_for(waiting, 5) is Signal.CLOSED
     assert subscription.closed and hub.subscription_count == 0
+
+
+async def test_relay_events_are_written_by_the_hub_as_it_dispatches(hub, store):
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    recorders = [Recorder() for _ in range(3)]
+    with contextlib.ExitStack() as stack:
+        subscriptions = [stack.enter_context(hub.subscribe(task_id)) for _ in recorders]
+        first = await current(store, task_id)
+        relays = [asyncio.create_task(relay(s, first, r), name=f"relay-{n}")
+                  for n, (s, r) in enumerate(zip(subscriptions, recorders))]
+        await until(lambda: all(s._writer is not None for s in subscriptions), what="relays live")
+        await driver.begin_attempt()
+        await driver.retry()
+        await driver.begin_attempt()
+        await driver.succeed()
+        assert await asyncio.wait_for(asyncio.gather(*relays), 5) == [True] * 3
+    for n, recorder in enumerate(recorders):
+        assert recorder.seqs == [1, 2, 3, 4, 5]
+        # The stored state comes from the relay; every transition from the hub's own task.
+        assert recorder.writers == [f"relay-{n}"] + ["event-hub"] * 4
+    assert hub.subscription_count == 0
+
+
+async def test_relay_resyncs_a_writer_that_took_no_more_and_goes_on(hub, store):
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    recorder = Recorder(refuse=1)
+    with hub.subscribe(task_id) as subscription:
+        first = await current(store, task_id)
+        feed = asyncio.create_task(relay(subscription, first, recorder))
+        await until(lambda: subscription._writer is not None, what="the relay live")
+        await driver.begin_attempt()  # refused, then written again from the stored state
+        await until(lambda: recorder.seqs == [1, 2], what="event 2 after the resync")
+        await until(lambda: subscription._writer is not None, what="the relay live again")
+        await driver.succeed()
+        assert await asyncio.wait_for(feed, 5) is True
+    assert recorder.refused == [2]
+    assert recorder.seqs == [1, 2, 3]
+
+
+async def test_relay_gives_up_on_a_writer_that_takes_no_more_after_the_resync(hub, store):
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    recorder = Recorder(refuse=2)
+    with hub.subscribe(task_id) as subscription:
+        feed = asyncio.create_task(relay(subscription, await current(store, task_id), recorder))
+        await until(lambda: subscription._writer is not None, what="the relay live")
+        await driver.begin_attempt()
+        assert await asyncio.wait_for(feed, 5) is False
+        assert subscription._writer is None
+    assert (recorder.seqs, recorder.refused) == ([1], [2, 2])
+
+
+async def test_relay_resyncs_after_the_pubsub_connection_is_killed(hub, store, redis):
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    recorder = Recorder()
+    with hub.subscribe(task_id) as subscription:
+        feed = asyncio.create_task(relay(subscription, await current(store, task_id), recorder))
+        await until(lambda: subscription._writer is not None, what="the relay live")
+        await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await until(lambda: hub.connections == 2, what="the hub resubscribing")
+        await driver.begin_attempt()
+        await until(lambda: recorder.seqs == [1, 2], what="event 2")
+        await driver.succeed()
+        assert await asyncio.wait_for(feed, 5) is True
+    assert recorder.seqs == [1, 2, 3]
+    assert len(await redis.client_list(_type="pubsub")) == 1

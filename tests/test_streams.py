@@ -6,17 +6,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
 from aiohttp import WSCloseCode
+from aiohttp.http_writer import StreamWriter
+from aiohttp_sse import EventSourceResponse
 
-from mailhub import appkeys
+from mailhub import appkeys, keys
 from mailhub.embedded_redis import EmbeddedRedis
+from mailhub.events import Event
 from mailhub.settings import Settings
-from mailhub.streams import SSE_PATH, WS_PATH
+from mailhub.streams import SSE_BUFFER_LIMIT, SSE_PATH, WS_PATH, sse_frame
 from tests.conftest import running_worker, with_settings
 from tests.driver import REQUEST, TaskDriver, until
 from tests.live_server import Live, serving
@@ -316,3 +321,96 @@ async def test_an_allowed_origin_may_follow_a_task_over_sse(settings, session, s
                                headers={"Origin": origin}) as response:
             assert response.status == 200
             assert response.headers.get("Access-Control-Allow-Origin") == origin
+
+
+@pytest.mark.parametrize("data", ['{"task_id": "t", "seq": 7}', "one\ntwo\r\nthree\rfour", ""])
+async def test_events_are_framed_once_as_aiohttp_sse_and_aiohttp_would_write_them(data):
+    """The hub's frame of an event is byte for byte what `EventSourceResponse.send`
+    (and, on HTTP/1.1, aiohttp's chunked writer) would have put on the wire."""
+    sent: list[bytes] = []
+
+    class Capture(EventSourceResponse):
+        async def write(self, data: bytes) -> None:  # type: ignore[override]
+            sent.append(bytes(data))
+
+    await Capture().send(data, id="7")
+    event = Event("t", 7, "pending", data)
+    assert sse_frame(event, False) == sent[0]
+
+    wire = bytearray()
+    transport = SimpleNamespace(is_closing=lambda: False, write=wire.extend)
+    writer = StreamWriter(SimpleNamespace(transport=transport), asyncio.get_running_loop())
+    writer.enable_chunking()
+    await writer.write(sent[0])
+    assert sse_frame(event, True) == wire
+
+
+async def raw_get(live: Live, task_id: str, version: str = "1.1",
+                  rcvbuf: int | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A bare HTTP client: the SSE request sent, nothing read yet."""
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    port = int(live.url.rsplit(":", 1)[1])
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(f"GET {SSE_PATH}?task_id={task_id} HTTP/{version}\r\nHost: x\r\n\r\n".encode())
+    return reader, writer
+
+
+async def test_an_http_1_0_client_gets_the_events_unchunked_until_the_server_closes(live, store):
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    reader, writer = await raw_get(live, task_id, version="1.0")
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.0 200") and b"chunked" not in head.lower()
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        await driver.begin_attempt()
+        await driver.succeed()
+        body = first + await asyncio.wait_for(reader.read(), 5)  # until the server closes
+    finally:
+        writer.close()
+    stored = [json.loads(await store.result(task_id) or "{}")]
+    blocks = body.decode().split("\r\n\r\n")
+    assert blocks[-1] == ""
+    assert [block.split("\r\n")[0] for block in blocks[:-1]] == ["id: 1", "id: 2", "id: 3"]
+    assert json.loads(blocks[-2].split("\r\n")[1].removeprefix("data: ")) == stored[0]
+
+
+async def test_a_client_that_stops_reading_is_dropped_while_the_others_get_every_event(
+        live, session, store, redis, caplog):
+    caplog.set_level("INFO", logger="mailhub.streams")
+    task_id = await TaskDriver(store).enqueue()
+    slow_reader, slow_writer = await raw_get(live, task_id, rcvbuf=4096)
+    try:
+        await asyncio.wait_for(slow_reader.readuntil(b"id: 1"), 5)  # then it reads no more
+        async with stream(session, live, task_id) as reader:
+            assert (await reader.next()).id == "1"  # type: ignore[union-attr]
+            assert live.hub.subscription_count == 2
+            pad = "x" * 100_000  # big events, to fill the slow client's socket buffers soon
+            seq = 1
+            while live.hub.subscription_count == 2:
+                seq += 1
+                assert seq * len(pad) < 100 * 2**20, "the slow client was never dropped"
+                doc = json.dumps({"task_id": task_id, "seq": seq, "status": "pending",
+                                  "event": "attempt", "pad": pad})
+                # Stored, then published, as the Lua scripts do.
+                await redis.hset(keys.task(task_id), "doc", doc)
+                await redis.publish(keys.EVENTS, doc)
+                message = await asyncio.wait_for(reader.next(), 5)
+                assert message is not None and message.id == str(seq)  # kept up with every one
+            assert seq * len(pad) > SSE_BUFFER_LIMIT
+            assert "SSE client too slow, disconnected" in caplog.text
+            done = json.dumps({"task_id": task_id, "seq": seq + 1, "status": "success"})
+            await redis.hset(keys.task(task_id), "doc", done)
+            await redis.publish(keys.EVENTS, done)
+            assert [m.id for m in await asyncio.wait_for(reader.rest(), 5)] == [str(seq + 1)]
+        # The slow client's connection was aborted: what it had not read yet, then the end.
+        with contextlib.suppress(ConnectionResetError):
+            while await asyncio.wait_for(slow_reader.read(2**20), 5):
+                pass
+    finally:
+        slow_writer.close()
+    await until(lambda: live.hub.subscription_count == 0, what="every subscription to close")
