@@ -35,10 +35,10 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
+from bench.fanout_baseline import listen
 from bench.sink import Sink
 from bench.support import (ROOT, MailhubServer, Process, Row, event_time, mail, print_table, run,
                            sink_env, submit_all, wait_until)
-from mailhub import keys
 from mailhub.embedded_redis import EmbeddedRedis
 
 EVENTS_PATH = "/api/v1/email/events"
@@ -102,17 +102,12 @@ async def redis_connections(redis: Redis, pid: int) -> tuple[int, int]:
 
 async def reference(redis: Redis, seen: dict[tuple[str, int], float], ready: asyncio.Event) -> None:
     """Record when each (task, seq) is published, as this process sees it."""
-    async with redis.pubsub() as pubsub:
-        await pubsub.subscribe(keys.EVENTS)
-        while True:
-            message = await pubsub.get_message(timeout=None)
-            if message is None:
-                continue
-            if message["type"] == "subscribe":
-                ready.set()
-            elif message["type"] == "message":
-                doc = json.loads(message["data"])
-                seen[(doc["task_id"], doc["seq"])] = time.monotonic()
+
+    def record(data: str) -> None:
+        doc = json.loads(data)
+        seen[(doc["task_id"], doc["seq"])] = time.monotonic()
+
+    await listen(redis, ready.set, record)
 
 
 async def subscribe(session: aiohttp.ClientSession, url: str, subscriber: Subscriber,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -31,21 +31,32 @@ SUBSCRIBED: web.AppKey[asyncio.Event] = web.AppKey("subscribed", asyncio.Event)
 REDIS_URL: web.AppKey[str] = web.AppKey("redis_url", str)
 
 
-async def _listen(app: web.Application) -> None:
-    topics = app[TOPICS]
-    async with app[REDIS].pubsub() as pubsub:
+async def listen(redis: Redis, subscribed: Callable[[], object],
+                 received: Callable[[str], object]) -> None:
+    """Subscribe to the events channel; call `subscribed()` once it is live, then
+    `received(data)` for each published message, until cancelled. Also used by
+    `bench.fanout`'s reference subscriber."""
+    async with redis.pubsub() as pubsub:
         await pubsub.subscribe(keys.EVENTS)
         while True:
             message = await pubsub.get_message(timeout=None)
             if message is None:
                 continue
             if message["type"] == "subscribe":
-                app[SUBSCRIBED].set()
+                subscribed()
             elif message["type"] == "message":
-                data = message["data"]
-                doc = json.loads(data)
-                for queue in topics.get(doc["task_id"], ()):
-                    queue.put_nowait((doc["seq"], doc["status"], data))
+                received(message["data"])
+
+
+async def _listen(app: web.Application) -> None:
+    topics = app[TOPICS]
+
+    def dispatch(data: str) -> None:
+        doc = json.loads(data)
+        for queue in topics.get(doc["task_id"], ()):
+            queue.put_nowait((doc["seq"], doc["status"], data))
+
+    await listen(app[REDIS], app[SUBSCRIBED].set, dispatch)
 
 
 async def _context(app: web.Application) -> AsyncIterator[None]:
