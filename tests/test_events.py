@@ -49,7 +49,7 @@ async def current(store: TaskStore, task_id: str) -> Event:
 
 def queued_seqs(subscription: Subscription) -> list[int | Signal]:
     """What waits in the subscription's queue, without taking it."""
-    items = list(subscription._queue._queue)  # type: ignore[attr-defined]
+    items = list(subscription._queue)
     return [item.seq if isinstance(item, Event) else item for item in items]
 
 
@@ -181,7 +181,7 @@ async def test_closing_a_subscription_ends_its_feed_and_forgets_it(hub, store, h
     assert (hub.subscription_count, hub.task_count) == (3, 1)
     first = await current(store, task_id)
     feed = asyncio.create_task(collect(subscriptions[0], first, how))
-    await until(lambda: subscriptions[0]._queue._getters, what="the feed waiting")  # type: ignore[attr-defined]
+    await until(lambda: subscriptions[0]._waiter is not None, what="the feed waiting")
     subscriptions[0].close()
     assert [d["seq"] for d in await asyncio.wait_for(feed, 5)] == [1]
     assert hub.subscription_count == 2
@@ -356,3 +356,24 @@ async def test_relay_resyncs_after_the_pubsub_connection_is_killed(hub, store, r
         assert await asyncio.wait_for(feed, 5) is True
     assert recorder.seqs == [1, 2, 3]
     assert len(await redis.client_list(_type="pubsub")) == 1
+
+
+async def test_relay_ends_without_a_read_when_a_refused_client_is_gone(hub, store, monkeypatch):
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    recorder, connected, reads = Recorder(refuse=1), True, []
+    read_state = store.result
+
+    async def counted_read(task_id: str) -> str | None:
+        reads.append(task_id)
+        return await read_state(task_id)
+
+    with hub.subscribe(task_id) as subscription:
+        feed = asyncio.create_task(relay(subscription, await current(store, task_id), recorder,
+                                         alive=lambda: connected, idle=60))
+        await until(lambda: subscription._writer is not None, what="the relay live")
+        monkeypatch.setattr(store, "result", counted_read)
+        connected = False  # the socket closed: the next write is refused
+        await driver.begin_attempt()
+        assert await asyncio.wait_for(feed, 5) is True
+    assert (recorder.seqs, recorder.refused, reads) == ([1], [2], [])
