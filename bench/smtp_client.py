@@ -1,10 +1,11 @@
 """The sink's own capacity: a bare aiosmtplib client, run as its own process.
 
-    python -m bench.smtp_client --port P --ca CA.pem --count 2000 --connections 8 [--fresh]
+    python -m bench.smtp_client --port P (--ca CA.pem | --plain) --count 2000 --connections 8 [--fresh]
 
 Sends `count` messages shaped like mailhub's (same builder) over
-`connections` reused STARTTLS + AUTH connections, or with `--fresh` a new
-connection per message, `connections` at a time. Prints one JSON line:
+`connections` reused STARTTLS + AUTH connections (`--plain`: plain SMTP
+without AUTH), or with `--fresh` a new connection per message,
+`connections` at a time. Prints one JSON line:
 {"sent": N, "seconds": S}.
 """
 
@@ -31,9 +32,12 @@ def messages(count: int) -> list:  # type: ignore[type-arg]
 
 
 async def send_all(args: argparse.Namespace) -> dict[str, float]:
-    context = ssl.create_default_context(cafile=args.ca)
-    options = dict(hostname=args.host, port=args.port, start_tls=True, tls_context=context,
-                   username=USER, password=PASSWORD, timeout=30)
+    if args.plain:
+        options = dict(hostname=args.host, port=args.port, start_tls=False, timeout=30)
+    else:
+        context = ssl.create_default_context(cafile=args.ca)
+        options = dict(hostname=args.host, port=args.port, start_tls=True, tls_context=context,
+                       username=USER, password=PASSWORD, timeout=30)
     queue = iter(messages(args.count))
 
     async def reused_lane() -> None:
@@ -55,7 +59,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--ca", required=True)
+    parser.add_argument("--ca", help="the sink's CA file (STARTTLS + AUTH)")
+    parser.add_argument("--plain", action="store_true", help="plain SMTP, no TLS, no AUTH")
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--fresh", action="store_true")
