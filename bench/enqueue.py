@@ -8,23 +8,37 @@ fields, XADD, EXPIRE), mailhub's web process (`python run.py web`:
 validation, rate limiting set high, idempotency keys), and for reference a
 bare aiohttp handler. The load comes from a separate process: wrk with a Lua
 script when installed (`apt-get install wrk`), else `bench.loadgen`. Each
-target gets a 2 s warm-up, then the measured run; Redis is flushed between.
-With `--profile FILE`, py-spy samples mailhub's web process during its run.
+target gets a 2 s warm-up; then `--rounds` measured runs per target,
+interleaved (baseline, bare, mailhub, baseline, ...) so that a noisy moment
+of the shared machine hits all alike; Redis is flushed before each; the
+medians are reported. With `--profile FILE`, py-spy samples mailhub's web
+process during its first round.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from bench.profiling import py_spy, stop_py_spy, summarize_profile
-from bench.support import (SUBMIT_PATH, MailhubServer, Process, Row, clean_env, print_table, run,
-                           running, wait_for_http)
+from bench.support import (
+    SUBMIT_PATH,
+    MailhubServer,
+    Process,
+    Row,
+    clean_env,
+    print_table,
+    run,
+    running,
+    wait_for_http,
+)
 from mailhub.embedded_redis import EmbeddedRedis, free_port
 from mailhub.redis_client import connect
 
@@ -71,11 +85,9 @@ def load(url: str, *, seconds: float, connections: int, generator: str, work: Pa
 
 async def measure(target: Process, url: str, redis_url: str, queue: str,
                   args: argparse.Namespace, work: Path, profile: Path | None = None) -> dict[str, float]:
-    """Warm up, flush, measure; check every accepted POST left a queue entry."""
-    with running(target):
-        wait_for_http(url.rsplit("/api", 1)[0] + "/openapi.json", target, 30)
-        load(url, seconds=2, connections=args.connections, generator=args.loadgen, work=work)
-        redis = connect(redis_url)
+    """Flush, measure one round; check every accepted POST left a queue entry."""
+    redis = connect(redis_url)
+    try:
         await redis.flushall()
         profiler = py_spy(target.pid, profile, duration=args.duration) if profile else None
         result = load(url, seconds=args.duration, connections=args.connections,
@@ -83,6 +95,7 @@ async def measure(target: Process, url: str, redis_url: str, queue: str,
         if profiler is not None:
             stop_py_spy(profiler)
         queued = await redis.xlen(queue) if queue else None
+    finally:
         await redis.aclose()
     ok = result["requests"] - result["non2xx"]
     if result["non2xx"] or result["errors"] or (queued is not None and queued < ok):
@@ -95,27 +108,42 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="measured rounds per target, interleaved; medians are reported")
     parser.add_argument("--loadgen", choices=["wrk", "python"],
                         default="wrk" if shutil.which("wrk") else "python")
-    parser.add_argument("--profile", type=Path, help="py-spy mailhub's run; raw stacks to this file")
+    parser.add_argument("--profile", type=Path, help="py-spy mailhub's first round; raw stacks to this file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mailhub-bench-") as tmp, \
-            EmbeddedRedis(Path(tmp) / "valkey") as valkey:
+            EmbeddedRedis(Path(tmp) / "valkey") as valkey, contextlib.ExitStack() as stack:
         work = Path(tmp)
-        results = {}
+        targets: dict[str, tuple[Process, str, str]] = {}
         for name, queue, bare in (("baseline", "bench:queue", False), ("bare", "", True)):
             port = free_port()
-            app = Process([sys.executable, "-m", "bench.baseline_app", "--port", str(port),
-                           "--redis-url", valkey.url] + ["--bare"] * bare,
-                          env=clean_env(), log_path=work / f"{name}.log")
-            results[name] = await measure(app, f"http://127.0.0.1:{port}{SUBMIT_PATH}",
-                                          valkey.url, queue, args, work)
+            app = stack.enter_context(running(Process(
+                [sys.executable, "-m", "bench.baseline_app", "--port", str(port),
+                 "--redis-url", valkey.url] + ["--bare"] * bare,
+                env=clean_env(), log_path=work / f"{name}.log")))
+            targets[name] = (app, f"http://127.0.0.1:{port}{SUBMIT_PATH}", queue)
         env = clean_env(REDIS_URL=valkey.url, RATE_LIMIT="1000000/minute",
                         ALLOWED_RECIPIENTS="@example.com", LOG_LEVEL="warning")
-        server = MailhubServer("web", env=env, log_dir=work)
-        results["mailhub"] = await measure(server, server.url + SUBMIT_PATH, valkey.url,
-                                           "mailhub:queue", args, work, args.profile)
+        server = stack.enter_context(running(MailhubServer("web", env=env, log_dir=work)))
+        targets["mailhub"] = (server, server.url + SUBMIT_PATH, "mailhub:queue")
+        for process, url, _ in targets.values():
+            wait_for_http(url.rsplit("/api", 1)[0] + "/openapi.json", process, 30)
+            load(url, seconds=2, connections=args.connections, generator=args.loadgen, work=work)
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        for n in range(args.rounds):
+            # Interleaved, so a noisy moment of the machine hits every target alike.
+            for name, (process, url, queue) in targets.items():
+                profile = args.profile if name == "mailhub" and n == 0 else None
+                rounds[name].append(await measure(process, url, valkey.url, queue, args, work,
+                                                  profile))
+    results = {name: {figure: statistics.median(r[figure] for r in runs) for figure in runs[0]}
+               for name, runs in rounds.items()}
     show(results, args)
+    ratios = [m["rate"] / b["rate"] for m, b in zip(rounds["mailhub"], rounds["baseline"])]
+    print("rate ratio per round: " + ", ".join(f"{r:.2f}" for r in ratios))
     if args.profile:
         summarize_profile(args.profile)
     return 0
@@ -124,13 +152,14 @@ async def main() -> int:
 def show(results: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
     base, mailhub, bare = results["baseline"], results["mailhub"], results["bare"]
     baseline = "JSON + 1 pipeline HSET/XADD/EXPIRE"
-    print_table(f"Enqueue ({args.connections} connections, {args.duration:g} s, {args.loadgen})", [
+    print_table(f"Enqueue ({args.connections} connections, {args.duration:g} s, {args.loadgen}, "
+                f"median of {args.rounds} interleaved rounds)", [
         Row("mailhub POST rate", mailhub["rate"], "req/s", base["rate"], baseline, "ratio >= 0.8"),
         Row("mailhub p50 latency", mailhub["p50"], "ms", base["p50"], baseline),
         Row("mailhub p99 latency", mailhub["p99"], "ms", base["p99"], baseline, "<= 30 ms"),
         Row("bare aiohttp handler (ceiling)", bare["rate"], "req/s", base["rate"], baseline),
     ], f"python -m bench.enqueue --duration {args.duration:g} --connections {args.connections} "
-       f"--loadgen {args.loadgen}")
+       f"--rounds {args.rounds} --loadgen {args.loadgen}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ its Redis client) in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import logging
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import keys
 from .tasks import TERMINAL_STATES, TaskStore
@@ -146,11 +148,17 @@ class Subscription:
 
 
 class EventHub:
-    """The process's one subscription to the events channel, shared by all clients."""
+    """The process's one subscription to the events channel, shared by all clients.
+
+    The hub listens only while someone follows a task, and for `linger`
+    seconds after the last one left: a web process nobody watches does not
+    read every transition of every mail.
+    """
 
     def __init__(
         self, store: TaskStore, *, channel: str = keys.EVENTS, queue_size: int = 64,
         read_limit: int = 1, backoff_base: float = 0.1, backoff_cap: float = 5.0,
+        linger: float = 60.0, ready_timeout: float = 2.0,
     ) -> None:
         self.store = store
         self.redis: Redis = store.redis
@@ -163,7 +171,11 @@ class EventHub:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self._topics: dict[str, set[Subscription]] = {}
+        self.linger = linger
+        self.ready_timeout = ready_timeout
         self._listener: asyncio.Task[None] | None = None
+        self._idle_stop: asyncio.TimerHandle | None = None
+        self._stopped = False
         self._ready = asyncio.Event()
         #: How many times the channel was (re)subscribed; each one after the first is a reconnect.
         self.connections = 0
@@ -182,10 +194,20 @@ class EventHub:
         """Start receiving the events of `task_id` (subscribe, then read the stored state)."""
         subscription = Subscription(self, task_id, self.queue_size)
         self._topics.setdefault(task_id, set()).add(subscription)
+        self._listen_while_needed()
         return subscription
 
     async def current(self, task_id: str) -> Event | None:
-        """The task's stored state, or None if it is unknown or expired."""
+        """The task's stored state, or None if it is unknown or expired.
+
+        While the hub is (re)subscribing, waits for it first: a state read
+        before that could miss an event published in between. A
+        `RedisConnectionError` if the channel is not subscribed within
+        `ready_timeout` seconds.
+        """
+        if self._listener is not None and not self._ready.is_set() and \
+                not await self.wait_ready(self.ready_timeout):
+            raise RedisConnectionError("live events are unavailable: Redis does not answer")
         async with self._reads:
             stored = await self.store.result(task_id)
         return None if stored is None else Event.parse(stored)
@@ -196,11 +218,29 @@ class EventHub:
             subs.discard(subscription)
             if not subs:
                 del self._topics[subscription.task_id]
+        if not self._topics and self._listener is not None and self._idle_stop is None:
+            with contextlib.suppress(RuntimeError):  # no running loop: the hub is going anyway
+                self._idle_stop = asyncio.get_running_loop().call_later(
+                    self.linger, self._stop_listening)
+
+    def _listen_while_needed(self) -> None:
+        if self._idle_stop is not None:
+            self._idle_stop.cancel()
+            self._idle_stop = None
+        if self._listener is None and not self._stopped:
+            self._listener = asyncio.create_task(self._listen(), name="event-hub")
+
+    def _stop_listening(self) -> None:
+        self._idle_stop = None
+        if self._topics or self._listener is None:
+            return
+        self._listener.cancel()  # its pub/sub connection closes as it ends
+        self._listener = None
+        self._ready.clear()
 
     async def start(self) -> None:
-        """Start listening in the background; see `wait_ready`."""
-        if self._listener is None:
-            self._listener = asyncio.create_task(self._listen(), name="event-hub")
+        """Start listening now rather than at the first subscription; see `wait_ready`."""
+        self._listen_while_needed()
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until the channel is subscribed; False if `timeout` passed first."""
@@ -213,6 +253,10 @@ class EventHub:
 
     async def stop(self) -> None:
         """Stop listening and close every subscription."""
+        self._stopped = True
+        if self._idle_stop is not None:
+            self._idle_stop.cancel()
+            self._idle_stop = None
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
@@ -223,6 +267,9 @@ class EventHub:
 
     async def _listen(self) -> None:
         failures = 0
+        # Nobody has read a stored state before the first subscription of this
+        # listener (reads wait for it); after a reconnect everyone re-reads.
+        resync = False
         while True:
             pubsub = self.redis.pubsub()
             try:
@@ -233,7 +280,8 @@ class EventHub:
                         continue  # a health-check reply
                     if message["type"] == "subscribe":
                         failures = 0
-                        self._on_subscribed()
+                        self._on_subscribed(resync)
+                        resync = True
                     elif message["type"] == "message":
                         self._dispatch(message["data"])
             except Exception as exc:  # noqa: BLE001 - the hub must outlive any Redis trouble
@@ -245,13 +293,14 @@ class EventHub:
             finally:
                 await pubsub.aclose()
 
-    def _on_subscribed(self) -> None:
-        # Also sent when redis-py reconnects on its own: every (re)subscription
+    def _on_subscribed(self, resync: bool) -> None:
+        # Also sent when redis-py reconnects on its own: every resubscription
         # may follow a gap, so every open subscription re-reads the stored state.
         self.connections += 1
-        if self.connections > 1:
-            logger.info("event hub resubscribed; %d clients resync", self.subscription_count)
         self._ready.set()
+        if not resync:
+            return
+        logger.info("event hub resubscribed; %d clients resync", self.subscription_count)
         for subs in list(self._topics.values()):
             for subscription in subs:
                 subscription._put(Signal.RESYNC)

@@ -75,11 +75,12 @@ end
 #: KEYS: task, queue, idempotency key (the task key again when there is none),
 #: then one rate-limit counter prefix per window (see `over_limit`).
 #: ARGV: at, body fingerprint, idempotency TTL, amount and seconds of each
-#: window, then field, value pairs of the task.
+#: window, then the task's values: task_id, to, subject, body, username,
+#: message_id, created_ts (in this order, without names: fewer arguments).
 #: Returns {task id, 1} when queued, {earlier task id, 0} for a repeat of the
-#: same body under the same idempotency key, {earlier task id, -1} for another
-#: body, {seconds until the window resets, -2, window number} over a rate
-#: limit (then nothing but the counters is written).
+#: same body under the same idempotency key (or of this very call), {earlier
+#: task id, -1} for another body, {seconds until the window resets, -2,
+#: window number} over a rate limit (then nothing but the counters is written).
 ENQUEUE = """
 local wait, window = over_limit(4, 4)
 if wait then return {wait, -2, window} end
@@ -94,8 +95,11 @@ if once then
     return {task_id, -1}
   end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4 + 2 * (#KEYS - 3)))
-local task_id = redis.call('HGET', KEYS[1], 'task_id')
+local v = 4 + 2 * (#KEYS - 3)
+local task_id = ARGV[v]
+redis.call('HSET', KEYS[1], 'task_id', task_id, 'to', ARGV[v + 1], 'subject', ARGV[v + 2],
+           'body', ARGV[v + 3], 'username', ARGV[v + 4], 'message_id', ARGV[v + 5],
+           'created_ts', ARGV[v + 6], 'created_at', ARGV[1], 'state', 'queued', 'attempts', 0)
 redis.call('XADD', KEYS[2], '*', 'task_id', task_id)
 emit(KEYS[1], 'queued', ARGV[1])
 if once then
@@ -103,7 +107,6 @@ if once then
 end
 return {task_id, 1}
 """
-
 #: KEYS: one rate-limit counter prefix per window. ARGV: amount and seconds of
 #: each window. Counts a submit refused before it reached ENQUEUE; returns
 #: {seconds until the window resets, window number} over a limit, else {0, 0}.

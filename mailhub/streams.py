@@ -43,13 +43,10 @@ SSE_BUFFER_LIMIT = 64 * 1024
 
 
 async def hub_context(app: web.Application) -> AsyncIterator[None]:
-    """Run the process's event hub (after the Redis context) and track open streams."""
+    """The process's event hub (after the Redis context; it listens once a client follows)."""
     hub = EventHub(app[appkeys.STORE])
     app[appkeys.EVENT_HUB] = hub
     app[appkeys.STREAMS] = weakref.WeakSet()
-    await hub.start()
-    if not await hub.wait_ready(timeout=2.0):
-        logger.warning("event hub not subscribed yet; live status resumes once Redis answers")
     yield
     await hub.stop()
 

@@ -127,27 +127,19 @@ class TaskStore:
         """
         task_id = str(uuid.uuid4())
         now = now_iso()
-        fields = {
-            "task_id": task_id,
-            "to": request.to,
-            "subject": request.subject,
-            "body": request.body,
-            "username": request.username,
+        values = [
+            task_id, request.to, request.subject, request.body, request.username,
             # Stable across attempts, so a duplicate after an ambiguous failure is recognisable.
-            "message_id": make_msgid(idstring=task_id, domain=self.message_id_domain),
-            "state": TaskState.QUEUED.value,
-            "attempts": 0,
-            "created_at": now,
-            "created_ts": int(time.time()),
-        }
+            make_msgid(idstring=task_id, domain=self.message_id_domain),
+            int(time.time()),
+        ]
         once_key = keys.task(task_id)
         if idempotency_key is not None:
             once_key = keys.idempotency(_digest(idempotency_key))
-        flat = [item for pair in fields.items() for item in pair]
         limit_keys, limit_args = (quota.counter_keys(), quota.script_args()) if quota else ([], [])
         answer = await self._batcher.run(
             self._enqueue, [keys.task(task_id), keys.QUEUE, once_key, *limit_keys],
-            [now, _fingerprint(request), IDEMPOTENCY_TTL, *limit_args, *flat],
+            [now, _fingerprint(request), IDEMPOTENCY_TTL, *limit_args, *values],
         )
         outcome = int(answer[1])
         if outcome == _OVER_LIMIT and quota is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -377,3 +378,30 @@ async def test_relay_ends_without_a_read_when_a_refused_client_is_gone(hub, stor
         await driver.begin_attempt()
         assert await asyncio.wait_for(feed, 5) is True
     assert (recorder.seqs, recorder.refused, reads) == ([1], [2], [])
+
+
+async def test_the_hub_listens_only_while_someone_follows(store, redis):
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    hub = EventHub(store, linger=0.05)
+    try:
+        assert await redis.client_list(_type="pubsub") == []  # nobody follows: no subscription
+        with hub.subscribe(task_id) as subscription:
+            events = follow(subscription, await hub.current(task_id))  # waits for the subscription
+            async with contextlib.aclosing(events):
+                assert (await anext(events)).seq == 1
+                assert len(await redis.client_list(_type="pubsub")) == 1
+                await driver.begin_attempt()
+                assert (await asyncio.wait_for(anext(events), 5)).seq == 2
+        deadline = time.monotonic() + 5
+        while await redis.client_list(_type="pubsub"):  # `linger` after the last follower left
+            assert time.monotonic() < deadline, "the hub kept its subscription"
+            await asyncio.sleep(0.01)
+        with hub.subscribe(task_id) as subscription:  # listens again for the next follower
+            events = follow(subscription, await hub.current(task_id))
+            async with contextlib.aclosing(events):
+                assert (await anext(events)).seq == 2
+                await driver.succeed()
+                assert (await asyncio.wait_for(anext(events), 5)).seq == 3
+    finally:
+        await hub.stop()

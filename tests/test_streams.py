@@ -192,6 +192,7 @@ async def test_200_clients_on_one_task_get_the_same_events_over_one_pubsub_conne
 
 async def test_clients_that_drop_leave_no_subscription_or_task_behind(live, session, store):
     task_id = await TaskDriver(store).enqueue()
+    await live.hub.start()  # its listener lingers after the last client by design
     baseline = len(asyncio.all_tasks())
     responses = [await session.get(live.url + SSE_PATH, params={"task_id": task_id})
                  for _ in range(100)]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 
 import pytest
 
-from mailhub import keys
+from mailhub import keys, tasks
 from mailhub.errors import RateLimited
 from mailhub.guard import SubmitGuard
 from mailhub.tasks import EmailRequest
@@ -73,3 +74,15 @@ async def test_without_a_quota_nothing_is_counted(store, redis):
     await store.accept(MAIL)
     assert await redis.keys(keys.rate_limit(60, "*")) == []
     assert await redis.xlen(keys.QUEUE) == 1
+
+
+async def test_a_repeated_enqueue_of_the_same_task_queues_it_once(store, redis, monkeypatch):
+    # As when the reply to an enqueue is lost with its connection and the call is sent again.
+    fixed = uuid.uuid4()
+    monkeypatch.setattr(tasks.uuid, "uuid4", lambda: fixed)
+    first = await store.accept(MAIL)
+    again = await store.accept(MAIL)
+    assert (first.task_id, first.created) == (str(fixed), True)
+    assert (again.task_id, again.created) == (str(fixed), False)
+    assert await redis.xlen(keys.QUEUE) == 1
+    assert await redis.hget(keys.task(str(fixed)), "seq") == "1"
