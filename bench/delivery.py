@@ -9,6 +9,9 @@ mailhub's), and, for reference, with a new connection per mail. mailhub runs
 as `python run.py` (web, worker and embedded Valkey in one process), then as
 separate `web` and 1 or 2 `worker` processes sharing a Valkey; each figure is
 mails divided by the time from the first submit to the last `success`.
+CPU per mail is given for the all-in-one run (the mailhub process, and this
+process: sink, submits and result polls) against the raw client run (the
+client process, and this process: the sink).
 """
 
 from __future__ import annotations
@@ -16,17 +19,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from redis.asyncio import Redis
 
+from bench.profiling import cpu_seconds
 from bench.sink import Sink
-from bench.support import (MailhubServer, Row, clean_env, event_time, mail, print_table, run,
-                           running, sink_env, submit_all, wait_for_results, wait_until,
-                           wait_until_async)
+from bench.support import (
+    MailhubServer,
+    Row,
+    clean_env,
+    event_time,
+    mail,
+    print_table,
+    run,
+    running,
+    sink_env,
+    submit_all,
+    wait_for_results,
+    wait_until,
+    wait_until_async,
+)
 from mailhub import keys
 from mailhub.embedded_redis import EmbeddedRedis
 from mailhub.redis_client import connect
@@ -47,22 +65,39 @@ async def raw_client_rate(sink: Sink, count: int, connections: int, *, fresh: bo
     return count / result["seconds"]
 
 
-async def mailhub_rate(sink: Sink, count: int, pool: int, work: Path) -> float:
-    """Mails per second from the first submit to the last `success`, all checked delivered."""
+def children_cpu() -> float:
+    """CPU seconds of this process's waited-for children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def raw_client_cpu(sink: Sink, count: int, connections: int) -> tuple[float, float, float]:
+    """`raw_client_rate`, and the CPU seconds per mail of the client process and of the sink."""
+    client0, sink0 = children_cpu(), time.process_time()
+    rate = await raw_client_rate(sink, count, connections)
+    return rate, (children_cpu() - client0) / count, (time.process_time() - sink0) / count
+
+
+async def mailhub_rate(sink: Sink, count: int, pool: int, work: Path) -> tuple[float, float, float]:
+    """Mails per second from the first submit to the last `success`, all checked delivered;
+    and the CPU seconds per mail of the mailhub process and of this one (sink, submits)."""
     sink.handler.reset()
     env = sink_env(sink, work / "data", SMTP_POOL_SIZE=str(pool))
     with running(MailhubServer(env=env, log_dir=work)) as server:
         server.wait_ready()
+        mailhub0, bench0 = cpu_seconds(server.pid), time.process_time()
         submitted = await submit_all(server.url, [mail(n, "delivery") for n in range(count)])
         if submitted.errors:
             raise RuntimeError(f"{len(submitted.errors)} submits failed: {submitted.errors[:3]}")
         await wait_until(lambda: sink.handler.delivered >= count, 300, "delivery")
         task_ids = [t for t in submitted.task_ids if t]
         documents = await wait_for_results(server.url, task_ids, timeout=60)
+        mailhub_cpu, bench_cpu = cpu_seconds(server.pid) - mailhub0, time.process_time() - bench0
     statuses = {doc["status"] for doc in documents}
     if statuses != {"success"} or sink.handler.delivered != count:
         raise RuntimeError(f"statuses {statuses}, {sink.handler.delivered} delivered of {count}")
-    return count / (max(map(event_time, documents)) - submitted.started)
+    rate = count / (max(map(event_time, documents)) - submitted.started)
+    return rate, mailhub_cpu / count, bench_cpu / count
 
 
 async def split_rate(sink: Sink, count: int, pool: int, workers: int, work: Path) -> float:
@@ -100,9 +135,9 @@ async def main() -> int:
     parser.add_argument("--pool", type=int, default=8, help="SMTP_POOL_SIZE, and the raw client's connections")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mailhub-bench-") as tmp, Sink(Path(tmp)) as sink:
-        capacity = await raw_client_rate(sink, args.count, args.pool)
+        capacity, raw_cpu, sink_cpu = await raw_client_cpu(sink, args.count, args.pool)
         fresh = await raw_client_rate(sink, args.count // 4, args.pool, fresh=True)
-        mailhub = await mailhub_rate(sink, args.count, args.pool, Path(tmp))
+        mailhub, mailhub_cpu, bench_cpu = await mailhub_rate(sink, args.count, args.pool, Path(tmp))
         split = {n: await split_rate(sink, args.count, args.pool, n, Path(tmp)) for n in (1, 2)}
         capacity = max(capacity, await raw_client_rate(sink, args.count, args.pool))
     reused = f"raw aiosmtplib, {args.pool} reused connections"
@@ -112,6 +147,10 @@ async def main() -> int:
         *(Row(f"mailhub: web + {n} worker process{'es' * (n > 1)} (REDIS_URL)", rate, "mails/s",
               capacity, reused) for n, rate in split.items()),
         Row("raw aiosmtplib, new connection per mail", fresh, "mails/s", capacity, reused),
+        Row("CPU per mail: the mailhub process (web + worker; Valkey apart)", mailhub_cpu * 1e6,
+            "µs", raw_cpu * 1e6, "the raw client process, all of it: start-up, building, sending"),
+        Row("CPU per mail: the sink, while mailhub delivers (+ submits, result polls)",
+            bench_cpu * 1e6, "µs", sink_cpu * 1e6, "the sink, while the raw client sends"),
     ], f"python -m bench.delivery --count {args.count} --pool {args.pool}")
     return 0
 
