@@ -71,3 +71,14 @@ def create_runner(settings: Settings) -> web.AppRunner:
     its stream, at once.
     """
     return web.AppRunner(create_app(settings), access_log=None, handler_cancellation=True)
+
+
+def create_worker_runner(settings: Settings) -> web.AppRunner:
+    """A worker process's own endpoints (METRICS_PORT): /healthz, /readyz and /metrics."""
+    app = web.Application(middlewares=[json_errors])
+    app[appkeys.SETTINGS] = settings
+    app.cleanup_ctx.append(_redis_context)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", health.prometheus)
+    return web.AppRunner(app, access_log=None)

@@ -15,7 +15,7 @@ from aiohttp import web
 from pythonjsonlogger.json import JsonFormatter
 
 from . import check, metrics
-from .app import create_runner
+from .app import create_runner, create_worker_runner
 from .capture import start_capture_server
 from .embedded_redis import EmbeddedRedis
 from .errors import SettingsError
@@ -84,8 +84,13 @@ async def serve(settings: Settings, *, web_app: bool, worker: bool) -> None:
             settings = replace(settings, redis_url=embedded.url)
         if worker:
             await stack.enter_async_context(_running_worker(settings))
+            if settings.metrics_port and not web_app:
+                await stack.enter_async_context(_serving(
+                    create_worker_runner(settings), settings.host, settings.metrics_port,
+                    "worker", " (/healthz, /readyz, /metrics)"))
         if web_app:
-            await stack.enter_async_context(_running_web(settings))
+            await stack.enter_async_context(_serving(
+                create_runner(settings), settings.host, settings.port, "mailhub", " (API docs at /docs)"))
         await _stop_requested()
         logger.info("stopping")
 
@@ -99,11 +104,11 @@ async def _stop_requested() -> None:
 
 
 @contextlib.asynccontextmanager
-async def _running_web(settings: Settings) -> AsyncIterator[None]:
-    runner = create_runner(settings)
+async def _serving(runner: web.AppRunner, host: str, port: int, name: str,
+                   note: str) -> AsyncIterator[None]:
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port).start()
-    logger.info("mailhub listening on http://%s:%d (API docs at /docs)", settings.host, settings.port)
+    await web.TCPSite(runner, host, port).start()
+    logger.info("%s listening on http://%s:%d%s", name, host, port, note)
     try:
         yield
     finally:

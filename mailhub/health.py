@@ -50,7 +50,8 @@ def _answer(checks: dict[str, str], problem: str | None = None) -> web.Response:
 
 async def prometheus(request: web.Request) -> web.Response:
     """This process's metrics in Prometheus text format."""
-    metrics.SUBSCRIBERS.set(request.app[appkeys.EVENT_HUB].subscription_count)
+    if appkeys.EVENT_HUB in request.app:  # a web process (a worker has no streams)
+        metrics.SUBSCRIBERS.set(request.app[appkeys.EVENT_HUB].subscription_count)
     await metrics.refresh_queue_gauges(request.app[appkeys.REDIS])
     # The content type carries a version parameter, which `content_type=` would refuse.
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

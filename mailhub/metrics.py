@@ -2,7 +2,7 @@
 
 Each process exposes its own: a web process counts submissions and open
 streams, a worker counts mails and attempt durations (the all-in-one run
-shows both at /metrics).
+shows both at /metrics; a separate worker at METRICS_PORT).
 """
 
 from __future__ import annotations

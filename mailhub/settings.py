@@ -31,6 +31,8 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 8000
+    #: `run.py worker` only: serve /healthz, /readyz and /metrics on this port.
+    metrics_port: int | None = None
     #: Empty: start an embedded Valkey server in `data_dir`.
     redis_url: str = ""
     data_dir: Path = Path("mailhub-data")
@@ -199,6 +201,7 @@ def _parse(env: _Reader) -> Settings:
     settings = Settings(
         host=env.get("HOST", str, d.host),
         port=env.get("PORT", _port, d.port),
+        metrics_port=env.get("METRICS_PORT", _port, d.metrics_port),
         redis_url=env.get("REDIS_URL", str, d.redis_url),
         data_dir=env.get("DATA_DIR", Path, d.data_dir),
         smtp_host=smtp_host,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from mailhub.embedded_redis import free_port
+from mailhub.tasks import EmailRequest
 from tests.conftest import wait_for_result
+from tests.processes import MailhubProcess
 from tests.smtp_server import Fault
 
 SUBMIT = "/api/v1/email/received"
@@ -49,3 +53,25 @@ async def test_counters_move_as_mail_is_sent_retried_and_fails(client, store, wo
     assert delta("mailhub_attempt_duration_seconds_count") == 3
     assert value(after, "mailhub_queue_depth", where="queue") == 0
     assert ("mailhub_stream_subscribers", ()) in after
+
+
+async def test_a_separate_worker_serves_its_own_metrics_on_metrics_port(tmp_path, valkey, store, smtp):
+    port = free_port()
+    env = {"REDIS_URL": valkey.url, "SMTP_HOST": smtp.host, "SMTP_PORT": str(smtp.port),
+           "SMTP_USER": smtp.user, "SMTP_PASS": smtp.password, "SSL_CERT_FILE": str(smtp.ca_file),
+           "ALLOWED_RECIPIENTS": "@example.com", "MAIL_FROM": "noreply@example.com",
+           "METRICS_PORT": str(port)}
+    smtp.handler.faults.append(Fault.reply_rcpt("550 5.1.1 no such user"))
+    task_ids = [await store.enqueue(EmailRequest(to="user@example.com", subject=f"m{n}", body="b"))
+                for n in range(3)]
+    with MailhubProcess("worker", cwd=tmp_path, env=env, web=False):
+        for task_id in task_ids:
+            await wait_for_result(store, task_id)
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as client:
+            samples = await scrape(client)
+            assert (await client.get("/healthz")).status == 200
+            assert (await client.get("/readyz")).status == 200
+    assert value(samples, "mailhub_mails_total", outcome="sent") == 2
+    assert value(samples, "mailhub_mails_total", outcome="failed") == 1
+    assert value(samples, "mailhub_attempt_duration_seconds_count") == 3
+    assert value(samples, "mailhub_smtp_connections", state="idle") >= 1
