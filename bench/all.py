@@ -26,6 +26,8 @@ from bench.support import ROOT, clean_env
 
 BENCHMARKS: dict[str, list[str]] = {
     "enqueue": ["bench.enqueue"],
+    # The same below saturation: latency when the server is not the bottleneck.
+    "enqueue_16": ["bench.enqueue", "--connections", "16"],
     "delivery": ["bench.delivery"],
     "delivery_postfix": ["bench.delivery_postfix"],
     "retry_storm": ["bench.retry_storm"],
