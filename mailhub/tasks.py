@@ -82,8 +82,13 @@ class QueueEntry:
     task_id: str
 
 
+def iso(moment: datetime) -> str:
+    """A UTC time as the result documents write it: milliseconds and a Z."""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso(datetime.now(timezone.utc))
 
 
 class TaskStore:
@@ -133,13 +138,14 @@ class TaskStore:
             make_msgid(idstring=task_id, domain=self.message_id_domain),
             int(time.time()),
         ]
-        once_key = keys.task(task_id)
+        # Without an Idempotency-Key the script neither reads nor keeps a fingerprint.
+        once_key, fingerprint = keys.task(task_id), ""
         if idempotency_key is not None:
-            once_key = keys.idempotency(_digest(idempotency_key))
+            once_key, fingerprint = keys.idempotency(_digest(idempotency_key)), _fingerprint(request)
         limit_keys, limit_args = (quota.counter_keys(), quota.script_args()) if quota else ([], [])
         answer = await self._batcher.run(
             self._enqueue, [keys.task(task_id), keys.QUEUE, once_key, *limit_keys],
-            [now, _fingerprint(request), IDEMPOTENCY_TTL, *limit_args, *values],
+            [now, fingerprint, IDEMPOTENCY_TTL, *limit_args, *values],
         )
         outcome = int(answer[1])
         if outcome == _OVER_LIMIT and quota is not None:
@@ -188,11 +194,10 @@ class TaskStore:
                           counted: bool = True) -> None:
         """Schedule the next attempt in `delay` s; `counted=False` gives the attempt back."""
         due = time.time() + delay
-        due_iso = datetime.fromtimestamp(due, timezone.utc).isoformat(timespec="milliseconds")
         await self._batcher.run(
             self._retry, [keys.task(attempt.task_id), keys.QUEUE, keys.RETRIES],
             [attempt.entry_id, attempt.number, now_iso(), int(due * 1000),
-             due_iso.replace("+00:00", "Z"), error, int(counted)],
+             iso(datetime.fromtimestamp(due, timezone.utc)), error, int(counted)],
         )
 
     async def promote_due_retries(self, batch: int = 500) -> int:
