@@ -138,7 +138,7 @@ async def test_refused_login_pauses_the_queue_and_resumes_when_it_works(
     async with running_worker(store, settings, recheck_interval=0.05) as worker:
         task_ids = [await store.enqueue(REQUEST) for _ in range(5)]
         await _wait_until(lambda: worker.gate.paused)
-        assert (await smtp_status.read(redis)).paused
+        await _wait_recorded_paused(redis)  # the gate closes first, then writes why
         for task_id in task_ids:  # an attempt under way when the pause began is given back
             document = await _wait_for(store, task_id, lambda d: d["event"] in ("queued", "retry"))
             assert (document["status"], document["attempts"]) == ("pending", 0)
@@ -316,6 +316,13 @@ async def _wait_until(predicate, timeout: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def _wait_recorded_paused(redis, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not ((status := await smtp_status.read(redis)) and status.paused):
+        assert asyncio.get_running_loop().time() < deadline, f"status still {status}"
         await asyncio.sleep(0.005)
 
 
