@@ -31,8 +31,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.sink import Sink
-from bench.support import (MailhubServer, Submitted, event_time, mail, run, sink_env, submit_all,
-                           wait_for_results, wait_until)
+from bench.support import (
+    MailhubServer,
+    Submitted,
+    event_time,
+    mail,
+    run,
+    sink_env,
+    submit_all,
+    wait_for_results,
+    wait_until,
+)
 
 COUNT, KILL_AFTER = 2000, 300
 
@@ -45,8 +54,10 @@ def check_normal(bodies: list[dict[str, str]], documents: list[dict[str, Any]], 
     if (attempts := Counter(doc["attempts"] for doc in documents)) != {1: len(bodies)}:
         problems.append(f"attempts {dict(attempts)}")
     if set(sink.handler.message_ids.values()) != {1} or len(sink.handler.message_ids) != len(bodies):
-        problems.append(f"{sink.handler.delivered} deliveries of {len(sink.handler.message_ids)} "
-                        f"Message-IDs for {len(bodies)} mails")
+        problems.append(
+            f"{sink.handler.delivered} deliveries of {len(sink.handler.message_ids)} "
+            f"Message-IDs for {len(bodies)} mails"
+        )
     if sink.handler.subjects != Counter(body["subject"] for body in bodies):
         problems.append("subjects received differ from the subjects sent")
     return problems
@@ -70,22 +81,27 @@ async def normal(sink: Sink, work: Path, count: int) -> int:
     print(f"acceptance_2000: {count} mails posted at 64 concurrent requests")
     print(f"  posting took            {submitted.finished - submitted.started:.2f} s")
     print(f"  wall time to all success {wall:.2f} s ({count / wall:.0f} mails/s)")
-    print(f"  delivered               {sink.handler.delivered} "
-          f"({len(sink.handler.message_ids)} distinct Message-IDs, "
-          f"{len(sink.handler.subjects)} distinct subjects, unaltered: "
-          f"{sink.handler.subjects == Counter(b['subject'] for b in bodies)})")
+    print(
+        f"  delivered               {sink.handler.delivered} "
+        f"({len(sink.handler.message_ids)} distinct Message-IDs, "
+        f"{len(sink.handler.subjects)} distinct subjects, unaltered: "
+        f"{sink.handler.subjects == Counter(b['subject'] for b in bodies)})"
+    )
     print(f"  attempts                {dict(Counter(doc['attempts'] for doc in documents))}")
     print(f"  SMTP logins at the sink {sink.auth_successes}")
     print("PASS" if not problems else "FAIL: " + "; ".join(problems))
     return 1 if problems else 0
 
 
-async def post_until_killed(server: MailhubServer, bodies: list[dict[str, str]],
-                            sink: Sink) -> tuple[Submitted, int]:
+async def post_until_killed(
+    server: MailhubServer, bodies: list[dict[str, str]], sink: Sink
+) -> tuple[Submitted, int]:
     """Post everything while a watcher SIGKILLs the server after KILL_AFTER deliveries."""
+
     async def killer() -> int:
-        await wait_until(lambda: sink.handler.delivered >= KILL_AFTER, 300, "deliveries before the kill",
-                         interval=0.002)
+        await wait_until(
+            lambda: sink.handler.delivered >= KILL_AFTER, 300, "deliveries before the kill", interval=0.002
+        )
         server.kill()
         return sink.handler.delivered
 
@@ -126,8 +142,12 @@ async def with_kill(sink: Sink, work: Path, count: int) -> int:
         outcome = KillRun(delivered_at_kill, count - len(repost), len(repost), len(again.errors))
         accepted = [(i, t) for i, t in enumerate(task_ids) if t]
         try:
-            documents = await wait_for_results(second.url, [t for _, t in accepted], timeout=180,
-                                               done=lambda doc: doc.get("status") == "success")
+            documents = await wait_for_results(
+                second.url,
+                [t for _, t in accepted],
+                timeout=180,
+                done=lambda doc: doc.get("status") == "success",
+            )
             outcome.recovery = max(map(event_time, documents)) - restarted_at
         except TimeoutError as exc:
             outcome.stuck = str(exc)
@@ -136,8 +156,13 @@ async def with_kill(sink: Sink, work: Path, count: int) -> int:
     return report_kill(bodies, accepted, documents, sink, outcome)
 
 
-def report_kill(bodies: list[dict[str, str]], accepted: list[tuple[int, str]],
-                documents: list[dict[str, Any]], sink: Sink, run: KillRun) -> int:
+def report_kill(
+    bodies: list[dict[str, str]],
+    accepted: list[tuple[int, str]],
+    documents: list[dict[str, Any]],
+    sink: Sink,
+    run: KillRun,
+) -> int:
     """Print the --kill figures; 0 if nothing was lost, stuck or sent more than the kill allows."""
     handler = sink.handler
     lost = [i for i, _ in accepted if handler.subjects[bodies[i]["subject"]] == 0]
@@ -171,8 +196,9 @@ def report_kill(bodies: list[dict[str, str]], accepted: list[tuple[int, str]],
 
 
 async def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--kill", action="store_true", help="SIGKILL the server mid-run")
     parser.add_argument("--count", type=int, default=COUNT)
     args = parser.parse_args()

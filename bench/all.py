@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.delivery_postfix import SMTP_SINK
@@ -40,23 +40,29 @@ BENCHMARKS: dict[str, list[str]] = {
 
 
 def header() -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                            capture_output=True).stdout.strip() or "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           text=True, capture_output=True).stdout.strip()
+    commit = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True, capture_output=True
+        ).stdout.strip()
+        or "unknown"
+    )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, text=True, capture_output=True
+    ).stdout.strip()
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"# mailhub benchmarks, one run\n\n"
-            f"- started {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}"
-            f"{' (with uncommitted changes)' if dirty else ''}\n"
-            f"- {os.cpu_count()} CPUs, load average before: {load}\n")
+    return (
+        f"# mailhub benchmarks, one run\n\n"
+        f"- started {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit}"
+        f"{' (with uncommitted changes)' if dirty else ''}\n"
+        f"- {os.cpu_count()} CPUs, load average before: {load}\n"
+    )
 
 
 def run_one(name: str, args: list[str], extra: list[str], report: list[str]) -> bool:
     command = [sys.executable, "-m", *args, *extra]
     print(f"== {name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
     started = time.monotonic()
-    done = subprocess.run(command, cwd=ROOT, env=clean_env(), text=True, capture_output=True,
-                          timeout=3600)
+    done = subprocess.run(command, cwd=ROOT, env=clean_env(), text=True, capture_output=True, timeout=3600)
     seconds = time.monotonic() - started
     report.append(f"\n## {name} ({seconds:.0f} s{', FAILED' if done.returncode else ''})\n")
     report.append(done.stdout.strip() + "\n")

@@ -14,7 +14,7 @@ import uuid
 
 from aiohttp import web
 
-from mailhub.redis_client import connect
+from mailhub.store.redis_client import connect
 
 REDIS = web.AppKey("redis", object)
 
@@ -24,8 +24,16 @@ async def submit(request: web.Request) -> web.Response:
     task_id = str(uuid.uuid4())
     key = f"bench:task:{task_id}"
     async with request.app[REDIS].pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
-        pipe.hset(key, mapping={"to": data["to"], "subject": data["subject"], "body": data["body"],
-                                "username": data.get("username", ""), "state": "queued"})
+        pipe.hset(
+            key,
+            mapping={
+                "to": data["to"],
+                "subject": data["subject"],
+                "body": data["body"],
+                "username": data.get("username", ""),
+                "state": "queued",
+            },
+        )
         pipe.xadd("bench:queue", {"task_id": task_id})
         pipe.expire(key, 7 * 24 * 3600)
         await pipe.execute()

@@ -45,18 +45,35 @@ from bench.support import (
     wait_until,
     wait_until_async,
 )
-from mailhub import keys
-from mailhub.embedded_redis import EmbeddedRedis
-from mailhub.redis_client import connect
+from mailhub.store import keys
+from mailhub.store.embedded_valkey import EmbeddedRedis
+from mailhub.store.redis_client import connect
 
 
 async def raw_client_rate(sink: Sink, count: int, connections: int, *, fresh: bool = False) -> float:
     """Mails per second a bare aiosmtplib client process gets through `sink`."""
     sink.handler.reset()
-    args = [sys.executable, "-m", "bench.smtp_client", "--port", str(sink.port),
-            "--ca", str(sink.ca_file), "--count", str(count), "--connections", str(connections)]
-    done = await asyncio.to_thread(subprocess.run, args + ["--fresh"] * fresh, env=clean_env(),
-                                   capture_output=True, text=True, timeout=300)
+    args = [
+        sys.executable,
+        "-m",
+        "bench.smtp_client",
+        "--port",
+        str(sink.port),
+        "--ca",
+        str(sink.ca_file),
+        "--count",
+        str(count),
+        "--connections",
+        str(connections),
+    ]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        args + ["--fresh"] * fresh,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"smtp_client failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout)
@@ -113,8 +130,7 @@ async def split_rate(sink: Sink, count: int, pool: int, workers: int, work: Path
             await wait_until_async(lambda: _consumers(redis, workers), 30, "workers reading")
             submitted = await submit_all(web.url, [mail(n, f"split{workers}") for n in range(count)])
             await wait_until(lambda: sink.handler.delivered >= count, 300, "delivery")
-            documents = await wait_for_results(web.url, [t for t in submitted.task_ids if t],
-                                               timeout=60)
+            documents = await wait_for_results(web.url, [t for t in submitted.task_ids if t], timeout=60)
         finally:
             await redis.aclose()
             for process in [web, *processes]:
@@ -132,7 +148,9 @@ async def _consumers(redis: Redis, wanted: int) -> bool:
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=2000)
-    parser.add_argument("--pool", type=int, default=8, help="SMTP_POOL_SIZE, and the raw client's connections")
+    parser.add_argument(
+        "--pool", type=int, default=8, help="SMTP_POOL_SIZE, and the raw client's connections"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mailhub-bench-") as tmp, Sink(Path(tmp)) as sink:
         capacity, raw_cpu, sink_cpu = await raw_client_cpu(sink, args.count, args.pool)
@@ -141,17 +159,45 @@ async def main() -> int:
         split = {n: await split_rate(sink, args.count, args.pool, n, Path(tmp)) for n in (1, 2)}
         capacity = max(capacity, await raw_client_rate(sink, args.count, args.pool))
     reused = f"raw aiosmtplib, {args.pool} reused connections"
-    print_table("Delivery (aiosmtpd STARTTLS + AUTH sink)", [
-        Row(f"mailhub: {args.count:,} mails submitted -> all success", mailhub, "mails/s",
-            capacity, reused, "ratio >= 0.85"),
-        *(Row(f"mailhub: web + {n} worker process{'es' * (n > 1)} (REDIS_URL)", rate, "mails/s",
-              capacity, reused) for n, rate in split.items()),
-        Row("raw aiosmtplib, new connection per mail", fresh, "mails/s", capacity, reused),
-        Row("CPU per mail: the mailhub process (web + worker; Valkey apart)", mailhub_cpu * 1e6,
-            "µs", raw_cpu * 1e6, "the raw client process, all of it: start-up, building, sending"),
-        Row("CPU per mail: the sink, while mailhub delivers (+ submits, result polls)",
-            bench_cpu * 1e6, "µs", sink_cpu * 1e6, "the sink, while the raw client sends"),
-    ], f"python -m bench.delivery --count {args.count} --pool {args.pool}")
+    print_table(
+        "Delivery (aiosmtpd STARTTLS + AUTH sink)",
+        [
+            Row(
+                f"mailhub: {args.count:,} mails submitted -> all success",
+                mailhub,
+                "mails/s",
+                capacity,
+                reused,
+                "ratio >= 0.85",
+            ),
+            *(
+                Row(
+                    f"mailhub: web + {n} worker process{'es' * (n > 1)} (REDIS_URL)",
+                    rate,
+                    "mails/s",
+                    capacity,
+                    reused,
+                )
+                for n, rate in split.items()
+            ),
+            Row("raw aiosmtplib, new connection per mail", fresh, "mails/s", capacity, reused),
+            Row(
+                "CPU per mail: the mailhub process (web + worker; Valkey apart)",
+                mailhub_cpu * 1e6,
+                "µs",
+                raw_cpu * 1e6,
+                "the raw client process, all of it: start-up, building, sending",
+            ),
+            Row(
+                "CPU per mail: the sink, while mailhub delivers (+ submits, result polls)",
+                bench_cpu * 1e6,
+                "µs",
+                sink_cpu * 1e6,
+                "the sink, while the raw client sends",
+            ),
+        ],
+        f"python -m bench.delivery --count {args.count} --pool {args.pool}",
+    )
     return 0
 
 

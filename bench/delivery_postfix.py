@@ -36,10 +36,10 @@ from pathlib import Path
 from bench.backlog import epoch, fields_of, remaining
 from bench.profiling import cpu_seconds, py_spy, stop_py_spy, summarize_profile
 from bench.support import ROOT, Process, Row, clean_env, mail, print_table, run
-from mailhub.embedded_redis import EmbeddedRedis, free_port
-from mailhub.redis_client import connect
 from mailhub.settings import load_settings
-from mailhub.tasks import EmailRequest, TaskStore
+from mailhub.store.embedded_valkey import EmbeddedRedis, free_port
+from mailhub.store.redis_client import connect
+from mailhub.store.tasks import EmailRequest, TaskStore
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 
@@ -47,15 +47,27 @@ SMTP_SINK = "/usr/sbin/smtp-sink"
 def start_smtp_sink(port: int, work: Path) -> Process:
     """smtp-sink on 127.0.0.1:`port`: plain SMTP, no AUTH, up to 256 sessions."""
     user = ["-u", "nobody"] if getpass.getuser() == "root" else []
-    return Process([SMTP_SINK, *user, "-a", f"127.0.0.1:{port}", "256"], env=clean_env(),
-                   log_path=work / "smtp-sink.log")
+    return Process(
+        [SMTP_SINK, *user, "-a", f"127.0.0.1:{port}", "256"], env=clean_env(), log_path=work / "smtp-sink.log"
+    )
 
 
 async def raw_rate(port: int, count: int, connections: int) -> float:
-    args = [sys.executable, "-m", "bench.smtp_client", "--plain", "--port", str(port),
-            "--count", str(count), "--connections", str(connections)]
-    done = await asyncio.to_thread(subprocess.run, args, env=clean_env(), capture_output=True,
-                                   text=True, timeout=300)
+    args = [
+        sys.executable,
+        "-m",
+        "bench.smtp_client",
+        "--plain",
+        "--port",
+        str(port),
+        "--count",
+        str(count),
+        "--connections",
+        str(connections),
+    ]
+    done = await asyncio.to_thread(
+        subprocess.run, args, env=clean_env(), capture_output=True, text=True, timeout=300
+    )
     if done.returncode != 0:
         raise RuntimeError(f"smtp_client failed:\n{done.stderr[-3000:]}")
     return count / json.loads(done.stdout)["seconds"]
@@ -72,23 +84,34 @@ async def measure(args: argparse.Namespace, work: Path) -> int:
             raise RuntimeError(f"smtp-sink exited:\n{sink.log}")
         capacity = await raw_rate(port, args.count, args.pool)
         with EmbeddedRedis(work / "valkey", persist=True) as valkey:
-            env = clean_env(REDIS_URL=valkey.url, SMTP_HOST="127.0.0.1", SMTP_PORT=str(port),
-                            SMTP_TLS="none", SMTP_POOL_SIZE=str(args.pool),
-                            MAIL_FROM="Bench <noreply@example.com>", DATA_DIR=str(work / "data"),
-                            ALLOWED_RECIPIENTS="@example.com", RATE_LIMIT="off",
-                            LOG_LEVEL="warning")
+            env = clean_env(
+                REDIS_URL=valkey.url,
+                SMTP_HOST="127.0.0.1",
+                SMTP_PORT=str(port),
+                SMTP_TLS="none",
+                SMTP_POOL_SIZE=str(args.pool),
+                MAIL_FROM="Bench <noreply@example.com>",
+                DATA_DIR=str(work / "data"),
+                ALLOWED_RECIPIENTS="@example.com",
+                RATE_LIMIT="off",
+                LOG_LEVEL="warning",
+            )
             redis = connect(valkey.url)
             try:
                 store = TaskStore.from_settings(redis, load_settings(env, env_file=None))
                 await store.ensure_group()
                 task_ids: list[str] = []
                 for start in range(0, args.count, 1000):
-                    task_ids += await asyncio.gather(*(
-                        store.enqueue(EmailRequest(**mail(n, "postfix")))
-                        for n in range(start, min(start + 1000, args.count))))
+                    task_ids += await asyncio.gather(
+                        *(
+                            store.enqueue(EmailRequest(**mail(n, "postfix")))
+                            for n in range(start, min(start + 1000, args.count))
+                        )
+                    )
                 started = time.time()
-                worker = Process([sys.executable, str(ROOT / "run.py"), "worker"], env=env,
-                                 log_path=work / "worker.log")
+                worker = Process(
+                    [sys.executable, str(ROOT / "run.py"), "worker"], env=env, log_path=work / "worker.log"
+                )
                 deadline = time.monotonic() + args.timeout
                 while await remaining(redis):
                     if args.profile and profiler is None and time.time() - started > 1:
@@ -96,8 +119,7 @@ async def measure(args: argparse.Namespace, work: Path) -> int:
                     if worker.popen.poll() is not None:
                         raise RuntimeError(f"the worker exited:\n{worker.log[-3000:]}")
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"{await remaining(redis):,} mails left after "
-                                           f"{args.timeout:g} s")
+                        raise TimeoutError(f"{await remaining(redis):,} mails left after {args.timeout:g} s")
                     await asyncio.sleep(0.2)
                 if profiler is not None:
                     stop_py_spy(profiler)
@@ -120,13 +142,23 @@ async def measure(args: argparse.Namespace, work: Path) -> int:
     drain = args.count / (delivered[-1] - started)
     steady = (len(delivered) - 1) / (delivered[-1] - delivered[0])
     raw = f"raw aiosmtplib, {args.pool} reused connections"
-    print_table(f"Delivery to Postfix smtp-sink: {args.count:,} queued mails, one worker", [
-        Row("one worker: worker start -> last success", drain, "mails/s", capacity, raw,
-            ">= 1,500 mails/s"),
-        Row("one worker: first -> last delivery", steady, "mails/s", capacity, raw),
-        Row("worker CPU per mail", worker_cpu / args.count * 1e6, "µs"),
-        Row("tasks not success after exactly 1 attempt", not_done, "", goal="0"),
-    ], "python -m bench.delivery_postfix " + " ".join(sys.argv[1:]))
+    print_table(
+        f"Delivery to Postfix smtp-sink: {args.count:,} queued mails, one worker",
+        [
+            Row(
+                "one worker: worker start -> last success",
+                drain,
+                "mails/s",
+                capacity,
+                raw,
+                ">= 1,500 mails/s",
+            ),
+            Row("one worker: first -> last delivery", steady, "mails/s", capacity, raw),
+            Row("worker CPU per mail", worker_cpu / args.count * 1e6, "µs"),
+            Row("tasks not success after exactly 1 attempt", not_done, "", goal="0"),
+        ],
+        "python -m bench.delivery_postfix " + " ".join(sys.argv[1:]),
+    )
     if args.profile:
         summarize_profile(args.profile)
     return 1 if not_done else 0
@@ -135,8 +167,9 @@ async def measure(args: argparse.Namespace, work: Path) -> int:
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=20_000)
-    parser.add_argument("--pool", type=int, default=16,
-                        help="SMTP_POOL_SIZE, and the raw client's connections")
+    parser.add_argument(
+        "--pool", type=int, default=16, help="SMTP_POOL_SIZE, and the raw client's connections"
+    )
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--profile", type=Path, help="py-spy the worker; raw stacks to this file")
     args = parser.parse_args()

@@ -39,8 +39,8 @@ from bench.support import (
     running,
     wait_for_http,
 )
-from mailhub.embedded_redis import EmbeddedRedis, free_port
-from mailhub.redis_client import connect
+from mailhub.store.embedded_valkey import EmbeddedRedis, free_port
+from mailhub.store.redis_client import connect
 
 WRK_SCRIPT = r"""
 local counter = 0
@@ -71,27 +71,51 @@ def load(url: str, *, seconds: float, connections: int, generator: str, work: Pa
     if generator == "wrk":
         script = work / "post.lua"
         script.write_text(WRK_SCRIPT)
-        args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
-                "-s", str(script), url]
+        args = [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            url,
+        ]
     else:
-        args = [sys.executable, "-m", "bench.loadgen", url, "--connections", str(connections),
-                "--duration", str(seconds)]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60,
-                          env=clean_env())
+        args = [
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            url,
+            "--connections",
+            str(connections),
+            "--duration",
+            str(seconds),
+        ]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60, env=clean_env())
     if done.returncode != 0:
         raise RuntimeError(f"{args[0]} failed:\n{done.stdout}\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-async def measure(target: Process, url: str, redis_url: str, queue: str,
-                  args: argparse.Namespace, work: Path, profile: Path | None = None) -> dict[str, float]:
+async def measure(
+    target: Process,
+    url: str,
+    redis_url: str,
+    queue: str,
+    args: argparse.Namespace,
+    work: Path,
+    profile: Path | None = None,
+) -> dict[str, float]:
     """Flush, measure one round; check every accepted POST left a queue entry."""
     redis = connect(redis_url)
     try:
         await redis.flushall()
         profiler = py_spy(target.pid, profile, duration=args.duration) if profile else None
-        result = load(url, seconds=args.duration, connections=args.connections,
-                      generator=args.loadgen, work=work)
+        result = load(
+            url, seconds=args.duration, connections=args.connections, generator=args.loadgen, work=work
+        )
         if profiler is not None:
             stop_py_spy(profiler)
         queued = await redis.xlen(queue) if queue else None
@@ -100,33 +124,59 @@ async def measure(target: Process, url: str, redis_url: str, queue: str,
     ok = result["requests"] - result["non2xx"]
     if result["non2xx"] or result["errors"] or (queued is not None and queued < ok):
         raise RuntimeError(f"{target.popen.args}: {result}, {queued} queued")
-    return {"rate": ok / (result["duration_us"] / 1e6), "p50": result["p50_us"] / 1000,
-            "p99": result["p99_us"] / 1000}
+    return {
+        "rate": ok / (result["duration_us"] / 1e6),
+        "p50": result["p50_us"] / 1000,
+        "p99": result["p99_us"] / 1000,
+    }
 
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="measured rounds per target, interleaved; medians are reported")
-    parser.add_argument("--loadgen", choices=["wrk", "python"],
-                        default="wrk" if shutil.which("wrk") else "python")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="measured rounds per target, interleaved; medians are reported"
+    )
+    parser.add_argument(
+        "--loadgen", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python"
+    )
     parser.add_argument("--profile", type=Path, help="py-spy mailhub's first round; raw stacks to this file")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="mailhub-bench-") as tmp, \
-            EmbeddedRedis(Path(tmp) / "valkey") as valkey, contextlib.ExitStack() as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="mailhub-bench-") as tmp,
+        EmbeddedRedis(Path(tmp) / "valkey") as valkey,
+        contextlib.ExitStack() as stack,
+    ):
         work = Path(tmp)
         targets: dict[str, tuple[Process, str, str]] = {}
         for name, queue, bare in (("baseline", "bench:queue", False), ("bare", "", True)):
             port = free_port()
-            app = stack.enter_context(running(Process(
-                [sys.executable, "-m", "bench.baseline_app", "--port", str(port),
-                 "--redis-url", valkey.url] + ["--bare"] * bare,
-                env=clean_env(), log_path=work / f"{name}.log")))
+            app = stack.enter_context(
+                running(
+                    Process(
+                        [
+                            sys.executable,
+                            "-m",
+                            "bench.baseline_app",
+                            "--port",
+                            str(port),
+                            "--redis-url",
+                            valkey.url,
+                        ]
+                        + ["--bare"] * bare,
+                        env=clean_env(),
+                        log_path=work / f"{name}.log",
+                    )
+                )
+            )
             targets[name] = (app, f"http://127.0.0.1:{port}{SUBMIT_PATH}", queue)
-        env = clean_env(REDIS_URL=valkey.url, RATE_LIMIT="1000000/minute",
-                        ALLOWED_RECIPIENTS="@example.com", LOG_LEVEL="warning")
+        env = clean_env(
+            REDIS_URL=valkey.url,
+            RATE_LIMIT="1000000/minute",
+            ALLOWED_RECIPIENTS="@example.com",
+            LOG_LEVEL="warning",
+        )
         server = stack.enter_context(running(MailhubServer("web", env=env, log_dir=work)))
         targets["mailhub"] = (server, server.url + SUBMIT_PATH, "mailhub:queue")
         for process, url, _ in targets.values():
@@ -137,10 +187,11 @@ async def main() -> int:
             # Interleaved, so a noisy moment of the machine hits every target alike.
             for name, (process, url, queue) in targets.items():
                 profile = args.profile if name == "mailhub" and n == 0 else None
-                rounds[name].append(await measure(process, url, valkey.url, queue, args, work,
-                                                  profile))
-    results = {name: {figure: statistics.median(r[figure] for r in runs) for figure in runs[0]}
-               for name, runs in rounds.items()}
+                rounds[name].append(await measure(process, url, valkey.url, queue, args, work, profile))
+    results = {
+        name: {figure: statistics.median(r[figure] for r in runs) for figure in runs[0]}
+        for name, runs in rounds.items()
+    }
     show(results, args)
     ratios = [m["rate"] / b["rate"] for m, b in zip(rounds["mailhub"], rounds["baseline"])]
     print("rate ratio per round: " + ", ".join(f"{r:.2f}" for r in ratios))
@@ -152,14 +203,18 @@ async def main() -> int:
 def show(results: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
     base, mailhub, bare = results["baseline"], results["mailhub"], results["bare"]
     baseline = "JSON + 1 pipeline HSET/XADD/EXPIRE"
-    print_table(f"Enqueue ({args.connections} connections, {args.duration:g} s, {args.loadgen}, "
-                f"median of {args.rounds} interleaved rounds)", [
-        Row("mailhub POST rate", mailhub["rate"], "req/s", base["rate"], baseline, "ratio >= 0.8"),
-        Row("mailhub p50 latency", mailhub["p50"], "ms", base["p50"], baseline),
-        Row("mailhub p99 latency", mailhub["p99"], "ms", base["p99"], baseline, "<= 30 ms"),
-        Row("bare aiohttp handler (ceiling)", bare["rate"], "req/s", base["rate"], baseline),
-    ], f"python -m bench.enqueue --duration {args.duration:g} --connections {args.connections} "
-       f"--rounds {args.rounds} --loadgen {args.loadgen}")
+    print_table(
+        f"Enqueue ({args.connections} connections, {args.duration:g} s, {args.loadgen}, "
+        f"median of {args.rounds} interleaved rounds)",
+        [
+            Row("mailhub POST rate", mailhub["rate"], "req/s", base["rate"], baseline, "ratio >= 0.8"),
+            Row("mailhub p50 latency", mailhub["p50"], "ms", base["p50"], baseline),
+            Row("mailhub p99 latency", mailhub["p99"], "ms", base["p99"], baseline, "<= 30 ms"),
+            Row("bare aiohttp handler (ceiling)", bare["rate"], "req/s", base["rate"], baseline),
+        ],
+        f"python -m bench.enqueue --duration {args.duration:g} --connections {args.connections} "
+        f"--rounds {args.rounds} --loadgen {args.loadgen}",
+    )
 
 
 if __name__ == "__main__":

@@ -37,9 +37,20 @@ from redis.asyncio import Redis
 
 from bench.fanout_baseline import listen
 from bench.sink import Sink
-from bench.support import (ROOT, MailhubServer, Process, Row, event_time, mail, print_table, run,
-                           sink_env, submit_all, wait_until)
-from mailhub.embedded_redis import EmbeddedRedis
+from bench.support import (
+    ROOT,
+    MailhubServer,
+    Process,
+    Row,
+    event_time,
+    mail,
+    print_table,
+    run,
+    sink_env,
+    submit_all,
+    wait_until,
+)
+from mailhub.store.embedded_valkey import EmbeddedRedis
 
 EVENTS_PATH = "/api/v1/email/events"
 EXPECTED = ["queued", "attempt", "retry", "attempt", "success"]
@@ -110,8 +121,13 @@ async def reference(redis: Redis, seen: dict[tuple[str, int], float], ready: asy
     await listen(redis, ready.set, record)
 
 
-async def subscribe(session: aiohttp.ClientSession, url: str, subscriber: Subscriber,
-                    gate: asyncio.Semaphore, connected: list[int]) -> None:
+async def subscribe(
+    session: aiohttp.ClientSession,
+    url: str,
+    subscriber: Subscriber,
+    gate: asyncio.Semaphore,
+    connected: list[int],
+) -> None:
     """Follow one task until the server closes the stream."""
     data: list[str] = []
     try:
@@ -144,8 +160,14 @@ def percentile(values: list[float], p: float) -> float:
 
 async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: EmbeddedRedis) -> int:
     total = args.tasks * args.per_task
-    env = sink_env(sink, tmp / "data", REDIS_URL=valkey.url, RETRY_BASE_DELAY="0.2",
-                   RETRY_MAX_DELAY="0.4", WORKER_CONCURRENCY="64")
+    env = sink_env(
+        sink,
+        tmp / "data",
+        REDIS_URL=valkey.url,
+        RETRY_BASE_DELAY="0.2",
+        RETRY_MAX_DELAY="0.4",
+        WORKER_CONCURRENCY="64",
+    )
     redis = Redis.from_url(valkey.url, decode_responses=True, client_name=REFERENCE_NAME)
     web = MailhubServer("web", env=env, log_dir=tmp)
     worker: Process | None = None
@@ -167,19 +189,23 @@ async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: Embed
         connected = [0]
         gate = asyncio.Semaphore(100)
         timeout = aiohttp.ClientTimeout(total=None, connect=30, sock_read=None)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                         timeout=timeout) as session:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
             started = time.monotonic()
-            readers = [asyncio.create_task(subscribe(session, web.url, s, gate, connected))
-                       for s in subscribers]
-            await wait_until(lambda: connected[0] + sum(bool(s.error) for s in subscribers) >= total,
-                             30, "every subscriber connected")
+            readers = [
+                asyncio.create_task(subscribe(session, web.url, s, gate, connected)) for s in subscribers
+            ]
+            await wait_until(
+                lambda: connected[0] + sum(bool(s.error) for s in subscribers) >= total,
+                30,
+                "every subscriber connected",
+            )
             connect_seconds = time.monotonic() - started
             rss_peak = rss_mib(web.pid)
             pubsub_peak, redis_peak = await redis_connections(redis, web.pid)
 
-            worker = Process([sys.executable, str(ROOT / "run.py"), "worker"], env=env,
-                             log_path=tmp / "worker.log")
+            worker = Process(
+                [sys.executable, str(ROOT / "run.py"), "worker"], env=env, log_path=tmp / "worker.log"
+            )
             await asyncio.wait_for(asyncio.gather(*readers), args.timeout)
         pubsub_after, _ = await redis_connections(redis, web.pid)
         rss_after = rss_mib(web.pid)
@@ -193,17 +219,23 @@ async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: Embed
 
     complete = [s for s in subscribers if s.events == EXPECTED and not s.error]
     seq_ok = all([d["seq"] for d in s.docs] == [1, 2, 3, 4, 5] for s in complete)
-    live = [(s, doc, received) for s in subscribers
-            for doc, received in zip(s.docs, s.received) if doc["seq"] > 1]
-    from_publish = [(mono - published[(doc["task_id"], doc["seq"])]) * 1000
-                    for _, doc, (mono, _wall) in live if (doc["task_id"], doc["seq"]) in published]
+    live = [
+        (s, doc, received) for s in subscribers for doc, received in zip(s.docs, s.received) if doc["seq"] > 1
+    ]
+    from_publish = [
+        (mono - published[(doc["task_id"], doc["seq"])]) * 1000
+        for _, doc, (mono, _wall) in live
+        if (doc["task_id"], doc["seq"]) in published
+    ]
     from_at = [(wall - event_time(doc)) * 1000 for _, doc, (_mono, wall) in live]
     errors = sorted({s.error for s in subscribers if s.error})
 
     every = len(complete) == total and seq_ok
-    print(f"\nevery subscriber received every transition: {'yes' if every else 'NO'} "
-          f"({len(complete)}/{total} subscribers complete, "
-          f"{sum(len(s.docs) for s in subscribers)}/{total * len(EXPECTED)} events)")
+    print(
+        f"\nevery subscriber received every transition: {'yes' if every else 'NO'} "
+        f"({len(complete)}/{total} subscribers complete, "
+        f"{sum(len(s.docs) for s in subscribers)}/{total * len(EXPECTED)} events)"
+    )
     if errors:
         print("errors:", "; ".join(errors[:5]))
     rows = [
@@ -221,8 +253,11 @@ async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: Embed
         Row("web pub/sub connections (after)", pubsub_after, "", goal="1"),
         Row("web Redis connections in all (all subscribed)", redis_peak, ""),
     ]
-    print_table(f"SSE fan-out: {total} subscribers on {args.tasks} tasks, one web process", rows,
-                "python -m bench.fanout " + " ".join(sys.argv[1:]))
+    print_table(
+        f"SSE fan-out: {total} subscribers on {args.tasks} tasks, one web process",
+        rows,
+        "python -m bench.fanout " + " ".join(sys.argv[1:]),
+    )
     return 0 if every and pubsub_peak == 1 else 1
 
 
@@ -233,8 +268,11 @@ async def main() -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="bound on the delivery phase")
     args = parser.parse_args()
     print(f"open files allowed: {raise_fd_limit()}")
-    with tempfile.TemporaryDirectory(prefix="mailhub-fanout-") as tmp, Sink(Path(tmp)) as sink, \
-            EmbeddedRedis(Path(tmp) / "valkey", persist=False) as valkey:
+    with (
+        tempfile.TemporaryDirectory(prefix="mailhub-fanout-") as tmp,
+        Sink(Path(tmp)) as sink,
+        EmbeddedRedis(Path(tmp) / "valkey", persist=False) as valkey,
+    ):
         return await measure(args, Path(tmp), sink, valkey)
 
 

@@ -48,18 +48,38 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from bench.fanout import (EVENTS_PATH, EXPECTED, REFERENCE_NAME, Subscriber, percentile,
-                          raise_fd_limit, redis_connections, reference, rss_mib)
+from bench.fanout import (
+    EVENTS_PATH,
+    EXPECTED,
+    REFERENCE_NAME,
+    Subscriber,
+    percentile,
+    raise_fd_limit,
+    redis_connections,
+    reference,
+    rss_mib,
+)
 from bench.profiling import cpu_seconds, py_spy, stop_py_spy, summarize_profile
 from bench.sink import Sink
-from bench.support import (ROOT, MailhubServer, Process, Row, clean_env, event_time, mail,
-                           print_table, run, sink_env, wait_for_http, wait_until)
-from mailhub.embedded_redis import EmbeddedRedis, free_port
-from mailhub.tasks import EmailRequest, TaskStore
-
-
+from bench.support import (
+    ROOT,
+    MailhubServer,
+    Process,
+    Row,
+    clean_env,
+    event_time,
+    mail,
+    print_table,
+    run,
+    sink_env,
+    wait_for_http,
+    wait_until,
+)
+from mailhub.store.embedded_valkey import EmbeddedRedis, free_port
+from mailhub.store.tasks import EmailRequest, TaskStore
 
 # --- the client process ------------------------------------------------------------------------
+
 
 class _Stream(asyncio.Protocol):
     """One SSE stream: the events' data lines and when each event was complete."""
@@ -89,8 +109,7 @@ class _Stream(asyncio.Protocol):
         # lines fall between events and are skipped with every line that is not data.
         *blocks, self.buffer = self.buffer.split(b"\r\n\r\n")
         for block in blocks:
-            data_lines = [line[5:].lstrip() for line in block.split(b"\r\n")
-                          if line.startswith(b"data:")]
+            data_lines = [line[5:].lstrip() for line in block.split(b"\r\n") if line.startswith(b"data:")]
             if data_lines:
                 self.events.append((mono, wall, b"\n".join(data_lines).decode()))
                 if len(self.events) == 1:
@@ -114,16 +133,17 @@ async def _client(args: argparse.Namespace) -> None:
         connected[0] += 1
 
     async def one(task_id: str) -> None:
-        request = (f"GET {EVENTS_PATH}?task_id={task_id} HTTP/1.1\r\nHost: {spec['host']}\r\n"
-                   "Accept: text/event-stream\r\nConnection: close\r\n\r\n").encode()
+        request = (
+            f"GET {EVENTS_PATH}?task_id={task_id} HTTP/1.1\r\nHost: {spec['host']}\r\n"
+            "Accept: text/event-stream\r\nConnection: close\r\n\r\n"
+        ).encode()
         closed: asyncio.Future[None] = loop.create_future()
         stream = _Stream(request, closed, first)
         streams.append(stream)
         try:
             async with gate:
-                await asyncio.wait_for(loop.create_connection(lambda: stream, spec["host"],
-                                                              spec["port"]), 30)
-        except (OSError, asyncio.TimeoutError) as exc:
+                await asyncio.wait_for(loop.create_connection(lambda: stream, spec["host"], spec["port"]), 30)
+        except (TimeoutError, OSError) as exc:
             stream.error = f"{type(exc).__name__}: {exc}"
             return
         await closed
@@ -132,18 +152,34 @@ async def _client(args: argparse.Namespace) -> None:
     readers = [asyncio.create_task(one(task_id)) for task_id in spec["task_ids"]]
     total = len(readers)
     with contextlib.suppress(TimeoutError):
-        await wait_until(lambda: connected[0] + sum(bool(s.error) for s in streams) >= total,
-                         args.connect_timeout, "connected")
-    Path(args.out + ".ready").write_text(json.dumps(
-        {"connected": connected[0], "seconds": time.monotonic() - started}))
+        await wait_until(
+            lambda: connected[0] + sum(bool(s.error) for s in streams) >= total,
+            args.connect_timeout,
+            "connected",
+        )
+    Path(args.out + ".ready").write_text(
+        json.dumps({"connected": connected[0], "seconds": time.monotonic() - started})
+    )
     _, pending = await asyncio.wait(readers, timeout=args.timeout)
     for reader in pending:
         reader.cancel()
-    Path(args.out).write_text(json.dumps([
-        {"task_id": task_id, "events": s.events,
-         "error": s.error or ("still open at the timeout" if s.events and s.status == 200
-                              and not s.closed.done() else "")}
-        for task_id, s in zip(spec["task_ids"], streams)]))
+    Path(args.out).write_text(
+        json.dumps(
+            [
+                {
+                    "task_id": task_id,
+                    "events": s.events,
+                    "error": s.error
+                    or (
+                        "still open at the timeout"
+                        if s.events and s.status == 200 and not s.closed.done()
+                        else ""
+                    ),
+                }
+                for task_id, s in zip(spec["task_ids"], streams)
+            ]
+        )
+    )
 
 
 async def _reference(args: argparse.Namespace) -> None:
@@ -164,6 +200,7 @@ async def _reference(args: argparse.Namespace) -> None:
 
 
 # --- the measuring process ---------------------------------------------------------------------
+
 
 @dataclass
 class Phase:
@@ -198,23 +235,28 @@ class Bench:
         self.tmp = tmp
         self.sink = sink
         self.valkey = valkey
-        self.env = sink_env(sink, tmp / "data", REDIS_URL=valkey.url, RETRY_BASE_DELAY="0.2",
-                            RETRY_MAX_DELAY="0.4", WORKER_CONCURRENCY="64")
+        self.env = sink_env(
+            sink,
+            tmp / "data",
+            REDIS_URL=valkey.url,
+            RETRY_BASE_DELAY="0.2",
+            RETRY_MAX_DELAY="0.4",
+            WORKER_CONCURRENCY="64",
+        )
         self.redis = Redis.from_url(valkey.url, decode_responses=True, client_name="bench-fanout")
-        self.store = TaskStore(self.redis, retention=3600, max_attempts=3,
-                               message_id_domain="example.com")
+        self.store = TaskStore(self.redis, retention=3600, max_attempts=3, message_id_domain="example.com")
         self.published: dict[tuple[str, int], float] = {}
 
     async def queue_tasks(self, tag: str) -> list[str]:
         task_ids: list[str] = []
         for start in range(0, self.args.tasks, 100):
             batch = range(start, min(start + 100, self.args.tasks))
-            task_ids += await asyncio.gather(*(self.store.enqueue(EmailRequest(**mail(n, tag)))
-                                               for n in batch))
+            task_ids += await asyncio.gather(
+                *(self.store.enqueue(EmailRequest(**mail(n, tag))) for n in batch)
+            )
         return task_ids
 
-    async def phase(self, name: str, server: Process, host: str, port: int,
-                    task_ids: list[str]) -> Phase:
+    async def phase(self, name: str, server: Process, host: str, port: int, task_ids: list[str]) -> Phase:
         args, result = self.args, Phase(name)
         total = args.tasks * args.per_task
         result.rss = (rss_mib(server.pid), 0.0, 0.0)
@@ -227,16 +269,35 @@ class Bench:
             spec = self.tmp / f"{name}-client{c}.json"
             spec.write_text(json.dumps({"host": host, "port": port, "task_ids": share}))
             outs.append(self.tmp / f"{name}-client{c}.out")
-            clients.append(Process([sys.executable, "-m", "bench.fanout_10k", "client",
-                                    "--spec", str(spec), "--out", str(outs[-1]),
-                                    "--timeout", str(args.timeout)],
-                                   env=clean_env(), log_path=self.tmp / f"{name}-client{c}.log"))
+            clients.append(
+                Process(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.fanout_10k",
+                        "client",
+                        "--spec",
+                        str(spec),
+                        "--out",
+                        str(outs[-1]),
+                        "--timeout",
+                        str(args.timeout),
+                    ],
+                    env=clean_env(),
+                    log_path=self.tmp / f"{name}-client{c}.log",
+                )
+            )
         worker: Process | None = None
         profiler: Process | None = None
         try:
-            await wait_until(lambda: all(Path(str(o) + ".ready").exists() for o in outs)
-                             or any(p.popen.poll() is not None for p in clients), 120,
-                             "client processes connected")
+            await wait_until(
+                lambda: (
+                    all(Path(str(o) + ".ready").exists() for o in outs)
+                    or any(p.popen.poll() is not None for p in clients)
+                ),
+                120,
+                "client processes connected",
+            )
             ready = [json.loads(Path(str(o) + ".ready").read_text()) for o in outs]
             result.connect_seconds = max(r["seconds"] for r in ready)
             rss_peak = rss_mib(server.pid)
@@ -254,8 +315,11 @@ class Bench:
             cpu0 = cpu_seconds(server.pid)
             clients_cpu0 = sum(cpu_seconds(p.pid) for p in clients)
             started = time.monotonic()
-            worker = Process([sys.executable, str(ROOT / "run.py"), "worker"], env=self.env,
-                             log_path=self.tmp / f"{name}-worker.log")
+            worker = Process(
+                [sys.executable, str(ROOT / "run.py"), "worker"],
+                env=self.env,
+                log_path=self.tmp / f"{name}-worker.log",
+            )
             clients_cpu = {p.pid: 0.0 for p in clients}
 
             def all_ended() -> bool:
@@ -304,53 +368,97 @@ class Bench:
                     last[key] = max(last[key], delay)
         result.spread = list(last.values())
 
+
 WHEN = ("before subscribers", "with all subscribers", "after")
 
 
 def rows_for(phase: Phase, base: Phase | None, total: int) -> list[Row]:
     def row(figure: str, value: float, unit: str, base_value: float | None, goal: str = "") -> Row:
-        return Row(f"{phase.name}: {figure}", value, unit, base_value,
-                   "baseline" if base_value is not None else "", goal)
+        return Row(
+            f"{phase.name}: {figure}",
+            value,
+            unit,
+            base_value,
+            "baseline" if base_value is not None else "",
+            goal,
+        )
 
     b = base
-    pick = (lambda f: f(b)) if b is not None else (lambda f: None)  # noqa: E731
+    pick = (lambda f: f(b)) if b is not None else (lambda f: None)
     lat = lambda p, q: percentile(p.from_publish, q)  # noqa: E731
     per_sub = lambda p: (p.rss[1] - p.rss[0]) * 1024 / total  # noqa: E731
     return [
-        row("subscribers with every transition", phase.complete, f"of {total:,}",
-            pick(lambda p: p.complete), "all"),
-        row("events received", sum(len(s.docs) for s in phase.subscribers),
+        row(
+            "subscribers with every transition",
+            phase.complete,
+            f"of {total:,}",
+            pick(lambda p: p.complete),
+            "all",
+        ),
+        row(
+            "events received",
+            sum(len(s.docs) for s in phase.subscribers),
             f"of {total * len(EXPECTED):,}",
-            pick(lambda p: sum(len(s.docs) for s in p.subscribers))),
+            pick(lambda p: sum(len(s.docs) for s in p.subscribers)),
+        ),
         row("all connected in", phase.connect_seconds, "s", pick(lambda p: p.connect_seconds)),
-        row("latency publish -> client, p50", statistics.median(phase.from_publish), "ms",
-            pick(lambda p: statistics.median(p.from_publish))),
-        row("latency publish -> client, p99", lat(phase, 99), "ms", pick(lambda p: lat(p, 99)),
-            "<= 100 ms"),
-        row("latency publish -> client, max", max(phase.from_publish), "ms",
-            pick(lambda p: max(p.from_publish))),
-        row("latency event `at` -> client, p99", percentile(phase.from_at, 99), "ms",
-            pick(lambda p: percentile(p.from_at, 99))),
-        row("publish -> last subscriber of the event, p50", statistics.median(phase.spread), "ms",
-            pick(lambda p: statistics.median(p.spread))),
+        row(
+            "latency publish -> client, p50",
+            statistics.median(phase.from_publish),
+            "ms",
+            pick(lambda p: statistics.median(p.from_publish)),
+        ),
+        row("latency publish -> client, p99", lat(phase, 99), "ms", pick(lambda p: lat(p, 99)), "<= 100 ms"),
+        row(
+            "latency publish -> client, max",
+            max(phase.from_publish),
+            "ms",
+            pick(lambda p: max(p.from_publish)),
+        ),
+        row(
+            "latency event `at` -> client, p99",
+            percentile(phase.from_at, 99),
+            "ms",
+            pick(lambda p: percentile(p.from_at, 99)),
+        ),
+        row(
+            "publish -> last subscriber of the event, p50",
+            statistics.median(phase.spread),
+            "ms",
+            pick(lambda p: statistics.median(p.spread)),
+        ),
         row("server RSS before subscribers", phase.rss[0], "MiB", pick(lambda p: p.rss[0])),
         row("server RSS with all subscribers", phase.rss[1], "MiB", pick(lambda p: p.rss[1])),
         row("server RSS after all streams closed", phase.rss[2], "MiB", pick(lambda p: p.rss[2])),
         row("server RSS per subscriber", per_sub(phase), "KiB", pick(per_sub)),
-        row("server CPU while all subscribers idle", phase.idle_cpu * 100, "% of a core",
-            pick(lambda p: p.idle_cpu * 100)),
-        row("server CPU in the delivery phase", phase.delivery_cpu, "CPU s",
-            pick(lambda p: p.delivery_cpu)),
-        row("client processes' CPU in the delivery phase", phase.clients_cpu, "CPU s",
-            pick(lambda p: p.clients_cpu)),
-        row("delivery phase (worker start -> last stream closed)", phase.delivery_seconds, "s",
-            pick(lambda p: p.delivery_seconds)),
-        *(row(f"Redis connections held, {when}", pair[1], "", pick(lambda p, i=i: p.redis[i][1]),
-              "<= 2")
-          for i, (when, pair) in enumerate(zip(WHEN, phase.redis))),
-        *(row(f"Redis pub/sub connections, {when}", pair[0], "",
-              pick(lambda p, i=i: p.redis[i][0]), "1")
-          for i, (when, pair) in enumerate(zip(WHEN, phase.redis)) if i),
+        row(
+            "server CPU while all subscribers idle",
+            phase.idle_cpu * 100,
+            "% of a core",
+            pick(lambda p: p.idle_cpu * 100),
+        ),
+        row("server CPU in the delivery phase", phase.delivery_cpu, "CPU s", pick(lambda p: p.delivery_cpu)),
+        row(
+            "client processes' CPU in the delivery phase",
+            phase.clients_cpu,
+            "CPU s",
+            pick(lambda p: p.clients_cpu),
+        ),
+        row(
+            "delivery phase (worker start -> last stream closed)",
+            phase.delivery_seconds,
+            "s",
+            pick(lambda p: p.delivery_seconds),
+        ),
+        *(
+            row(f"Redis connections held, {when}", pair[1], "", pick(lambda p, i=i: p.redis[i][1]), "<= 2")
+            for i, (when, pair) in enumerate(zip(WHEN, phase.redis))
+        ),
+        *(
+            row(f"Redis pub/sub connections, {when}", pair[0], "", pick(lambda p, i=i: p.redis[i][0]), "1")
+            for i, (when, pair) in enumerate(zip(WHEN, phase.redis))
+            if i
+        ),
     ]
 
 
@@ -358,31 +466,58 @@ async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: Embed
     bench = Bench(args, tmp, sink, valkey)
     total = args.tasks * args.per_task
     published = tmp / "published.json"
-    watcher = Process([sys.executable, "-m", "bench.fanout_10k", "reference", "--redis-url",
-                       valkey.url, "--out", str(published), "--timeout", "3600"],
-                      env=clean_env(), log_path=tmp / "reference.log")
+    watcher = Process(
+        [
+            sys.executable,
+            "-m",
+            "bench.fanout_10k",
+            "reference",
+            "--redis-url",
+            valkey.url,
+            "--out",
+            str(published),
+            "--timeout",
+            "3600",
+        ],
+        env=clean_env(),
+        log_path=tmp / "reference.log",
+    )
     phases: dict[str, Phase] = {}
     try:
-        await wait_until(lambda: Path(f"{published}.ready").exists()
-                         or watcher.popen.poll() is not None, 30, "reference subscribed")
+        await wait_until(
+            lambda: Path(f"{published}.ready").exists() or watcher.popen.poll() is not None,
+            30,
+            "reference subscribed",
+        )
         await bench.store.ensure_group()
         if not args.skip_baseline:
             port = free_port()
-            baseline = Process([sys.executable, "-m", "bench.fanout_baseline", "--port", str(port),
-                                "--redis-url", valkey.url], env=clean_env(),
-                               log_path=tmp / "baseline.log")
+            baseline = Process(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.fanout_baseline",
+                    "--port",
+                    str(port),
+                    "--redis-url",
+                    valkey.url,
+                ],
+                env=clean_env(),
+                log_path=tmp / "baseline.log",
+            )
             try:
-                await asyncio.to_thread(wait_for_http, f"http://127.0.0.1:{port}/ready",
-                                        baseline, 30)
-                phases["baseline"] = await bench.phase("baseline", baseline, "127.0.0.1", port,
-                                                       await bench.queue_tasks("fanout-base"))
+                await asyncio.to_thread(wait_for_http, f"http://127.0.0.1:{port}/ready", baseline, 30)
+                phases["baseline"] = await bench.phase(
+                    "baseline", baseline, "127.0.0.1", port, await bench.queue_tasks("fanout-base")
+                )
             finally:
                 baseline.stop()
         web = MailhubServer("web", env=bench.env, log_dir=tmp)
         try:
             await asyncio.to_thread(web.wait_ready)
-            phases["mailhub"] = await bench.phase("mailhub", web, "127.0.0.1", web.port,
-                                                  await bench.queue_tasks("fanout-10k"))
+            phases["mailhub"] = await bench.phase(
+                "mailhub", web, "127.0.0.1", web.port, await bench.queue_tasks("fanout-10k")
+            )
         finally:
             web.stop()
     finally:
@@ -394,15 +529,19 @@ async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: Embed
 
     for phase in phases.values():
         errors = collections.Counter(s.error for s in phase.subscribers if s.error)
-        print(f"\n{phase.name}: every subscriber received every transition: "
-              f"{'yes' if phase.every else 'NO'} ({phase.complete}/{total} complete, "
-              f"{sum(len(s.docs) for s in phase.subscribers)}/{total * len(EXPECTED)} events)"
-              + (f"; errors: {dict(errors.most_common(3))}" if errors else ""))
+        print(
+            f"\n{phase.name}: every subscriber received every transition: "
+            f"{'yes' if phase.every else 'NO'} ({phase.complete}/{total} complete, "
+            f"{sum(len(s.docs) for s in phase.subscribers)}/{total * len(EXPECTED)} events)"
+            + (f"; errors: {dict(errors.most_common(3))}" if errors else "")
+        )
     mailhub = phases["mailhub"]
-    print_table(f"SSE fan-out: {total:,} subscribers on {args.tasks} tasks, one server process, "
-                f"{args.clients} client processes",
-                rows_for(mailhub, phases.get("baseline"), total),
-                "python -m bench.fanout_10k " + " ".join(sys.argv[1:]))
+    print_table(
+        f"SSE fan-out: {total:,} subscribers on {args.tasks} tasks, one server process, "
+        f"{args.clients} client processes",
+        rows_for(mailhub, phases.get("baseline"), total),
+        "python -m bench.fanout_10k " + " ".join(sys.argv[1:]),
+    )
     if args.profile:
         for part in ("idle", "delivery"):
             summarize_profile(args.profile / f"mailhub-{part}.txt")
@@ -432,16 +571,24 @@ async def main() -> int:
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--per-task", type=int, default=100)
     parser.add_argument("--clients", type=int, default=4, help="client processes")
-    parser.add_argument("--idle", type=float, default=3.0,
-                        help="seconds the server is watched idle with every subscriber connected")
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=3.0,
+        help="seconds the server is watched idle with every subscriber connected",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="bound on each delivery phase")
-    parser.add_argument("--profile", type=Path,
-                        help="py-spy mailhub's web process; raw stacks in this directory")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy mailhub's web process; raw stacks in this directory"
+    )
     parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args()
     print(f"open files allowed: {raise_fd_limit()}")
-    with tempfile.TemporaryDirectory(prefix="mailhub-fanout10k-") as tmp, Sink(Path(tmp)) as sink, \
-            EmbeddedRedis(Path(tmp) / "valkey", persist=False) as valkey:
+    with (
+        tempfile.TemporaryDirectory(prefix="mailhub-fanout10k-") as tmp,
+        Sink(Path(tmp)) as sink,
+        EmbeddedRedis(Path(tmp) / "valkey", persist=False) as valkey,
+    ):
         return await measure(args, Path(tmp), sink, valkey)
 
 

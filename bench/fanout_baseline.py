@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from mailhub import keys
+from mailhub.store import keys
 
 TERMINAL = frozenset({"success", "failed"})
 REDIS: web.AppKey[Redis] = web.AppKey("redis", Redis)
@@ -31,8 +31,7 @@ SUBSCRIBED: web.AppKey[asyncio.Event] = web.AppKey("subscribed", asyncio.Event)
 REDIS_URL: web.AppKey[str] = web.AppKey("redis_url", str)
 
 
-async def listen(redis: Redis, subscribed: Callable[[], object],
-                 received: Callable[[str], object]) -> None:
+async def listen(redis: Redis, subscribed: Callable[[], object], received: Callable[[str], object]) -> None:
     """Subscribe to the events channel; call `subscribed()` once it is live, then
     `received(data)` for each published message, until cancelled. Also used by
     `bench.fanout`'s reference subscriber."""
@@ -60,8 +59,11 @@ async def _listen(app: web.Application) -> None:
 
 
 async def _context(app: web.Application) -> AsyncIterator[None]:
-    app[REDIS] = Redis.from_pool(BlockingConnectionPool.from_url(
-        app[REDIS_URL], max_connections=2, timeout=None, decode_responses=True))
+    app[REDIS] = Redis.from_pool(
+        BlockingConnectionPool.from_url(
+            app[REDIS_URL], max_connections=2, timeout=None, decode_responses=True
+        )
+    )
     app[TOPICS] = {}
     app[SUBSCRIBED] = asyncio.Event()
     listener = asyncio.create_task(_listen(app))
@@ -81,8 +83,9 @@ async def events(request: web.Request) -> web.StreamResponse:
         if stored is None:
             raise web.HTTPNotFound()
         doc = json.loads(stored)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-cache"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await response.prepare(request)
         item, last = (doc["seq"], doc["status"], stored), 0
         while True:
@@ -116,8 +119,7 @@ def main() -> None:
     app.cleanup_ctx.append(_context)
     app.router.add_get("/api/v1/email/events", events)
     app.router.add_get("/ready", ready)
-    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None,
-                handler_cancellation=True)
+    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, handler_cancellation=True)
 
 
 if __name__ == "__main__":

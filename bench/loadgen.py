@@ -30,23 +30,25 @@ async def load(url: str, connections: int, duration: float) -> dict[str, int]:
         nonlocal non2xx, errors
         while time.perf_counter() < deadline:
             n = next(counter)
-            body = {"to": "user@example.com", "subject": f"Hello {n}",
-                    "body": "{username}님 안녕하세요!", "username": "홍길동"}
+            body = {
+                "to": "user@example.com",
+                "subject": f"Hello {n}",
+                "body": "{username}님 안녕하세요!",
+                "username": "홍길동",
+            }
             started = time.perf_counter()
             try:
-                async with session.post(url, json=body,
-                                        headers={"Idempotency-Key": f"{prefix}-{n}"}) as r:
+                async with session.post(url, json=body, headers={"Idempotency-Key": f"{prefix}-{n}"}) as r:
                     await r.read()
                     non2xx += not 200 <= r.status < 300
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 errors += 1
                 continue
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
     connector = aiohttp.TCPConnector(limit=connections)
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=10)) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
         await asyncio.gather(*(lane(session) for _ in range(connections)))
     elapsed = time.perf_counter() - started
     latencies.sort()
@@ -54,8 +56,14 @@ async def load(url: str, connections: int, duration: float) -> dict[str, int]:
     def percentile(p: float) -> int:
         return int(latencies[min(len(latencies) - 1, int(len(latencies) * p))] * 1e6) if latencies else 0
 
-    return {"requests": len(latencies), "duration_us": int(elapsed * 1e6), "non2xx": non2xx,
-            "errors": errors, "p50_us": percentile(0.50), "p99_us": percentile(0.99)}
+    return {
+        "requests": len(latencies),
+        "duration_us": int(elapsed * 1e6),
+        "non2xx": non2xx,
+        "errors": errors,
+        "p50_us": percentile(0.50),
+        "p99_us": percentile(0.99),
+    }
 
 
 def main() -> None:

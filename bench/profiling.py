@@ -19,14 +19,30 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
+
 def py_spy(pid: int, output: Path, duration: float | None = None) -> Process:
     """Start sampling `pid` (CPU-busy stacks only, 250/s, without pausing it) into `output`."""
     output.parent.mkdir(parents=True, exist_ok=True)
     py_spy_bin = Path(sys.executable).with_name("py-spy")
-    return Process([str(py_spy_bin), "record", "--pid", str(pid), "--rate", "250", "--nonblocking",
-                    "--format", "raw", "--output", str(output),
-                    *(["--duration", str(round(duration))] if duration else [])],
-                   env=clean_env(), log_path=output.with_suffix(".log"))
+    return Process(
+        [
+            str(py_spy_bin),
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "250",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--output",
+            str(output),
+            *(["--duration", str(round(duration))] if duration else []),
+        ],
+        env=clean_env(),
+        log_path=output.with_suffix(".log"),
+    )
+
 
 def stop_py_spy(profiler: Process) -> None:
     """SIGINT: py-spy writes its samples out, then exits."""
@@ -36,6 +52,7 @@ def stop_py_spy(profiler: Process) -> None:
         profiler.popen.wait(30)
     except subprocess.TimeoutExpired:
         profiler.stop()
+
 
 def summarize_profile(path: Path, top: int = 12) -> None:
     """Print the frames where py-spy's samples were: by own time and including callees."""
@@ -55,17 +72,26 @@ def summarize_profile(path: Path, top: int = 12) -> None:
         own[_short(frames[-1])] += n
         for frame in {short for short in map(_short, frames) if not short.endswith(_OUTER)}:
             inclusive[frame] += n
-    print(f"\n#### py-spy {path.name}: {total} samples at 250/s while busy "
-          f"(~{total / 250:.1f} CPU s)\n")
+    print(f"\n#### py-spy {path.name}: {total} samples at 250/s while busy (~{total / 250:.1f} CPU s)\n")
     for title, counter in (("own time", own), ("including callees", inclusive)):
         print(f"| {title} | samples | share |\n|---|---:|---:|")
         for frame, n in counter.most_common(top):
             print(f"| `{frame}` | {n} | {n / max(total, 1):.0%} |")
         print()
 
+
 #: Frames every sample has (the event loop running the process): left out of "including callees".
-_OUTER = tuple(f"{name})" for name in ("asyncio/runners.py", "asyncio/base_events.py",
-                                       "asyncio/events.py", "mailhub/cli.py", "run.py"))
+_OUTER = tuple(
+    f"{name})"
+    for name in (
+        "asyncio/runners.py",
+        "asyncio/base_events.py",
+        "asyncio/events.py",
+        "mailhub/cli.py",
+        "run.py",
+    )
+)
+
 
 def _short(frame: str) -> str:
     """`func (path/to/site-packages/pkg/mod.py:12)` -> `func (pkg/mod.py)`: one row per function."""

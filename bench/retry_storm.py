@@ -17,15 +17,24 @@ import tempfile
 from pathlib import Path
 
 from bench.sink import Sink
-from bench.support import (MailhubServer, Row, event_time, mail, print_table, run, running,
-                           sink_env, submit_all, wait_for_results)
+from bench.support import (
+    MailhubServer,
+    Row,
+    event_time,
+    mail,
+    print_table,
+    run,
+    running,
+    sink_env,
+    submit_all,
+    wait_for_results,
+)
 
 #: The longest first retry delay with the default RETRY_BASE_DELAY of 2 s (jitter: 1-2 s).
 FIRST_RETRY_MAX = 2.0
 
 
-async def drain(server: MailhubServer, sink: Sink, count: int, tag: str, *,
-                storm: bool) -> float:
+async def drain(server: MailhubServer, sink: Sink, count: int, tag: str, *, storm: bool) -> float:
     """Seconds from the first submit to the last `success`; every mail checked."""
     sink.handler.reset(refuse_first=storm)
     bodies = [mail(n, tag) for n in range(count)]
@@ -37,9 +46,13 @@ async def drain(server: MailhubServer, sink: Sink, count: int, tag: str, *,
     attempts = {doc.get("attempts") for doc in documents}
     expected = 2 if storm else 1
     delivered_once = set(sink.handler.subjects.values()) == {1}
-    if ({doc["status"] for doc in documents} != {"success"} or attempts != {expected}
-            or not delivered_once or len(sink.handler.subjects) != count
-            or sorted(sink.handler.subjects) != sorted(b["subject"] for b in bodies)):
+    if (
+        {doc["status"] for doc in documents} != {"success"}
+        or attempts != {expected}
+        or not delivered_once
+        or len(sink.handler.subjects) != count
+        or sorted(sink.handler.subjects) != sorted(b["subject"] for b in bodies)
+    ):
         raise RuntimeError(f"{tag}: attempts {attempts}, {sink.handler.delivered} delivered")
     return max(map(event_time, documents)) - submitted.started
 
@@ -55,11 +68,21 @@ async def main() -> int:
             clean = await drain(server, sink, args.count, "clean", storm=False)
             storm = await drain(server, sink, args.count, "storm", storm=True)
     ideal = clean + FIRST_RETRY_MAX
-    print_table(f"Retry storm ({args.count} mails, each answered 451 once)", [
-        Row("time to drain the storm", storm, "s", ideal,
-            f"no-fault drain + {FIRST_RETRY_MAX:g} s first backoff", "<= 10 s (lower is better)"),
-        Row("time to drain without faults", clean, "s"),
-    ], f"python -m bench.retry_storm --count {args.count}")
+    print_table(
+        f"Retry storm ({args.count} mails, each answered 451 once)",
+        [
+            Row(
+                "time to drain the storm",
+                storm,
+                "s",
+                ideal,
+                f"no-fault drain + {FIRST_RETRY_MAX:g} s first backoff",
+                "<= 10 s (lower is better)",
+            ),
+            Row("time to drain without faults", clean, "s"),
+        ],
+        f"python -m bench.retry_storm --count {args.count}",
+    )
     return 0
 
 

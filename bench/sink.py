@@ -19,7 +19,7 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from mailhub.embedded_redis import free_port
+from mailhub.store.embedded_valkey import free_port
 
 USER, PASSWORD = "bench", "bench-secret"
 _headers = BytesHeaderParser(policy=default)
@@ -75,14 +75,20 @@ class Sink(Controller):
         self.handler = CountingHandler()
         self.auth_successes = 0
         super().__init__(
-            self.handler, hostname="127.0.0.1", port=free_port(), server_hostname="localhost",
-            tls_context=server_context, require_starttls=True, auth_require_tls=True,
+            self.handler,
+            hostname="127.0.0.1",
+            port=free_port(),
+            server_hostname="localhost",
+            tls_context=server_context,
+            require_starttls=True,
+            auth_require_tls=True,
             authenticator=self._authenticate,
         )
         logging.getLogger("mail.log").setLevel(logging.ERROR)
 
-    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope,
-                      mechanism: str, auth_data: Any) -> AuthResult:
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         if auth_data == LoginPassword(USER.encode(), PASSWORD.encode()):
             self.auth_successes += 1
             return AuthResult(success=True)

@@ -20,15 +20,27 @@ import time
 import aiosmtplib
 
 from bench.sink import PASSWORD, USER
-from mailhub.sender import build_message
-from mailhub.tasks import Attempt
+from mailhub.delivery.sender import build_message
+from mailhub.store.tasks import Attempt
 
 
 def messages(count: int) -> list:  # type: ignore[type-arg]
-    return [build_message(Attempt(f"{n}-0", f"raw-{n}", f"user{n % 50}@example.com",
-                                  f"raw {n:05d} — 안녕하세요  {n}", "{username}님 " + str(n),
-                                  "홍길동", f"<raw-{n}@example.com>", 1), "noreply@example.com")
-            for n in range(count)]
+    return [
+        build_message(
+            Attempt(
+                f"{n}-0",
+                f"raw-{n}",
+                f"user{n % 50}@example.com",
+                f"raw {n:05d} — 안녕하세요  {n}",
+                "{username}님 " + str(n),
+                "홍길동",
+                f"<raw-{n}@example.com>",
+                1,
+            ),
+            "noreply@example.com",
+        )
+        for n in range(count)
+    ]
 
 
 async def send_all(args: argparse.Namespace) -> dict[str, float]:
@@ -36,8 +48,15 @@ async def send_all(args: argparse.Namespace) -> dict[str, float]:
         options = dict(hostname=args.host, port=args.port, start_tls=False, timeout=30)
     else:
         context = ssl.create_default_context(cafile=args.ca)
-        options = dict(hostname=args.host, port=args.port, start_tls=True, tls_context=context,
-                       username=USER, password=PASSWORD, timeout=30)
+        options = dict(
+            hostname=args.host,
+            port=args.port,
+            start_tls=True,
+            tls_context=context,
+            username=USER,
+            password=PASSWORD,
+            timeout=30,
+        )
     queue = iter(messages(args.count))
 
     async def reused_lane() -> None:

@@ -20,14 +20,27 @@ from typing import Any
 import aiohttp
 
 from bench.sink import PASSWORD, USER, Sink
-from mailhub.embedded_redis import free_port
+from mailhub.store.embedded_valkey import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMIT_PATH = "/api/v1/email/received"
 RESULT_PATH = "/api/v1/email/result"
 #: Settings a developer's shell might carry; a benchmark's processes start without them.
-_CLEARED = ("SMTP_", "REDIS_URL", "MAIL_FROM", "HOST", "PORT", "DATA_DIR", "ALLOWED_", "API_KEYS",
-            "RATE_LIMIT", "CLAIM_TIMEOUT", "RETRY_", "WORKER_", "LOG_")
+_CLEARED = (
+    "SMTP_",
+    "REDIS_URL",
+    "MAIL_FROM",
+    "HOST",
+    "PORT",
+    "DATA_DIR",
+    "ALLOWED_",
+    "API_KEYS",
+    "RATE_LIMIT",
+    "CLAIM_TIMEOUT",
+    "RETRY_",
+    "WORKER_",
+    "LOG_",
+)
 
 
 def clean_env(**env: str) -> dict[str, str]:
@@ -39,10 +52,17 @@ def clean_env(**env: str) -> dict[str, str]:
 def sink_env(sink: Sink, data_dir: Path, **extra: str) -> dict[str, str]:
     """Settings for a mailhub that delivers to `sink` and keeps its data in `data_dir`."""
     settings = dict(
-        SMTP_HOST=sink.hostname, SMTP_PORT=str(sink.port), SMTP_TLS="starttls",
-        SMTP_USER=USER, SMTP_PASS=PASSWORD, SSL_CERT_FILE=str(sink.ca_file),
-        MAIL_FROM="Bench <noreply@example.com>", DATA_DIR=str(data_dir),
-        ALLOWED_RECIPIENTS="@example.com", RATE_LIMIT="off", LOG_LEVEL="warning",
+        SMTP_HOST=sink.hostname,
+        SMTP_PORT=str(sink.port),
+        SMTP_TLS="starttls",
+        SMTP_USER=USER,
+        SMTP_PASS=PASSWORD,
+        SSL_CERT_FILE=str(sink.ca_file),
+        MAIL_FROM="Bench <noreply@example.com>",
+        DATA_DIR=str(data_dir),
+        ALLOWED_RECIPIENTS="@example.com",
+        RATE_LIMIT="off",
+        LOG_LEVEL="warning",
     )
     return clean_env(**{**settings, **extra})
 
@@ -53,8 +73,9 @@ class Process:
     def __init__(self, args: list[str], *, env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         with open(log_path, "ab") as log:
-            self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log,
-                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.popen = subprocess.Popen(
+                args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         self.pid = self.popen.pid
 
     def kill(self) -> None:
@@ -81,12 +102,14 @@ class Process:
 class MailhubServer(Process):
     """`python run.py [command] --port P`; `url` answers once `wait_ready()` returns."""
 
-    def __init__(self, *command: str, env: dict[str, str], log_dir: Path,
-                 port: int | None = None) -> None:
+    def __init__(self, *command: str, env: dict[str, str], log_dir: Path, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__([sys.executable, str(ROOT / "run.py"), *command, "--port", str(self.port)],
-                         env=env, log_path=log_dir / f"mailhub-{self.port}.log")
+        super().__init__(
+            [sys.executable, str(ROOT / "run.py"), *command, "--port", str(self.port)],
+            env=env,
+            log_path=log_dir / f"mailhub-{self.port}.log",
+        )
 
     def wait_ready(self, timeout: float = 30.0) -> MailhubServer:
         wait_for_http(self.url + "/openapi.json", self, timeout)
@@ -118,8 +141,12 @@ def running(process: Process) -> Iterator[Process]:
 
 def mail(n: int, tag: str) -> dict[str, str]:
     """The n-th request body: a unique subject with non-ASCII text and inner spaces."""
-    return {"to": f"user{n % 50}@example.com", "subject": f"{tag} {n:05d} — 안녕하세요  {n}",
-            "body": "{username}님, 문의가 접수되었습니다. Request " + str(n), "username": "홍길동"}
+    return {
+        "to": f"user{n % 50}@example.com",
+        "subject": f"{tag} {n:05d} — 안녕하세요  {n}",
+        "body": "{username}님, 문의가 접수되었습니다. Request " + str(n),
+        "username": "홍길동",
+    }
 
 
 @dataclass
@@ -132,8 +159,9 @@ class Submitted:
     errors: list[str] = field(default_factory=list)
 
 
-async def submit_all(url: str, bodies: list[dict[str, str]], *, concurrency: int = 64,
-                     key_prefix: str = "bench") -> Submitted:
+async def submit_all(
+    url: str, bodies: list[dict[str, str]], *, concurrency: int = 64, key_prefix: str = "bench"
+) -> Submitted:
     """POST every body with `concurrency` requests in flight; an Idempotency-Key per body."""
     task_ids: list[str | None] = [None] * len(bodies)
     errors: list[str] = []
@@ -149,7 +177,7 @@ async def submit_all(url: str, bodies: list[dict[str, str]], *, concurrency: int
                         task_ids[i] = document["task_id"]
                     else:
                         errors.append(f"{r.status} {document}")
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
 
     started = time.time()
@@ -171,14 +199,14 @@ async def fetch_results(url: str, task_ids: list[str], *, concurrency: int = 32)
                 documents[i] = await r.json()
 
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
         await asyncio.gather(*(lane(session) for _ in range(concurrency)))
     return documents
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float, what: str,
-                     interval: float = 0.05) -> None:
+async def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
     """Poll `condition` until it holds; raise TimeoutError naming `what` after `timeout`."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -187,8 +215,7 @@ async def wait_until(condition: Callable[[], bool], timeout: float, what: str,
         await asyncio.sleep(interval)
 
 
-async def wait_until_async(condition: Callable[[], Awaitable[bool]], timeout: float,
-                           what: str) -> None:
+async def wait_until_async(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
     """`wait_until` for a condition that must ask something over the network."""
     deadline = time.monotonic() + timeout
     while not await condition():
@@ -197,9 +224,13 @@ async def wait_until_async(condition: Callable[[], Awaitable[bool]], timeout: fl
         await asyncio.sleep(0.05)
 
 
-async def wait_for_results(url: str, task_ids: list[str], *, timeout: float,
-                           done: Callable[[dict[str, Any]], bool] | None = None,
-                           ) -> list[dict[str, Any]]:
+async def wait_for_results(
+    url: str,
+    task_ids: list[str],
+    *,
+    timeout: float,
+    done: Callable[[dict[str, Any]], bool] | None = None,
+) -> list[dict[str, Any]]:
     """Fetch the results until every one is terminal (or `done`), bounded by `timeout`."""
     done = done or (lambda doc: doc.get("status") in ("success", "failed"))
     deadline = time.monotonic() + timeout
@@ -243,10 +274,14 @@ def print_table(title: str, rows: list[Row], command: str) -> None:
     print("| figure | value | baseline | ratio | goal |")
     print("|---|---:|---|---:|---|")
     for row in rows:
-        baseline = (f"{_fmt(row.baseline)} {row.unit} ({row.baseline_name})"
-                    if row.baseline is not None else row.baseline_name or "-")
-        print(f"| {row.figure} | {_fmt(row.value)} {row.unit} | {baseline} | {row.ratio} "
-              f"| {row.goal or '-'} |")
+        baseline = (
+            f"{_fmt(row.baseline)} {row.unit} ({row.baseline_name})"
+            if row.baseline is not None
+            else row.baseline_name or "-"
+        )
+        print(
+            f"| {row.figure} | {_fmt(row.value)} {row.unit} | {baseline} | {row.ratio} | {row.goal or '-'} |"
+        )
     print(f"\ncommand: `{command}`")
 
 

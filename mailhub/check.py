@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 import aiosmtplib
 from redis.exceptions import RedisError
 
-from .redis_client import connect
-from .settings import Settings
-from .smtp_pool import close_now
+from mailhub.delivery.smtp_pool import close_now
+from mailhub.settings import Settings
+from mailhub.store.redis_client import connect
 
 #: The longest a check waits for any one reply: a wrong TLS mode shows as silence.
 CHECK_TIMEOUT = 10.0
@@ -56,19 +56,24 @@ async def run_checks(settings: Settings) -> list[Step]:
 async def check_redis(settings: Settings) -> Step:
     """PING the configured Redis, or note that an embedded one will be started."""
     if not settings.redis_url:
-        return Step("Redis", Outcome.OK,
-                    f"REDIS_URL is not set: `python run.py` starts an embedded Valkey in "
-                    f"{settings.data_dir}/valkey",
-                    "separate `web` and `worker` processes need a shared REDIS_URL")
+        return Step(
+            "Redis",
+            Outcome.OK,
+            f"REDIS_URL is not set: `python run.py` starts an embedded Valkey in {settings.data_dir}/valkey",
+            "separate `web` and `worker` processes need a shared REDIS_URL",
+        )
     redis = connect(settings.redis_url)
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
             await redis.ping()
             info = await redis.info("server")
     except (RedisError, OSError, TimeoutError) as exc:
-        return Step("Redis", Outcome.FAIL, f"{_safe_url(settings.redis_url)}: {exc}",
-                    "is Redis running and reachable? REDIS_URL looks like "
-                    "redis://[:password@]host:6379/0")
+        return Step(
+            "Redis",
+            Outcome.FAIL,
+            f"{_safe_url(settings.redis_url)}: {exc}",
+            "is Redis running and reachable? REDIS_URL looks like redis://[:password@]host:6379/0",
+        )
     finally:
         await redis.aclose()
     version = info.get("valkey_version") or info.get("redis_version", "?")
@@ -78,14 +83,24 @@ async def check_redis(settings: Settings) -> Step:
 async def check_smtp(settings: Settings) -> list[Step]:
     """Connect, secure, log in and offer a sender, stopping at the first failure."""
     if settings.capture_mode:
-        return [Step("SMTP", Outcome.FAIL, "SMTP_HOST is not set: mail is captured, not delivered",
-                     "set SMTP_HOST, SMTP_PORT, SMTP_USER and SMTP_PASS for your provider")]
+        return [
+            Step(
+                "SMTP",
+                Outcome.FAIL,
+                "SMTP_HOST is not set: mail is captured, not delivered",
+                "set SMTP_HOST, SMTP_PORT, SMTP_USER and SMTP_PASS for your provider",
+            )
+        ]
     steps: list[Step] = []
     settings = replace(settings, smtp_timeout=min(settings.smtp_timeout, CHECK_TIMEOUT))
     # STARTTLS and login are left to the steps, so a failure names its step.
     smtp = aiosmtplib.SMTP(
-        hostname=settings.smtp_host, port=settings.smtp_port, use_tls=settings.smtp_tls == "ssl",
-        start_tls=False, tls_context=ssl.create_default_context(), timeout=settings.smtp_timeout,
+        hostname=settings.smtp_host,
+        port=settings.smtp_port,
+        use_tls=settings.smtp_tls == "ssl",
+        start_tls=False,
+        tls_context=ssl.create_default_context(),
+        timeout=settings.smtp_timeout,
     )
     try:
         for step in (_connect, _secure, _login, _sender):
@@ -110,21 +125,39 @@ async def _secure(smtp: aiosmtplib.SMTP, settings: Settings) -> Step:
     await _try("TLS", smtp.ehlo(), settings)
     if settings.smtp_tls == "none":
         if smtp.supports_extension("starttls"):
-            return Step("TLS", Outcome.WARN, "SMTP_TLS=none: password and mail go unencrypted",
-                        "the server offers STARTTLS: set SMTP_TLS=starttls")
-        return Step("TLS", Outcome.WARN, "SMTP_TLS=none: password and mail go unencrypted",
-                    "use SMTP_TLS=none only with a relay on a trusted network")
+            return Step(
+                "TLS",
+                Outcome.WARN,
+                "SMTP_TLS=none: password and mail go unencrypted",
+                "the server offers STARTTLS: set SMTP_TLS=starttls",
+            )
+        return Step(
+            "TLS",
+            Outcome.WARN,
+            "SMTP_TLS=none: password and mail go unencrypted",
+            "use SMTP_TLS=none only with a relay on a trusted network",
+        )
     if not smtp.supports_extension("starttls"):
-        raise _Stop(Step("TLS", Outcome.FAIL, "the server does not offer STARTTLS",
-                         _tls_mode_hint(settings, wrong="starttls")))
+        raise _Stop(
+            Step(
+                "TLS",
+                Outcome.FAIL,
+                "the server does not offer STARTTLS",
+                _tls_mode_hint(settings, wrong="starttls"),
+            )
+        )
     await _try("TLS", smtp.starttls(), settings)
     return Step("TLS", Outcome.OK, f"STARTTLS, {_tls_version(smtp)}, certificate verified")
 
 
 async def _login(smtp: aiosmtplib.SMTP, settings: Settings) -> Step:
     if not settings.smtp_user:
-        return Step("login", Outcome.WARN, "SMTP_USER is not set: sending without login",
-                    "fine for a relay that trusts this host; providers need SMTP_USER and SMTP_PASS")
+        return Step(
+            "login",
+            Outcome.WARN,
+            "SMTP_USER is not set: sending without login",
+            "fine for a relay that trusts this host; providers need SMTP_USER and SMTP_PASS",
+        )
     await _try("login", smtp.login(settings.smtp_user, settings.smtp_pass), settings)
     return Step("login", Outcome.OK, f"logged in as {settings.smtp_user}")
 
@@ -136,8 +169,9 @@ async def _sender(smtp: aiosmtplib.SMTP, settings: Settings) -> Step:
     return Step("sender", Outcome.OK, f"MAIL FROM {address} accepted (nothing was sent)")
 
 
-async def _try(name: str, call: Awaitable[aiosmtplib.SMTPResponse],
-               settings: Settings) -> aiosmtplib.SMTPResponse:
+async def _try(
+    name: str, call: Awaitable[aiosmtplib.SMTPResponse], settings: Settings
+) -> aiosmtplib.SMTPResponse:
     try:
         return await call
     except (aiosmtplib.SMTPException, OSError) as exc:
@@ -148,8 +182,10 @@ def hint_for(exc: Exception, step: str, settings: Settings) -> str:
     """What most often causes `exc` at `step`, in the owner's terms."""
     cause = exc.__cause__ or exc
     if isinstance(cause, ssl.SSLCertVerificationError):
-        return ("the server's certificate is not trusted here: for a private CA set "
-                "SSL_CERT_FILE=/path/to/ca.pem; check that SMTP_HOST is the name on the certificate")
+        return (
+            "the server's certificate is not trusted here: for a private CA set "
+            "SSL_CERT_FILE=/path/to/ca.pem; check that SMTP_HOST is the name on the certificate"
+        )
     if isinstance(cause, ssl.SSLError):
         return _tls_mode_hint(settings, wrong=settings.smtp_tls)
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
@@ -157,8 +193,10 @@ def hint_for(exc: Exception, step: str, settings: Settings) -> str:
     if isinstance(exc, aiosmtplib.SMTPTimeoutError) and step == "SMTP connect":
         return "no greeting: " + _tls_mode_hint(settings, wrong=settings.smtp_tls)
     if isinstance(exc, aiosmtplib.SMTPConnectError):
-        return (f"nothing answers on {settings.smtp_host}:{settings.smtp_port}: check SMTP_HOST "
-                "and SMTP_PORT (587 for STARTTLS, 465 for implicit TLS) and any firewall")
+        return (
+            f"nothing answers on {settings.smtp_host}:{settings.smtp_port}: check SMTP_HOST "
+            "and SMTP_PORT (587 for STARTTLS, 465 for implicit TLS) and any firewall"
+        )
     if step == "login" and "AUTH" in str(exc):
         if settings.smtp_tls == "none":
             return "servers offer login only over TLS: set SMTP_TLS=starttls (or ssl on port 465)"
@@ -170,8 +208,7 @@ def hint_for(exc: Exception, step: str, settings: Settings) -> str:
 
 def _tls_mode_hint(settings: Settings, *, wrong: str) -> str:
     if wrong == "ssl":
-        return ("the server does not speak TLS at once: port 587 (and 25) use STARTTLS, "
-                "set SMTP_TLS=starttls")
+        return "the server does not speak TLS at once: port 587 (and 25) use STARTTLS, set SMTP_TLS=starttls"
     if settings.smtp_port == 465:
         return "port 465 means implicit TLS: set SMTP_TLS=ssl"
     return "if this port expects TLS at once (usually 465), set SMTP_TLS=ssl; 587 means STARTTLS"
@@ -182,8 +219,7 @@ _LOGIN_HINTS = {
     "2-Step Verification > App passwords), not your account password",
     ("office365.com", "outlook.com"): "Office 365 needs SMTP AUTH enabled for the mailbox, "
     "and an app password if multi-factor sign-in is on",
-    ("amazonaws.com",): "Amazon SES wants SMTP credentials made in the SES console, "
-    "not your AWS access keys",
+    ("amazonaws.com",): "Amazon SES wants SMTP credentials made in the SES console, not your AWS access keys",
     ("mailgun.org",): "Mailgun wants the SMTP credentials of the sending domain",
 }
 

@@ -15,26 +15,29 @@ from dataclasses import replace
 from aiohttp import web
 from pythonjsonlogger.json import JsonFormatter
 
-from . import check, metrics
-from .app import create_runner, create_worker_runner
-from .capture import start_capture_server
-from .embedded_redis import EmbeddedRedis
-from .errors import SettingsError
-from .redis_client import connect
-from .sender import SmtpSender
-from .settings import Settings, load_settings
-from .tasks import TaskStore
-from .worker import Worker
+from mailhub import check, metrics
+from mailhub.delivery.capture import start_capture_server
+from mailhub.delivery.sender import SmtpSender
+from mailhub.delivery.worker import Worker
+from mailhub.errors import SettingsError
+from mailhub.settings import Settings, load_settings
+from mailhub.store.embedded_valkey import EmbeddedRedis
+from mailhub.store.redis_client import connect
+from mailhub.store.tasks import TaskStore
+from mailhub.web.app import create_runner, create_worker_runner
 
 logger = logging.getLogger("mailhub")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mailhub", description=__doc__)
-    parser.add_argument("command", nargs="?", default="all",
-                        choices=["all", "web", "worker", "check"],
-                        help="all: web and worker in one process (default); "
-                             "check: try the Redis and SMTP settings")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="all",
+        choices=["all", "web", "worker", "check"],
+        help="all: web and worker in one process (default); check: try the Redis and SMTP settings",
+    )
     parser.add_argument("--host", help="address to listen on (default: HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default: PORT or 8000)")
     return parser.parse_args(argv)
@@ -43,8 +46,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler()
     if settings.log_format == "json":
-        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
-                                           rename_fields={"levelname": "level", "name": "logger"}))
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"levelname": "level", "name": "logger"},
+            )
+        )
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=settings.log_level, handlers=[handler])
@@ -65,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings)
     run_web, run_worker = args.command in ("all", "web"), args.command in ("all", "worker")
     if not settings.redis_url and args.command != "all":
-        print("mailhub: REDIS_URL is missing: separate web and worker processes must share "
-              "one Redis (the embedded one serves the all-in-one run only)", file=sys.stderr)
+        print(
+            "mailhub: REDIS_URL is missing: separate web and worker processes must share "
+            "one Redis (the embedded one serves the all-in-one run only)",
+            file=sys.stderr,
+        )
         return 2
     try:
         asyncio.run(serve(settings, web_app=run_web, worker=run_worker))
@@ -86,12 +96,21 @@ async def serve(settings: Settings, *, web_app: bool, worker: bool) -> None:
         if worker:
             await stack.enter_async_context(_running_worker(settings))
             if settings.metrics_port and not web_app:
-                await stack.enter_async_context(_serving(
-                    create_worker_runner(settings), settings.host, settings.metrics_port,
-                    "worker", " (/healthz, /readyz, /metrics)"))
+                await stack.enter_async_context(
+                    _serving(
+                        create_worker_runner(settings),
+                        settings.host,
+                        settings.metrics_port,
+                        "worker",
+                        " (/healthz, /readyz, /metrics)",
+                    )
+                )
         if web_app:
-            await stack.enter_async_context(_serving(
-                create_runner(settings), settings.host, settings.port, "mailhub", " (API docs at /docs)"))
+            await stack.enter_async_context(
+                _serving(
+                    create_runner(settings), settings.host, settings.port, "mailhub", " (API docs at /docs)"
+                )
+            )
         _tune_garbage_collector()
         await _stop_requested()
         logger.info("stopping")
@@ -119,8 +138,7 @@ async def _stop_requested() -> None:
 
 
 @contextlib.asynccontextmanager
-async def _serving(runner: web.AppRunner, host: str, port: int, name: str,
-                   note: str) -> AsyncIterator[None]:
+async def _serving(runner: web.AppRunner, host: str, port: int, name: str, note: str) -> AsyncIterator[None]:
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     logger.info("%s listening on http://%s:%d%s", name, host, port, note)
@@ -138,14 +156,20 @@ async def _running_worker(settings: Settings) -> AsyncIterator[None]:
             server = await start_capture_server(redis)
             port = server.sockets[0].getsockname()[1]
             settings = replace(settings, smtp_host="127.0.0.1", smtp_port=port, smtp_tls="none")
-            logger.warning("CAPTURE MODE: SMTP_HOST is not set, so mail is captured on port %d "
-                           "and NOT delivered; see /dev/inbox", port)
+            logger.warning(
+                "CAPTURE MODE: SMTP_HOST is not set, so mail is captured on port %d "
+                "and NOT delivered; see /dev/inbox",
+                port,
+            )
         sender = SmtpSender(settings)
         metrics.watch_pool(sender.pool)
         worker = Worker(
-            TaskStore.from_settings(redis, settings), sender,
-            concurrency=settings.worker_concurrency, claim_timeout=settings.claim_timeout,
-            retry_base_delay=settings.retry_base_delay, retry_max_delay=settings.retry_max_delay,
+            TaskStore.from_settings(redis, settings),
+            sender,
+            concurrency=settings.worker_concurrency,
+            claim_timeout=settings.claim_timeout,
+            retry_base_delay=settings.retry_base_delay,
+            retry_max_delay=settings.retry_max_delay,
             recheck_interval=settings.smtp_recheck_interval,
         )
         try:

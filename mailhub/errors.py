@@ -1,21 +1,21 @@
 """The exceptions mailhub raises on purpose.
 
-    MailhubError
-     ├── SettingsError          a setting is missing or invalid; start-up stops
-     ├── ApiError               a request is refused; the web layer answers JSON
-     │    ├── InvalidRequest    400: not JSON, not UTF-8, bad header
-     │    ├── Unauthorized      401: API key missing or wrong
-     │    ├── RecipientRefused  403: address outside ALLOWED_RECIPIENTS
-     │    ├── TaskNotFound      404: unknown or expired task id
-     │    ├── IdempotencyConflict 409: key reused with another body
-     │    ├── ValidationFailed  422: per-field messages
-     │    ├── RateLimited       429: too many submits from one client
-     │    └── ServiceUnavailable 503: Redis is unreachable
-     └── DeliveryError          one SMTP attempt failed
-          ├── TransientFailure  try again later (4xx, connection trouble)
-          ├── PermanentFailure  the mail can never go (5xx)
-          └── ConfigurationFailure  the owner's setup is wrong (login, TLS);
-                                    no mail can go until it is fixed
+MailhubError
+ ├── SettingsError          a setting is missing or invalid; start-up stops
+ ├── ApiError               a request is refused; the web layer answers JSON
+ │    ├── InvalidRequest    400: not JSON, not UTF-8, bad header
+ │    ├── Unauthorized      401: API key missing or wrong
+ │    ├── RecipientRefused  403: address outside ALLOWED_RECIPIENTS
+ │    ├── TaskNotFound      404: unknown or expired task id
+ │    ├── IdempotencyConflict 409: key reused with another body
+ │    ├── ValidationFailed  422: per-field messages
+ │    ├── RateLimited       429: too many submits from one client
+ │    └── ServiceUnavailable 503: Redis is unreachable
+ └── DeliveryError          one SMTP attempt failed
+      ├── TransientFailure  try again later (4xx, connection trouble)
+      ├── PermanentFailure  the mail can never go (5xx)
+      └── ConfigurationFailure  the owner's setup is wrong (login, TLS);
+                                no mail can go until it is fixed
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ class ApiError(MailhubError):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, fields: dict[str, list[str]] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, fields: dict[str, list[str]] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.fields = fields

@@ -12,7 +12,7 @@ import time
 from prometheus_client import Counter, Gauge, Histogram
 from redis.asyncio import Redis
 
-from . import keys
+from mailhub.store import keys
 
 SUBMISSIONS = Counter(
     "mailhub_submissions_total",
@@ -26,15 +26,14 @@ MAILS = Counter(
     ["outcome"],
 )
 ATTEMPT_SECONDS = Histogram(
-    "mailhub_attempt_duration_seconds", "Time of one SMTP delivery attempt.",
+    "mailhub_attempt_duration_seconds",
+    "Time of one SMTP delivery attempt.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 QUEUE_DEPTH = Gauge("mailhub_queue_depth", "Tasks waiting for an attempt.", ["where"])
-OLDEST_QUEUED_SECONDS = Gauge(
-    "mailhub_oldest_queued_seconds", "Age of the oldest entry on the queue stream.")
+OLDEST_QUEUED_SECONDS = Gauge("mailhub_oldest_queued_seconds", "Age of the oldest entry on the queue stream.")
 SUBSCRIBERS = Gauge("mailhub_stream_subscribers", "Open SSE and WebSocket task subscriptions.")
-SMTP_PAUSED = Gauge(
-    "mailhub_smtp_paused", "1 while a login or TLS failure pauses sending in this worker.")
+SMTP_PAUSED = Gauge("mailhub_smtp_paused", "1 while a login or TLS failure pauses sending in this worker.")
 SMTP_CONNECTIONS = Gauge("mailhub_smtp_connections", "Pooled SMTP connections.", ["state"])
 
 

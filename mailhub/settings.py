@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 from limits import parse_many
 
-from .errors import SettingsError
+from mailhub.errors import SettingsError
 
 T = TypeVar("T")
 
@@ -85,9 +85,7 @@ class Settings:
         return not self.smtp_host
 
 
-def load_settings(
-    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
-) -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
     """Build `Settings` from `environ` (default: os.environ), then `env_file`."""
     env = dict(os.environ if environ is None else environ)
     if env_file is not None and Path(env_file).is_file():
@@ -182,10 +180,13 @@ def _check_abuse_settings(settings: Settings) -> None:
         raise SettingsError(
             "ALLOWED_RECIPIENTS is empty: with a real SMTP server anyone could send mail "
             "through your account; list the addresses or @domains mail may go to "
-            "(or set ALLOWED_RECIPIENTS=* together with API_KEYS)")
+            "(or set ALLOWED_RECIPIENTS=* together with API_KEYS)"
+        )
     if "*" in settings.allowed_recipients and not settings.api_keys:
-        raise SettingsError("ALLOWED_RECIPIENTS=* lets a submit reach any address, so API_KEYS "
-                            "must be set: every submit then needs one")
+        raise SettingsError(
+            "ALLOWED_RECIPIENTS=* lets a submit reach any address, so API_KEYS "
+            "must be set: every submit then needs one"
+        )
 
 
 def _parse(env: _Reader) -> Settings:
@@ -225,8 +226,7 @@ def _parse(env: _Reader) -> Settings:
         demo_recipient=env.get("DEMO_RECIPIENT", _address, d.demo_recipient),
         log_format=env.get("LOG_FORMAT", _choice("text", "json"), d.log_format),
         max_queue_age=env.get("MAX_QUEUE_AGE", _positive(int), d.max_queue_age),
-        smtp_recheck_interval=env.get("SMTP_RECHECK_INTERVAL", _positive(float),
-                                      d.smtp_recheck_interval),
+        smtp_recheck_interval=env.get("SMTP_RECHECK_INTERVAL", _positive(float), d.smtp_recheck_interval),
         allowed_recipients=env.get("ALLOWED_RECIPIENTS", _list(_recipient), ()),
         api_keys=env.get("API_KEYS", _list(str), ()),
         rate_limit=env.get("RATE_LIMIT", _rate_limit, d.rate_limit),
@@ -237,6 +237,8 @@ def _parse(env: _Reader) -> Settings:
     _check_abuse_settings(settings)
     # A send can take SMTP_TIMEOUT, plus as long again to reset a refused transaction.
     if settings.claim_timeout < 2 * settings.smtp_timeout:
-        raise SettingsError("CLAIM_TIMEOUT must be at least twice SMTP_TIMEOUT, or a slow send "
-                            "is taken over by another worker while it is still running")
+        raise SettingsError(
+            "CLAIM_TIMEOUT must be at least twice SMTP_TIMEOUT, or a slow send "
+            "is taken over by another worker while it is still running"
+        )
     return settings

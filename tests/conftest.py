@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from mailhub.app import create_app
-from mailhub.embedded_redis import EmbeddedRedis
-from mailhub.redis_client import connect
-from mailhub.sender import SmtpSender
+from mailhub.delivery.sender import SmtpSender
+from mailhub.delivery.worker import Worker
 from mailhub.settings import Settings
-from mailhub.tasks import TaskStore
-from mailhub.worker import Worker
+from mailhub.store.embedded_valkey import EmbeddedRedis
+from mailhub.store.redis_client import connect
+from mailhub.store.tasks import TaskStore
+from mailhub.web.app import create_app
 from tests.smtp_server import SmtpServer, TlsMaterial, make_tls_material
 
 SMTP_USER, SMTP_PASS = "mailhub", "secret"
@@ -67,10 +67,17 @@ def settings(valkey: EmbeddedRedis, smtp: SmtpServer) -> Settings:
 def settings_for(smtp: SmtpServer, **overrides: Any) -> Settings:
     """Settings that deliver to `smtp`, with quick retries for tests."""
     values: dict[str, Any] = dict(
-        smtp_host=smtp.host, smtp_port=smtp.port, smtp_tls=smtp.tls,
-        smtp_user=smtp.user or "", smtp_pass=smtp.password or "",
-        mail_from="Site <noreply@example.com>", retry_base_delay=0.02, retry_max_delay=0.1,
-        smtp_timeout=5.0, allowed_recipients=("*",), rate_limit="off",
+        smtp_host=smtp.host,
+        smtp_port=smtp.port,
+        smtp_tls=smtp.tls,
+        smtp_user=smtp.user or "",
+        smtp_pass=smtp.password or "",
+        mail_from="Site <noreply@example.com>",
+        retry_base_delay=0.02,
+        retry_max_delay=0.1,
+        smtp_timeout=5.0,
+        allowed_recipients=("*",),
+        rate_limit="off",
     )
     values.update(overrides)
     return Settings(**values)
@@ -84,9 +91,15 @@ def store(redis: Redis, settings: Settings) -> TaskStore:
 @asynccontextmanager
 async def running_worker(store: TaskStore, settings: Settings, **options: Any) -> AsyncIterator[Worker]:
     sender = SmtpSender(settings)
-    worker = Worker(store, sender, concurrency=options.pop("concurrency", 8),
-                    retry_base_delay=settings.retry_base_delay,
-                    retry_max_delay=settings.retry_max_delay, poll_interval=0.01, **options)
+    worker = Worker(
+        store,
+        sender,
+        concurrency=options.pop("concurrency", 8),
+        retry_base_delay=settings.retry_base_delay,
+        retry_max_delay=settings.retry_max_delay,
+        poll_interval=0.01,
+        **options,
+    )
     try:
         async with worker.running(grace=5.0):
             yield worker
@@ -105,8 +118,13 @@ async def client(aiohttp_client: Any, settings: Settings) -> Any:
     return await aiohttp_client(create_app(settings))
 
 
-async def wait_for_result(store: TaskStore, task_id: str, *, timeout: float = 10.0,
-                          statuses: tuple[str, ...] = ("success", "failed")) -> dict[str, Any]:
+async def wait_for_result(
+    store: TaskStore,
+    task_id: str,
+    *,
+    timeout: float = 10.0,
+    statuses: tuple[str, ...] = ("success", "failed"),
+) -> dict[str, Any]:
     """Poll the task's result document until its status is one of `statuses`."""
     deadline = time.monotonic() + timeout
     while True:

@@ -11,11 +11,10 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from mailhub import keys
-from mailhub.tasks import Attempt, EmailRequest, QueueEntry, TaskStore
+from mailhub.store import keys
+from mailhub.store.tasks import Attempt, EmailRequest, QueueEntry, TaskStore
 
-REQUEST = EmailRequest(to="user@example.com", subject="Hello", body="Hi {username}!",
-                       username="Kim")
+REQUEST = EmailRequest(to="user@example.com", subject="Hello", body="Hi {username}!", username="Kim")
 
 
 async def until(condition: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
@@ -43,8 +42,9 @@ class TaskDriver:
     async def begin_attempt(self) -> Attempt:
         """The next attempt starts (event attempt)."""
         await self.store.promote_due_retries()
-        reply = await self.store.redis.xreadgroup(keys.WORKERS_GROUP, "driver",
-                                                  {keys.QUEUE: ">"}, count=1, block=1000)
+        reply = await self.store.redis.xreadgroup(
+            keys.WORKERS_GROUP, "driver", {keys.QUEUE: ">"}, count=1, block=1000
+        )
         [(_, [(entry_id, fields)])] = reply
         assert fields["task_id"] == self.task_id
         attempt = await self.store.begin_attempt(QueueEntry(entry_id, self.task_id))

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from mailhub import appkeys
-from mailhub.app import create_runner
-from mailhub.embedded_redis import free_port
-from mailhub.events import EventHub
+from mailhub.live.events import EventHub
 from mailhub.settings import Settings
+from mailhub.store.embedded_valkey import free_port
+from mailhub.web import appkeys
+from mailhub.web.app import create_runner
 
 
 @dataclass

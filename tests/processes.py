@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mailhub.embedded_redis import free_port
+from mailhub.store.embedded_valkey import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Settings a developer's shell might carry; a test process starts without them.
@@ -34,7 +34,10 @@ class MailhubProcess:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, str(ROOT / "run.py"), *args, "--port", str(self.port)],
-                cwd=cwd, env=clean_env(**env), stdout=log, stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=clean_env(**env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
 
     @property

@@ -109,9 +109,7 @@ class RecordingHandler:
         self.require_auth = False
         self.lock = threading.Lock()
 
-    async def wait_for_count(
-        self, n: int, timeout: float = 10.0, *, dropped: bool = False
-    ) -> list[Captured]:
+    async def wait_for_count(self, n: int, timeout: float = 10.0, *, dropped: bool = False) -> list[Captured]:
         """Poll every 10 ms until ``messages`` (or ``dropped``) has >= n items;
         return a snapshot, or raise ``TimeoutError`` after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
@@ -176,10 +174,16 @@ class SmtpServer(Controller):
     """
 
     def __init__(
-        self, tls_material: TlsMaterial | None = None, *, tls: TlsMode = "starttls",
-        user: str | None = "mailhub", password: str | None = "secret",
-        starttls_offered: bool = True, auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN"),
-        handler: RecordingHandler | None = None, ready_timeout: float = 10.0,
+        self,
+        tls_material: TlsMaterial | None = None,
+        *,
+        tls: TlsMode = "starttls",
+        user: str | None = "mailhub",
+        password: str | None = "secret",
+        starttls_offered: bool = True,
+        auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN"),
+        handler: RecordingHandler | None = None,
+        ready_timeout: float = 10.0,
     ) -> None:
         if tls != "none" and tls_material is None:
             raise ValueError(f"tls={tls!r} needs tls_material")
@@ -191,13 +195,20 @@ class SmtpServer(Controller):
         self._connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
         starttls = tls == "starttls" and starttls_offered
         ctx = tls_material.server_context() if tls_material else None
-        kwargs: dict[str, Any] = {"ssl_context": ctx} if tls == "ssl" else (
-            {"tls_context": ctx, "require_starttls": True} if starttls else {})
+        kwargs: dict[str, Any] = (
+            {"ssl_context": ctx}
+            if tls == "ssl"
+            else ({"tls_context": ctx, "require_starttls": True} if starttls else {})
+        )
         # aiosmtpd counts only STARTTLS as TLS (so auth_require_tls=False for "ssl");
         # auth_required would warn then, so handle_MAIL enforces AUTH instead.
         super().__init__(
-            self.handler, hostname=self.host, port=0, ready_timeout=ready_timeout,
-            server_hostname="localhost", authenticator=self._authenticate,
+            self.handler,
+            hostname=self.host,
+            port=0,
+            ready_timeout=ready_timeout,
+            server_hostname="localhost",
+            authenticator=self._authenticate,
             auth_require_tls=starttls,
             auth_exclude_mechanism=[m for m in ("PLAIN", "LOGIN") if m not in auth_mechanisms],
             **kwargs,

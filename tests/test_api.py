@@ -7,13 +7,17 @@ import uuid
 
 import pytest
 
-from mailhub import keys
+from mailhub.store import keys
 from tests.conftest import wait_for_result
 
 SUBMIT = "/api/v1/email/received"
 RESULT = "/api/v1/email/result"
-EXAMPLE = {"to": "user@example.com", "subject": "Hello", "body": "{username}님 안녕하세요!",
-           "username": "홍길동"}
+EXAMPLE = {
+    "to": "user@example.com",
+    "subject": "Hello",
+    "body": "{username}님 안녕하세요!",
+    "username": "홍길동",
+}
 
 
 async def test_submit_answers_task_id_and_queued(client, redis):
@@ -64,8 +68,9 @@ async def test_unknown_task_is_404_json(client):
     assert (await response.json())["error"]["code"] == "not_found"
 
 
-@pytest.mark.parametrize("query", [{}, {"task_id": ""}, {"task_id": "nope"},
-                                   {"task_id": "x" * 1000}, {"task_id": "1' OR '1'='1"}])
+@pytest.mark.parametrize(
+    "query", [{}, {"task_id": ""}, {"task_id": "nope"}, {"task_id": "x" * 1000}, {"task_id": "1' OR '1'='1"}]
+)
 async def test_missing_or_malformed_task_id_is_422(client, query):
     response = await client.get(RESULT, params=query)
     assert response.status == 422
@@ -88,16 +93,15 @@ async def test_not_utf8_is_400(client):
 
 
 async def test_deeply_nested_json_is_400_not_500(client):
-    response = await client.post(SUBMIT, data=b"[" * 100_000,
-                                 headers={"Content-Type": "application/json"})
+    response = await client.post(SUBMIT, data=b"[" * 100_000, headers={"Content-Type": "application/json"})
     assert response.status == 400
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x"])
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+)
 async def test_wrong_content_type_is_415(client, content_type):
-    response = await client.post(SUBMIT, data=json.dumps(EXAMPLE),
-                                 headers={"Content-Type": content_type})
+    response = await client.post(SUBMIT, data=json.dumps(EXAMPLE), headers={"Content-Type": content_type})
     assert response.status == 415
     assert (await response.json())["error"]["code"] == "unsupported_media_type"
 
@@ -149,8 +153,9 @@ async def test_missing_required_field_is_422(client, missing):
 
 @pytest.mark.parametrize("payload", [[], "text", 42, None, {"unknown": 1, **EXAMPLE}])
 async def test_wrong_json_shape_is_422(client, payload):
-    response = await client.post(SUBMIT, data=json.dumps(payload),
-                                 headers={"Content-Type": "application/json"})
+    response = await client.post(
+        SUBMIT, data=json.dumps(payload), headers={"Content-Type": "application/json"}
+    )
     assert response.status == 422
 
 

@@ -8,9 +8,9 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from mailhub.batching import ScriptBatcher
-from mailhub.embedded_redis import free_port
-from mailhub.redis_client import connect
+from mailhub.store.batching import ScriptBatcher
+from mailhub.store.embedded_valkey import free_port
+from mailhub.store.redis_client import connect
 
 #: Echoes its argument after counting the call; refuses "bad".
 ECHO = """
@@ -38,8 +38,9 @@ async def test_concurrent_calls_each_get_their_own_reply_over_one_connection(val
 async def test_a_refused_call_fails_alone(redis):
     batcher = ScriptBatcher(redis)
     echo = redis.register_script(ECHO)
-    replies = await asyncio.gather(*(batcher.run(echo, ["calls"], [word])
-                                     for word in ("a", "bad", "c")), return_exceptions=True)
+    replies = await asyncio.gather(
+        *(batcher.run(echo, ["calls"], [word]) for word in ("a", "bad", "c")), return_exceptions=True
+    )
     assert replies[0] == "a" and replies[2] == "c"
     assert isinstance(replies[1], ResponseError) and "refused bad" in str(replies[1])
 
@@ -58,8 +59,9 @@ async def test_every_caller_gets_the_connection_error():
     try:
         batcher = ScriptBatcher(client)
         echo = client.register_script(ECHO)
-        replies = await asyncio.gather(*(batcher.run(echo, ["calls"], ["x"]) for _ in range(3)),
-                                       return_exceptions=True)
+        replies = await asyncio.gather(
+            *(batcher.run(echo, ["calls"], ["x"]) for _ in range(3)), return_exceptions=True
+        )
         assert all(isinstance(reply, RedisConnectionError) for reply in replies)
         assert len({id(reply) for reply in replies}) == 3  # each its own traceback
     finally:

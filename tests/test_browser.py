@@ -20,9 +20,15 @@ from tests.smtp_server import Fault
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync",
-                 "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
 ARTIFACTS = ROOT / "test-artifacts"
 #: Generous for a loaded CI machine; the events themselves take milliseconds.
 WAIT_MS = 10_000
@@ -32,7 +38,8 @@ WAIT_MS = 10_000
 async def browser() -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
         chromium = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
         try:
             yield chromium
         finally:
@@ -77,17 +84,24 @@ async def test_the_form_shows_a_retried_delivery_live(page, site, store, setting
     await expect(page.locator("input[name=to]")).to_have_value("owner@example.com")
     await page.locator("form button[type=submit]").click()
     # The worker starts once the page listens, so every transition is seen live.
-    await until(lambda: site.hub.subscription_count == 1, timeout=WAIT_MS / 1000,
-                what="the page's EventSource")
+    await until(
+        lambda: site.hub.subscription_count == 1, timeout=WAIT_MS / 1000, what="the page's EventSource"
+    )
     status = page.get_by_role("status")
     async with running_worker(store, settings):
         await expect(status.locator(".event-success")).to_contain_text(
-            "Delivered to owner@example.com on attempt 2", timeout=WAIT_MS)
+            "Delivered to owner@example.com on attempt 2", timeout=WAIT_MS
+        )
     await expect(status).to_have_attribute("aria-live", "polite")
-    await expect(status.locator("li > span")).to_have_text([
-        "Queued for owner@example.com", "Attempt 1: sending…",
-        re.compile(r"^Attempt 1 failed \(451 4\.7\.1 try again later\); retry scheduled in "),
-        "Attempt 2: sending…", "Delivered to owner@example.com on attempt 2"])
+    await expect(status.locator("li > span")).to_have_text(
+        [
+            "Queued for owner@example.com",
+            "Attempt 1: sending…",
+            re.compile(r"^Attempt 1 failed \(451 4\.7\.1 try again later\); retry scheduled in "),
+            "Attempt 2: sending…",
+            "Delivered to owner@example.com on attempt 2",
+        ]
+    )
     await expect(page.locator("#mode")).to_have_text("Live updates from the server.")
     await screenshot(page, "demo-form-delivered.png")
     [mail] = await smtp.handler.wait_for_count(1)
@@ -132,7 +146,8 @@ async def test_a_field_error_shows_next_to_its_field(page, site):
 
 @pytest.mark.parametrize("breakage", ["no EventSource", "stream fails"])
 async def test_without_live_updates_polling_still_reaches_the_result(
-        page, site, store, settings, smtp, breakage):
+    page, site, store, settings, smtp, breakage
+):
     if breakage == "no EventSource":
         await page.add_init_script("delete window.EventSource;")
         said = "not available in this browser"
@@ -152,7 +167,8 @@ async def test_without_live_updates_polling_still_reaches_the_result(
 
 
 async def test_zero_config_run_shows_delivery_within_2_seconds_and_the_inbox_has_it(
-        browser: Browser, tmp_path: Path):
+    browser: Browser, tmp_path: Path
+):
     with MailhubProcess(cwd=tmp_path, env={}) as server:
         page = await browser.new_page()
         await page.goto(server.url + "/")
@@ -160,8 +176,7 @@ async def test_zero_config_run_shows_delivery_within_2_seconds_and_the_inbox_has
         await expect(page.locator("#capture-note")).to_be_visible()
         started = time.monotonic()
         await page.locator("form button[type=submit]").click()
-        await expect(page.get_by_role("status").locator(".event-success")).to_be_visible(
-            timeout=2000)
+        await expect(page.get_by_role("status").locator(".event-success")).to_be_visible(timeout=2000)
         elapsed = time.monotonic() - started
         assert elapsed < 2.0, f"delivered state shown after {elapsed:.2f}s"
         await page.locator("#inbox-link").click()

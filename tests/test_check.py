@@ -12,8 +12,8 @@ import aiosmtplib
 import pytest
 
 from mailhub.check import Outcome, Step, hint_for, report, run_checks
-from mailhub.embedded_redis import free_port
 from mailhub.settings import Settings
+from mailhub.store.embedded_valkey import free_port
 from tests.conftest import settings_for
 from tests.processes import ROOT, clean_env
 from tests.smtp_server import SmtpServer
@@ -46,9 +46,14 @@ async def test_wrong_password_fails_the_login_step(settings, smtp):
     assert report(steps, io.StringIO()) == 1
 
 
-@pytest.mark.parametrize(("host", "words"), [("smtp.gmail.com", "app password"),
-                                             ("smtp.office365.com", "SMTP AUTH enabled"),
-                                             ("mail.example.net", "SMTP_USER and SMTP_PASS")])
+@pytest.mark.parametrize(
+    ("host", "words"),
+    [
+        ("smtp.gmail.com", "app password"),
+        ("smtp.office365.com", "SMTP AUTH enabled"),
+        ("mail.example.net", "SMTP_USER and SMTP_PASS"),
+    ],
+)
 def test_a_refused_login_gets_the_provider_hint(host, words):
     settings = Settings(smtp_host=host, smtp_user="me@example.com", smtp_pass="pw")
     refused = aiosmtplib.SMTPAuthenticationError(535, "5.7.8 Username and Password not accepted")
@@ -62,11 +67,9 @@ async def test_implicit_tls_against_a_starttls_server_says_use_starttls(settings
     assert "SMTP_TLS=starttls" in failed.hint
 
 
-async def test_starttls_against_an_implicit_tls_server_says_use_ssl(valkey, tls_material,
-                                                                    trust_test_ca):
+async def test_starttls_against_an_implicit_tls_server_says_use_ssl(valkey, tls_material, trust_test_ca):
     with SmtpServer(tls_material, tls="ssl", user="u", password="p") as server:
-        settings = settings_for(server, redis_url=valkey.url, smtp_tls="starttls",
-                                smtp_timeout=1.0)
+        settings = settings_for(server, redis_url=valkey.url, smtp_tls="starttls", smtp_timeout=1.0)
         failed = failure(await run_checks(settings))
         # One loop turn closes the client socket; until then the server's stop()
         # would wait for the TLS handshake it is still expecting.
@@ -83,19 +86,30 @@ async def test_an_untrusted_certificate_points_at_ssl_cert_file(settings, smtp, 
 
 
 async def test_unreachable_redis_and_missing_smtp_host_fail(settings):
-    steps = await run_checks(replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0",
-                                     smtp_host=""))
+    steps = await run_checks(replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0", smtp_host=""))
     assert outcomes(steps) == {"Redis": Outcome.FAIL, "SMTP": Outcome.FAIL}
     assert "SMTP_HOST" in steps[1].hint
 
 
 @pytest.mark.parametrize(("password", "code"), [("secret", 0), ("wrong", 1)])
 def test_run_py_check_exit_code(tmp_path, valkey, smtp, password, code):
-    env = clean_env(REDIS_URL=valkey.url, SMTP_HOST=smtp.host, SMTP_PORT=str(smtp.port),
-                    SMTP_USER=smtp.user or "", SMTP_PASS=password,
-                    SSL_CERT_FILE=str(smtp.ca_file), MAIL_FROM="noreply@example.com",
-                    ALLOWED_RECIPIENTS="@example.com")
-    done = subprocess.run([sys.executable, str(ROOT / "run.py"), "check"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = clean_env(
+        REDIS_URL=valkey.url,
+        SMTP_HOST=smtp.host,
+        SMTP_PORT=str(smtp.port),
+        SMTP_USER=smtp.user or "",
+        SMTP_PASS=password,
+        SSL_CERT_FILE=str(smtp.ca_file),
+        MAIL_FROM="noreply@example.com",
+        ALLOWED_RECIPIENTS="@example.com",
+    )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "check"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == code, done.stdout + done.stderr
     assert ("All checks passed." if code == 0 else "FAIL  login") in done.stdout

@@ -11,15 +11,18 @@ import time
 import aiohttp
 import pytest
 
-from mailhub.embedded_redis import is_running
+from mailhub.store.embedded_valkey import is_running
 from tests.processes import ROOT, MailhubProcess, clean_env
 
-EXAMPLE = {"to": "user@example.com", "subject": "Hello", "body": "{username}님 안녕하세요!",
-           "username": "홍길동"}
+EXAMPLE = {
+    "to": "user@example.com",
+    "subject": "Hello",
+    "body": "{username}님 안녕하세요!",
+    "username": "홍길동",
+}
 
 
-async def _poll_result(session: aiohttp.ClientSession, base: str, task_id: str,
-                       timeout: float) -> dict:
+async def _poll_result(session: aiohttp.ClientSession, base: str, task_id: str, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         async with session.get(f"{base}/api/v1/email/result", params={"task_id": task_id}) as r:
@@ -31,8 +34,9 @@ async def _poll_result(session: aiohttp.ClientSession, base: str, task_id: str,
 
 
 def _valkey_children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(pid)],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ps", "-o", "pid=,comm=", "--ppid", str(pid)], capture_output=True, text=True
+    ).stdout
     return [int(line.split()[0]) for line in out.splitlines() if "valkey" in line]
 
 
@@ -59,13 +63,23 @@ async def test_zero_config_run_delivers_to_the_dev_inbox(tmp_path):
 
 
 async def test_split_web_and_two_workers_share_one_redis(tmp_path, valkey, redis, smtp):
-    env = {"REDIS_URL": valkey.url, "SMTP_HOST": smtp.host, "SMTP_PORT": str(smtp.port),
-           "SMTP_TLS": "starttls", "SMTP_USER": smtp.user, "SMTP_PASS": smtp.password,
-           "SSL_CERT_FILE": str(smtp.ca_file), "MAIL_FROM": "noreply@example.com",
-           "ALLOWED_RECIPIENTS": "@example.com", "RATE_LIMIT": "off"}
-    with MailhubProcess("worker", cwd=tmp_path, env=env, web=False), \
-            MailhubProcess("worker", cwd=tmp_path, env=env, web=False), \
-            MailhubProcess("web", cwd=tmp_path, env=env) as web:
+    env = {
+        "REDIS_URL": valkey.url,
+        "SMTP_HOST": smtp.host,
+        "SMTP_PORT": str(smtp.port),
+        "SMTP_TLS": "starttls",
+        "SMTP_USER": smtp.user,
+        "SMTP_PASS": smtp.password,
+        "SSL_CERT_FILE": str(smtp.ca_file),
+        "MAIL_FROM": "noreply@example.com",
+        "ALLOWED_RECIPIENTS": "@example.com",
+        "RATE_LIMIT": "off",
+    }
+    with (
+        MailhubProcess("worker", cwd=tmp_path, env=env, web=False),
+        MailhubProcess("worker", cwd=tmp_path, env=env, web=False),
+        MailhubProcess("web", cwd=tmp_path, env=env) as web,
+    ):
         async with aiohttp.ClientSession() as session:
             task_ids = []
             for n in range(40):
@@ -78,11 +92,18 @@ async def test_split_web_and_two_workers_share_one_redis(tmp_path, valkey, redis
     assert sorted(m.message["Subject"] for m in mails) == sorted(f"split {n}" for n in range(40))
 
 
-@pytest.mark.parametrize(("env", "variable"), [({"SMTP_PORT": "smtp"}, "SMTP_PORT"),
-                                               ({"MAX_ATTEMPTS": "-2"}, "MAX_ATTEMPTS")])
+@pytest.mark.parametrize(
+    ("env", "variable"), [({"SMTP_PORT": "smtp"}, "SMTP_PORT"), ({"MAX_ATTEMPTS": "-2"}, "MAX_ATTEMPTS")]
+)
 def test_bad_setting_stops_start_up_with_one_line(tmp_path, env, variable):
-    done = subprocess.run([sys.executable, str(ROOT / "run.py")], cwd=tmp_path,
-                          env=clean_env(**env), capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "run.py")],
+        cwd=tmp_path,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode != 0
     assert variable in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
@@ -90,8 +111,14 @@ def test_bad_setting_stops_start_up_with_one_line(tmp_path, env, variable):
 
 
 def test_split_processes_need_redis_url(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "run.py"), "worker"], cwd=tmp_path,
-                          env=clean_env(), capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "worker"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode != 0
     assert "REDIS_URL" in done.stderr
 

@@ -9,7 +9,7 @@ import time
 
 import redis
 
-from mailhub.embedded_redis import EmbeddedRedis, is_running
+from mailhub.store.embedded_valkey import EmbeddedRedis, is_running
 
 
 def _wait_until(predicate, timeout: float = 10.0) -> None:
@@ -28,7 +28,7 @@ def test_data_survives_a_restart(tmp_path):
 
 CHILD = """
 import sys, time
-from mailhub.embedded_redis import EmbeddedRedis, is_running
+from mailhub.store.embedded_valkey import EmbeddedRedis, is_running
 server = EmbeddedRedis(sys.argv[1])
 server.start()
 print(server.process.pid, flush=True)
@@ -37,8 +37,7 @@ time.sleep(60)
 
 
 def test_server_dies_with_a_killed_parent(tmp_path):
-    parent = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)],
-                              stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         valkey_pid = int(parent.stdout.readline())
         assert is_running(valkey_pid)

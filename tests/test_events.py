@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from mailhub import keys
-from mailhub.embedded_redis import EmbeddedRedis, free_port
-from mailhub.events import Event, EventHub, Signal, Subscription, follow, relay
-from mailhub.redis_client import connect
-from mailhub.tasks import TaskStore
+from mailhub.live.events import Event, EventHub, Signal, Subscription, follow, relay
+from mailhub.store import keys
+from mailhub.store.embedded_valkey import EmbeddedRedis, free_port
+from mailhub.store.redis_client import connect
+from mailhub.store.tasks import TaskStore
 from tests.conftest import running_worker
 from tests.driver import REQUEST, TaskDriver, until
 from tests.smtp_server import Fault
@@ -84,8 +84,7 @@ def how(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-async def collect(subscription: Subscription, first: Event, how: str = "follow",
-                  **options) -> list[dict]:  # type: ignore[no-untyped-def]
+async def collect(subscription: Subscription, first: Event, how: str = "follow", **options) -> list[dict]:  # type: ignore[no-untyped-def]
     if how == "relay":
         recorder = Recorder()
         assert await relay(subscription, first, recorder, **options)
@@ -94,8 +93,7 @@ async def collect(subscription: Subscription, first: Event, how: str = "follow",
         return [json.loads(event.data) async for event in events]
 
 
-async def test_one_retry_gives_exactly_queued_attempt_retry_attempt_success(
-        hub, store, settings, smtp, how):
+async def test_one_retry_gives_exactly_queued_attempt_retry_attempt_success(hub, store, settings, smtp, how):
     task_id = await store.enqueue(REQUEST)
     smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
     with hub.subscribe(task_id) as subscription:
@@ -103,8 +101,12 @@ async def test_one_retry_gives_exactly_queued_attempt_retry_attempt_success(
         async with running_worker(store, settings):
             docs = await asyncio.wait_for(collect(subscription, first, how), 10)
     assert [(d["event"], d["status"], d["attempts"]) for d in docs] == [
-        ("queued", "pending", 0), ("attempt", "pending", 1), ("retry", "pending", 1),
-        ("attempt", "pending", 2), ("success", "success", 2)]
+        ("queued", "pending", 0),
+        ("attempt", "pending", 1),
+        ("retry", "pending", 1),
+        ("attempt", "pending", 2),
+        ("success", "success", 2),
+    ]
     assert [d["seq"] for d in docs] == [1, 2, 3, 4, 5]
     assert docs[2]["last_error"] == "451 4.7.1 try again later"
     assert docs[2]["next_attempt_at"]
@@ -143,8 +145,9 @@ async def test_racing_the_real_worker_misses_nothing_and_repeats_nothing(hub, st
 
     async with running_worker(store, settings):
         task_ids = [await store.enqueue(REQUEST) for _ in range(20)]
-        seqs = await asyncio.wait_for(asyncio.gather(
-            *(subscriber(t, n * 3) for n, t in enumerate(task_ids))), 20)
+        seqs = await asyncio.wait_for(
+            asyncio.gather(*(subscriber(t, n * 3) for n, t in enumerate(task_ids))), 20
+        )
     for task_id, task_seqs in zip(task_ids, seqs):
         assert task_seqs == list(range(task_seqs[0], task_seqs[-1] + 1))
         final = json.loads(await store.result(task_id) or "{}")
@@ -195,8 +198,9 @@ async def test_alive_ends_a_quiet_feed(hub, store, how):
     task_id = await TaskDriver(store).enqueue()
     connected = True
     with hub.subscribe(task_id) as subscription:
-        feed = asyncio.create_task(collect(subscription, await current(store, task_id), how,
-                                           alive=lambda: connected, idle=0.01))
+        feed = asyncio.create_task(
+            collect(subscription, await current(store, task_id), how, alive=lambda: connected, idle=0.01)
+        )
         await asyncio.sleep(0.05)
         assert not feed.done()
         connected = False
@@ -297,8 +301,10 @@ async def test_relay_events_are_written_by_the_hub_as_it_dispatches(hub, store):
     with contextlib.ExitStack() as stack:
         subscriptions = [stack.enter_context(hub.subscribe(task_id)) for _ in recorders]
         first = await current(store, task_id)
-        relays = [asyncio.create_task(relay(s, first, r), name=f"relay-{n}")
-                  for n, (s, r) in enumerate(zip(subscriptions, recorders))]
+        relays = [
+            asyncio.create_task(relay(s, first, r), name=f"relay-{n}")
+            for n, (s, r) in enumerate(zip(subscriptions, recorders))
+        ]
         await until(lambda: all(s._writer is not None for s in subscriptions), what="relays live")
         await driver.begin_attempt()
         await driver.retry()
@@ -370,8 +376,9 @@ async def test_relay_ends_without_a_read_when_a_refused_client_is_gone(hub, stor
         return await read_state(task_id)
 
     with hub.subscribe(task_id) as subscription:
-        feed = asyncio.create_task(relay(subscription, await current(store, task_id), recorder,
-                                         alive=lambda: connected, idle=60))
+        feed = asyncio.create_task(
+            relay(subscription, await current(store, task_id), recorder, alive=lambda: connected, idle=60)
+        )
         await until(lambda: subscription._writer is not None, what="the relay live")
         monkeypatch.setattr(store, "result", counted_read)
         connected = False  # the socket closed: the next write is refused

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from mailhub.app import create_app
-from mailhub.embedded_redis import EmbeddedRedis, free_port
-from mailhub.redis_client import connect
-from mailhub.tasks import EmailRequest, TaskStore
+from mailhub.store.embedded_valkey import EmbeddedRedis, free_port
+from mailhub.store.redis_client import connect
+from mailhub.store.tasks import EmailRequest, TaskStore
+from mailhub.web.app import create_app
 from tests.conftest import running_worker, settings_for
 from tests.processes import MailhubProcess
 
@@ -31,14 +31,26 @@ async def _wait_all_done(store: TaskStore, task_ids: list[str], timeout: float) 
 
 
 async def test_worker_killed_mid_run_loses_nothing_and_resends_only_in_flight(
-        tmp_path, valkey, redis, store, smtp):
+    tmp_path, valkey, redis, store, smtp
+):
     total, concurrency = 500, 16
-    env = {"REDIS_URL": valkey.url, "SMTP_HOST": smtp.host, "SMTP_PORT": str(smtp.port),
-           "SMTP_USER": smtp.user, "SMTP_PASS": smtp.password, "SSL_CERT_FILE": str(smtp.ca_file),
-           "ALLOWED_RECIPIENTS": "@example.com", "MAIL_FROM": "noreply@example.com",
-           "WORKER_CONCURRENCY": str(concurrency), "CLAIM_TIMEOUT": "2", "SMTP_TIMEOUT": "1"}
-    task_ids = [await store.enqueue(EmailRequest(to=f"u{n}@example.com", subject=f"crash {n}",
-                                                 body="b")) for n in range(total)]
+    env = {
+        "REDIS_URL": valkey.url,
+        "SMTP_HOST": smtp.host,
+        "SMTP_PORT": str(smtp.port),
+        "SMTP_USER": smtp.user,
+        "SMTP_PASS": smtp.password,
+        "SSL_CERT_FILE": str(smtp.ca_file),
+        "ALLOWED_RECIPIENTS": "@example.com",
+        "MAIL_FROM": "noreply@example.com",
+        "WORKER_CONCURRENCY": str(concurrency),
+        "CLAIM_TIMEOUT": "2",
+        "SMTP_TIMEOUT": "1",
+    }
+    task_ids = [
+        await store.enqueue(EmailRequest(to=f"u{n}@example.com", subject=f"crash {n}", body="b"))
+        for n in range(total)
+    ]
     worker = MailhubProcess("worker", cwd=tmp_path, env=env, web=False).wait_ready()
     try:
         await smtp.handler.wait_for_count(150, timeout=60)
@@ -67,27 +79,32 @@ def own_valkey(tmp_path):
     server.stop()
 
 
-async def test_redis_outage_answers_503_fast_and_recovers_by_itself(
-        aiohttp_client, own_valkey, smtp):
+async def test_redis_outage_answers_503_fast_and_recovers_by_itself(aiohttp_client, own_valkey, smtp):
     settings = settings_for(smtp, redis_url=own_valkey.url)
     client = await aiohttp_client(create_app(settings))
     redis = connect(own_valkey.url)
     store = TaskStore.from_settings(redis, settings)
     mail = {"to": "a@example.com", "subject": "outage", "body": "b"}
     async with running_worker(store, settings):
-        before = [(await (await client.post("/api/v1/email/received", json=mail)).json())["task_id"]
-                  for _ in range(5)]
+        before = [
+            (await (await client.post("/api/v1/email/received", json=mail)).json())["task_id"]
+            for _ in range(5)
+        ]
         own_valkey.stop()
-        for request in (client.post("/api/v1/email/received", json=mail),
-                        client.get("/api/v1/email/result", params={"task_id": before[0]}),
-                        client.get("/readyz")):
+        for request in (
+            client.post("/api/v1/email/received", json=mail),
+            client.get("/api/v1/email/result", params={"task_id": before[0]}),
+            client.get("/readyz"),
+        ):
             started = time.monotonic()
             response = await request
             elapsed = time.monotonic() - started
             assert response.status == 503
             answer = await response.json()
-            assert answer.get("error", {}).get("code") == "unavailable" or \
-                "Redis is unreachable" in answer["reason"]
+            assert (
+                answer.get("error", {}).get("code") == "unavailable"
+                or "Redis is unreachable" in answer["reason"]
+            )
             assert elapsed < 1.0, f"took {elapsed:.2f}s"
         own_valkey.start()
         after = []

@@ -10,8 +10,10 @@ import uuid
 import pytest
 from redis.asyncio.connection import AbstractConnection
 
-from mailhub import appkeys, keys, smtp_status
-from mailhub.app import create_app
+from mailhub.delivery import smtp_status
+from mailhub.store import keys
+from mailhub.web import appkeys
+from mailhub.web.app import create_app
 from tests.conftest import with_settings
 
 SUBMIT = "/api/v1/email/received"
@@ -27,8 +29,7 @@ def make_client(aiohttp_client, settings, redis):
     return make
 
 
-async def test_recipient_outside_the_allowlist_is_refused_and_never_sent(make_client, redis,
-                                                                         worker, smtp):
+async def test_recipient_outside_the_allowlist_is_refused_and_never_sent(make_client, redis, worker, smtp):
     client = await make_client(allowed_recipients=("owner@example.com", "@corp.example"))
     refused = await client.post(SUBMIT, json={**MAIL, "to": "victim@elsewhere.example"})
     assert refused.status == 403
@@ -106,8 +107,9 @@ async def test_an_accepted_submit_is_one_redis_round_trip(make_client, sent_comm
 
 
 async def test_submits_refused_for_other_reasons_count_against_the_limit(make_client, redis):
-    client = await make_client(rate_limit="5/hour", allowed_recipients=("owner@example.com",),
-                               honeypot_field="website")
+    client = await make_client(
+        rate_limit="5/hour", allowed_recipients=("owner@example.com",), honeypot_field="website"
+    )
     refused = [
         await client.post(SUBMIT, json={**MAIL, "to": "not an address"}),
         await client.post(SUBMIT, data=b"{", headers={"Content-Type": "application/json"}),
@@ -125,8 +127,7 @@ async def test_submits_refused_for_other_reasons_count_against_the_limit(make_cl
     assert await redis.xlen(keys.QUEUE) == 0
 
 
-async def test_idempotent_repeats_and_conflicts_count_and_a_refusal_queues_nothing(make_client,
-                                                                                   redis):
+async def test_idempotent_repeats_and_conflicts_count_and_a_refusal_queues_nothing(make_client, redis):
     client = await make_client(rate_limit="3/hour")
     headers = {"Idempotency-Key": "form-1"}
     first = await (await client.post(SUBMIT, json=MAIL, headers=headers)).json()
@@ -174,9 +175,14 @@ async def test_forwarded_for_from_a_trusted_proxy_names_the_client(make_client):
 
 async def test_cors_preflight_for_an_allowed_origin(make_client):
     client = await make_client(cors_origins=("https://www.example.com",))
-    response = await client.options(SUBMIT, headers={
-        "Origin": "https://www.example.com", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type, idempotency-key"})
+    response = await client.options(
+        SUBMIT,
+        headers={
+            "Origin": "https://www.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, idempotency-key",
+        },
+    )
     assert response.status == 204
     assert response.headers["Access-Control-Allow-Origin"] == "https://www.example.com"
     assert "POST" in response.headers["Access-Control-Allow-Methods"]
@@ -187,8 +193,9 @@ async def test_cors_preflight_for_an_allowed_origin(make_client):
 
 async def test_cors_refuses_other_origins_by_default(make_client):
     client = await make_client()
-    preflight = await client.options(SUBMIT, headers={
-        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    preflight = await client.options(
+        SUBMIT, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
     assert preflight.status == 403
     assert "Access-Control-Allow-Origin" not in preflight.headers
     post = await client.post(SUBMIT, json=MAIL, headers={"Origin": "https://evil.example"})

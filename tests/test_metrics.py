@@ -5,8 +5,8 @@ from __future__ import annotations
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from mailhub.embedded_redis import free_port
-from mailhub.tasks import EmailRequest
+from mailhub.store.embedded_valkey import free_port
+from mailhub.store.tasks import EmailRequest
 from tests.conftest import wait_for_result
 from tests.processes import MailhubProcess
 from tests.smtp_server import Fault
@@ -57,13 +57,21 @@ async def test_counters_move_as_mail_is_sent_retried_and_fails(client, store, wo
 
 async def test_a_separate_worker_serves_its_own_metrics_on_metrics_port(tmp_path, valkey, store, smtp):
     port = free_port()
-    env = {"REDIS_URL": valkey.url, "SMTP_HOST": smtp.host, "SMTP_PORT": str(smtp.port),
-           "SMTP_USER": smtp.user, "SMTP_PASS": smtp.password, "SSL_CERT_FILE": str(smtp.ca_file),
-           "ALLOWED_RECIPIENTS": "@example.com", "MAIL_FROM": "noreply@example.com",
-           "METRICS_PORT": str(port)}
+    env = {
+        "REDIS_URL": valkey.url,
+        "SMTP_HOST": smtp.host,
+        "SMTP_PORT": str(smtp.port),
+        "SMTP_USER": smtp.user,
+        "SMTP_PASS": smtp.password,
+        "SSL_CERT_FILE": str(smtp.ca_file),
+        "ALLOWED_RECIPIENTS": "@example.com",
+        "MAIL_FROM": "noreply@example.com",
+        "METRICS_PORT": str(port),
+    }
     smtp.handler.faults.append(Fault.reply_rcpt("550 5.1.1 no such user"))
-    task_ids = [await store.enqueue(EmailRequest(to="user@example.com", subject=f"m{n}", body="b"))
-                for n in range(3)]
+    task_ids = [
+        await store.enqueue(EmailRequest(to="user@example.com", subject=f"m{n}", body="b")) for n in range(3)
+    ]
     with MailhubProcess("worker", cwd=tmp_path, env=env, web=False):
         for task_id in task_ids:
             await wait_for_result(store, task_id)

@@ -8,16 +8,30 @@ from email.message import EmailMessage
 import pytest
 from aiosmtplib.email import flatten_message
 
-from mailhub.sender import build_message
-from mailhub.tasks import Attempt
+from mailhub.delivery.sender import build_message
+from mailhub.store.tasks import Attempt
 
-SUBJECTS = ["Hello", "  lower case  ", "안녕하세요,  홍길동 님 — 문의 접수 (re: Hello WORLD)  ",
-            "x" * 300, "=?utf-8?q?not-an-encoded-word?=", "emoji 📨 " * 20]
+SUBJECTS = [
+    "Hello",
+    "  lower case  ",
+    "안녕하세요,  홍길동 님 — 문의 접수 (re: Hello WORLD)  ",
+    "x" * 300,
+    "=?utf-8?q?not-an-encoded-word?=",
+    "emoji 📨 " * 20,
+]
 
 
 def attempt(subject: str) -> Attempt:
-    return Attempt("1-0", "task", "user@example.com", subject, "{username}님 안녕하세요!\n\n" + "줄 " * 80,
-                   "홍길동", "<task@example.com>", 1)
+    return Attempt(
+        "1-0",
+        "task",
+        "user@example.com",
+        subject,
+        "{username}님 안녕하세요!\n\n" + "줄 " * 80,
+        "홍길동",
+        "<task@example.com>",
+        1,
+    )
 
 
 def with_default_policy(message: EmailMessage) -> EmailMessage:
@@ -35,5 +49,6 @@ def with_default_policy(message: EmailMessage) -> EmailMessage:
 def test_the_wire_format_is_the_standard_policys(subject, mail_from, utf8, cte):
     message = build_message(attempt(subject), mail_from)
     reference = with_default_policy(message)
-    assert flatten_message(message, utf8=utf8, cte_type=cte) == \
-        flatten_message(reference, utf8=utf8, cte_type=cte)
+    assert flatten_message(message, utf8=utf8, cte_type=cte) == flatten_message(
+        reference, utf8=utf8, cte_type=cte
+    )

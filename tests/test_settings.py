@@ -18,8 +18,10 @@ def test_defaults_need_nothing_configured(tmp_path):
 
 def test_environment_wins_over_env_file(tmp_path):
     env_file = tmp_path / ".env"
-    env_file.write_text("SMTP_HOST=file.example.com\nSMTP_USER=me@example.com\nSMTP_PASS=pw\n"
-                        "ALLOWED_RECIPIENTS=@example.com\n")
+    env_file.write_text(
+        "SMTP_HOST=file.example.com\nSMTP_USER=me@example.com\nSMTP_PASS=pw\n"
+        "ALLOWED_RECIPIENTS=@example.com\n"
+    )
     settings = load_settings({"SMTP_HOST": "env.example.com"}, env_file=env_file)
     assert settings.smtp_host == "env.example.com"
     assert settings.smtp_user == "me@example.com"
@@ -29,22 +31,26 @@ def test_environment_wins_over_env_file(tmp_path):
 
 @pytest.mark.parametrize(("port", "tls"), [("465", "ssl"), ("587", "starttls"), ("25", "starttls")])
 def test_tls_mode_follows_the_port(tmp_path, port, tls):
-    settings = load_settings({"SMTP_HOST": "h", "SMTP_PORT": port, "ALLOWED_RECIPIENTS": "a@b.c"},
-                             env_file=None)
+    settings = load_settings(
+        {"SMTP_HOST": "h", "SMTP_PORT": port, "ALLOWED_RECIPIENTS": "a@b.c"}, env_file=None
+    )
     assert settings.smtp_tls == tls
 
 
-@pytest.mark.parametrize(("env", "variable"), [
-    ({"SMTP_PORT": "abc"}, "SMTP_PORT"),
-    ({"SMTP_PORT": "70000"}, "SMTP_PORT"),
-    ({"SMTP_TLS": "tls"}, "SMTP_TLS"),
-    ({"MAX_ATTEMPTS": "0"}, "MAX_ATTEMPTS"),
-    ({"WORKER_CONCURRENCY": "-1"}, "WORKER_CONCURRENCY"),
-    ({"MAIL_FROM": "nobody"}, "MAIL_FROM"),
-    ({"SMTP_USER": "me@example.com"}, "SMTP_PASS"),
-    ({"CLAIM_TIMEOUT": "10", "SMTP_TIMEOUT": "30"}, "CLAIM_TIMEOUT"),
-    ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
-])
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"SMTP_PORT": "abc"}, "SMTP_PORT"),
+        ({"SMTP_PORT": "70000"}, "SMTP_PORT"),
+        ({"SMTP_TLS": "tls"}, "SMTP_TLS"),
+        ({"MAX_ATTEMPTS": "0"}, "MAX_ATTEMPTS"),
+        ({"WORKER_CONCURRENCY": "-1"}, "WORKER_CONCURRENCY"),
+        ({"MAIL_FROM": "nobody"}, "MAIL_FROM"),
+        ({"SMTP_USER": "me@example.com"}, "SMTP_PASS"),
+        ({"CLAIM_TIMEOUT": "10", "SMTP_TIMEOUT": "30"}, "CLAIM_TIMEOUT"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+    ],
+)
 def test_bad_value_names_the_variable(env, variable):
     with pytest.raises(SettingsError) as raised:
         load_settings(env, env_file=None)
@@ -65,26 +71,35 @@ def test_real_smtp_without_an_allowlist_refuses_to_start():
 def test_allow_everyone_needs_api_keys():
     with pytest.raises(SettingsError, match="API_KEYS"):
         load_settings({**REAL_SMTP, "ALLOWED_RECIPIENTS": "*"}, env_file=None)
-    settings = load_settings({**REAL_SMTP, "ALLOWED_RECIPIENTS": "*", "API_KEYS": "k1, k2"},
-                             env_file=None)
+    settings = load_settings({**REAL_SMTP, "ALLOWED_RECIPIENTS": "*", "API_KEYS": "k1, k2"}, env_file=None)
     assert settings.api_keys == ("k1", "k2")
 
 
-@pytest.mark.parametrize(("env", "variable"), [
-    ({"ALLOWED_RECIPIENTS": "example.com"}, "ALLOWED_RECIPIENTS"),
-    ({"RATE_LIMIT": "lots"}, "RATE_LIMIT"),
-    ({"TRUSTED_PROXIES": "proxy.local"}, "TRUSTED_PROXIES"),
-    ({"CORS_ORIGINS": "www.example.com"}, "CORS_ORIGINS"),
-])
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"ALLOWED_RECIPIENTS": "example.com"}, "ALLOWED_RECIPIENTS"),
+        ({"RATE_LIMIT": "lots"}, "RATE_LIMIT"),
+        ({"TRUSTED_PROXIES": "proxy.local"}, "TRUSTED_PROXIES"),
+        ({"CORS_ORIGINS": "www.example.com"}, "CORS_ORIGINS"),
+    ],
+)
 def test_bad_abuse_settings_name_the_variable(env, variable):
     with pytest.raises(SettingsError, match=variable):
         load_settings(env, env_file=None)
 
 
 def test_abuse_settings_are_parsed():
-    settings = load_settings({**REAL_SMTP, "ALLOWED_RECIPIENTS": "Owner@Example.com, @corp.example",
-                              "RATE_LIMIT": "5/minute;50/day", "TRUSTED_PROXIES": "10.0.0.0/8",
-                              "CORS_ORIGINS": "https://www.Example.com/"}, env_file=None)
+    settings = load_settings(
+        {
+            **REAL_SMTP,
+            "ALLOWED_RECIPIENTS": "Owner@Example.com, @corp.example",
+            "RATE_LIMIT": "5/minute;50/day",
+            "TRUSTED_PROXIES": "10.0.0.0/8",
+            "CORS_ORIGINS": "https://www.Example.com/",
+        },
+        env_file=None,
+    )
     assert settings.allowed_recipients == ("owner@example.com", "@corp.example")
     assert settings.trusted_proxies == ("10.0.0.0/8",)
     assert settings.cors_origins == ("https://www.example.com",)

@@ -14,17 +14,24 @@ from typing import Any
 
 import pytest
 
+from mailhub.delivery.sender import SmtpSender
 from mailhub.errors import ConfigurationFailure, PermanentFailure, TransientFailure
-from mailhub.sender import SmtpSender
 from mailhub.settings import Settings
-from mailhub.tasks import Attempt
+from mailhub.store.tasks import Attempt
 from tests.smtp_server import Fault, SmtpServer
 
 
 def attempt(n: int) -> Attempt:
-    return Attempt(entry_id=f"{n}-0", task_id=f"task-{n}", to="user@example.com",
-                   subject=f"mail {n}", body="Hi {username}", username="Kim",
-                   message_id=f"<task-{n}@example.com>", number=1)
+    return Attempt(
+        entry_id=f"{n}-0",
+        task_id=f"task-{n}",
+        to="user@example.com",
+        subject=f"mail {n}",
+        body="Hi {username}",
+        username="Kim",
+        message_id=f"<task-{n}@example.com>",
+        number=1,
+    )
 
 
 @pytest.fixture
@@ -33,7 +40,7 @@ async def sender(settings: Settings) -> AsyncIterator[SmtpSender]:
         yield pooled_sender
 
 
-class pooled:  # noqa: N801 - used like a function: `async with pooled(settings) as s`
+class pooled:
     """A sender with a pool of `size`, closed on exit."""
 
     def __init__(self, settings: Settings, *, size: int, **options: Any) -> None:
@@ -68,14 +75,16 @@ async def test_connections_are_reused_across_mails(settings, smtp):
     assert sorted(m.message["Subject"] for m in mails) == sorted(f"mail {n}" for n in range(25))
 
 
-@pytest.mark.parametrize(("fault", "failure"), [
-    (Fault.reply_data("451 4.7.1 try again later"), TransientFailure),
-    (Fault.reply_data("554 5.7.1 rejected as spam"), PermanentFailure),
-    (Fault.reply_rcpt("550 5.1.1 no such user"), PermanentFailure),
-    (Fault.reply_rcpt("450 4.2.0 mailbox busy"), TransientFailure),
-])
-async def test_a_refused_mail_does_not_break_the_next_on_the_same_connection(
-        sender, smtp, fault, failure):
+@pytest.mark.parametrize(
+    ("fault", "failure"),
+    [
+        (Fault.reply_data("451 4.7.1 try again later"), TransientFailure),
+        (Fault.reply_data("554 5.7.1 rejected as spam"), PermanentFailure),
+        (Fault.reply_rcpt("550 5.1.1 no such user"), PermanentFailure),
+        (Fault.reply_rcpt("450 4.2.0 mailbox busy"), TransientFailure),
+    ],
+)
+async def test_a_refused_mail_does_not_break_the_next_on_the_same_connection(sender, smtp, fault, failure):
     await sender.send(attempt(1))
     smtp.handler.faults.append(fault)
     with pytest.raises(failure, match=fault.line.split()[0]):
@@ -155,7 +164,7 @@ async def test_waiting_for_a_busy_pool_is_bounded_by_the_smtp_timeout(settings, 
     async with pooled(settings, size=1) as sender:
         sender.pool.send_timeout = 0.3
         async with sender.pool._slots:  # every connection busy
-            with pytest.raises(TransientFailure, match="stayed busy for 0.3s"):
+            with pytest.raises(TransientFailure, match=r"stayed busy for 0\.3s"):
                 await sender.send(attempt(1))
         sender.pool.send_timeout = settings.smtp_timeout
         await sender.send(attempt(2))

@@ -45,8 +45,14 @@ async def _send(srv: SmtpServer, password: str = PASSWORD, **kw: object) -> obje
     elif srv.tls == "ssl":
         kw.setdefault("use_tls", True)
     return await aiosmtplib.send(
-        _msg(), hostname=srv.host, port=srv.port, username=srv.user, password=password,
-        tls_context=ssl.create_default_context(cafile=str(srv.ca_file)), timeout=10, **kw,
+        _msg(),
+        hostname=srv.host,
+        port=srv.port,
+        username=srv.user,
+        password=password,
+        tls_context=ssl.create_default_context(cafile=str(srv.ca_file)),
+        timeout=10,
+        **kw,
     )
 
 
@@ -92,7 +98,10 @@ async def test_starttls_not_offered(tls_material: TlsMaterial) -> None:
 async def test_auth_required(server: SmtpServer) -> None:
     with pytest.raises(aiosmtplib.SMTPResponseException) as exc:
         await aiosmtplib.send(
-            _msg(), hostname=server.host, port=server.port, start_tls=True,
+            _msg(),
+            hostname=server.host,
+            port=server.port,
+            start_tls=True,
             tls_context=ssl.create_default_context(cafile=str(server.ca_file)),
         )
     assert exc.value.code == 530

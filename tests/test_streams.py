@@ -17,11 +17,12 @@ from aiohttp import WSCloseCode
 from aiohttp.http_writer import StreamWriter
 from aiohttp_sse import EventSourceResponse
 
-from mailhub import appkeys, keys
-from mailhub.embedded_redis import EmbeddedRedis
-from mailhub.events import Event
+from mailhub.live.events import Event
 from mailhub.settings import Settings
-from mailhub.streams import SSE_BUFFER_LIMIT, SSE_PATH, WS_PATH, sse_frame
+from mailhub.store import keys
+from mailhub.store.embedded_valkey import EmbeddedRedis
+from mailhub.web import appkeys
+from mailhub.web.streams import SSE_BUFFER_LIMIT, SSE_PATH, WS_PATH, sse_frame
 from tests.conftest import running_worker, with_settings
 from tests.driver import REQUEST, TaskDriver, until
 from tests.live_server import Live, serving
@@ -44,17 +45,18 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @contextlib.asynccontextmanager
-async def stream(session: aiohttp.ClientSession, live: Live, task_id: str,
-                 **headers: str) -> AsyncIterator[SseReader]:
-    async with session.get(live.url + SSE_PATH, params={"task_id": task_id},
-                           headers=headers) as response:
+async def stream(
+    session: aiohttp.ClientSession, live: Live, task_id: str, **headers: str
+) -> AsyncIterator[SseReader]:
+    async with session.get(live.url + SSE_PATH, params={"task_id": task_id}, headers=headers) as response:
         assert response.status == 200, await response.text()
         assert response.headers["Content-Type"] == "text/event-stream"
         yield SseReader(response)
 
 
 async def test_sse_sends_queued_attempt_retry_attempt_success_then_closes(
-        live, session, store, settings, smtp):
+    live, session, store, settings, smtp
+):
     task_id = await store.enqueue(REQUEST)
     smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
     async with stream(session, live, task_id) as reader:
@@ -65,12 +67,16 @@ async def test_sse_sends_queued_attempt_retry_attempt_success_then_closes(
     assert [m.doc["event"] for m in messages] == ["queued", "attempt", "retry", "attempt", "success"]
     assert [m.doc["seq"] for m in messages] == [1, 2, 3, 4, 5]
     assert [m.id for m in messages] == ["1", "2", "3", "4", "5"]
-    assert messages[-1].doc == {**messages[-1].doc, "status": "success", "attempts": 2,
-                                "task_id": task_id, "to": REQUEST.to}
+    assert messages[-1].doc == {
+        **messages[-1].doc,
+        "status": "success",
+        "attempts": 2,
+        "task_id": task_id,
+        "to": REQUEST.to,
+    }
 
 
-async def test_a_late_subscriber_gets_the_final_state_at_once_and_the_stream_closes(
-        live, session, store):
+async def test_a_late_subscriber_gets_the_final_state_at_once_and_the_stream_closes(live, session, store):
     driver = TaskDriver(store)
     task_id = await driver.enqueue()
     await driver.run_to_success_after_one_retry()
@@ -80,8 +86,9 @@ async def test_a_late_subscriber_gets_the_final_state_at_once_and_the_stream_clo
     await until(lambda: live.hub.subscription_count == 0, what="the subscription to close")
 
 
-@pytest.mark.parametrize(("query", "status"), [({"task_id": UNKNOWN}, 404),
-                                               ({"task_id": "nope"}, 422), ({}, 422)])
+@pytest.mark.parametrize(
+    ("query", "status"), [({"task_id": UNKNOWN}, 404), ({"task_id": "nope"}, 422), ({}, 422)]
+)
 async def test_bad_task_ids_get_json_errors_before_any_stream(live, session, query, status):
     async with session.get(live.url + SSE_PATH, params=query) as response:
         assert response.status == status
@@ -92,7 +99,8 @@ async def test_bad_task_ids_get_json_errors_before_any_stream(live, session, que
 
 @pytest.mark.parametrize(("moves_before_read", "expected"), [(2, ["3", "4", "5"]), (4, ["5"])])
 async def test_transitions_while_connecting_are_neither_lost_nor_repeated(
-        live, session, store, monkeypatch, moves_before_read, expected):
+    live, session, store, monkeypatch, moves_before_read, expected
+):
     """Transitions land between the stream's subscribe and its read of the state."""
     driver = TaskDriver(store)
     task_id = await driver.enqueue()
@@ -106,8 +114,7 @@ async def test_transitions_while_connecting_are_neither_lost_nor_repeated(
 
     monkeypatch.setattr(app_store, "result", gated_read)
     moves = [driver.begin_attempt, driver.retry, driver.begin_attempt, driver.succeed]
-    connecting = asyncio.create_task(
-        session.get(live.url + SSE_PATH, params={"task_id": task_id}))
+    connecting = asyncio.create_task(session.get(live.url + SSE_PATH, params={"task_id": task_id}))
     await asyncio.wait_for(entered.wait(), 5)
     for move in moves[:moves_before_read]:
         await move()
@@ -123,7 +130,8 @@ async def test_transitions_while_connecting_are_neither_lost_nor_repeated(
 
 
 async def test_streams_racing_the_real_worker_are_complete_and_without_repeats(
-        live, session, store, settings, smtp):
+    live, session, store, settings, smtp
+):
     smtp.handler.faults.extend([Fault.reply_data("451 4.7.1 busy")] * 10)
 
     async def follow(task_id: str) -> tuple[str, list[int]]:
@@ -157,8 +165,9 @@ async def test_last_event_id_resumes_without_repeats(live, session, store):
     async with stream(session, live, task_id, **{"Last-Event-ID": "4"}) as reader:
         assert [m.id for m in await asyncio.wait_for(reader.rest(), 5)] == ["5"]
     # Everything seen: 204 stops a browser's EventSource from reconnecting.
-    async with session.get(live.url + SSE_PATH, params={"task_id": task_id},
-                           headers={"Last-Event-ID": "5"}) as response:
+    async with session.get(
+        live.url + SSE_PATH, params={"task_id": task_id}, headers={"Last-Event-ID": "5"}
+    ) as response:
         assert response.status == 204
 
 
@@ -172,12 +181,14 @@ async def test_keepalive_comments_come_at_the_configured_interval(settings, sess
 
 
 async def test_200_clients_on_one_task_get_the_same_events_over_one_pubsub_connection(
-        live, session, store, settings, smtp, redis):
+    live, session, store, settings, smtp, redis
+):
     task_id = await store.enqueue(REQUEST)
     smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
     async with contextlib.AsyncExitStack() as stack:
         readers = await asyncio.gather(
-            *(stack.enter_async_context(stream(session, live, task_id)) for _ in range(200)))
+            *(stack.enter_async_context(stream(session, live, task_id)) for _ in range(200))
+        )
         firsts = await asyncio.gather(*(reader.next() for reader in readers))
         assert live.hub.subscription_count == 200
         assert len(await redis.client_list(_type="pubsub")) == 1
@@ -194,8 +205,7 @@ async def test_clients_that_drop_leave_no_subscription_or_task_behind(live, sess
     task_id = await TaskDriver(store).enqueue()
     await live.hub.start()  # its listener lingers after the last client by design
     baseline = len(asyncio.all_tasks())
-    responses = [await session.get(live.url + SSE_PATH, params={"task_id": task_id})
-                 for _ in range(100)]
+    responses = [await session.get(live.url + SSE_PATH, params={"task_id": task_id}) for _ in range(100)]
     for response in responses:
         assert (await SseReader(response).next()).id == "1"  # type: ignore[union-attr]
     assert live.hub.subscription_count == 100
@@ -210,8 +220,7 @@ async def test_shutdown_closes_open_streams_promptly(settings, session, store):
     task_id = await TaskDriver(store).enqueue()
     async with contextlib.AsyncExitStack() as stack:
         live = await stack.enter_async_context(serving(settings))
-        readers = [await stack.enter_async_context(stream(session, live, task_id))
-                   for _ in range(5)]
+        readers = [await stack.enter_async_context(stream(session, live, task_id)) for _ in range(5)]
         for reader in readers:
             await reader.next()
         ws = await stack.enter_async_context(session.ws_connect(live.url + WS_PATH))
@@ -245,26 +254,29 @@ async def test_ws_follows_two_tasks_on_one_socket(live, session, store):
         await second.fail()
         received += await ws_messages(ws, 4)
         assert live.hub.subscription_count == 0  # both reached a final state
-    by_task = {t: [(m["seq"], m["event"]) for m in received if m["task_id"] == t]
-               for t in (first.task_id, second.task_id)}
+    by_task = {
+        t: [(m["seq"], m["event"]) for m in received if m["task_id"] == t]
+        for t in (first.task_id, second.task_id)
+    }
     assert by_task[first.task_id] == [(1, "queued"), (2, "attempt"), (3, "success")]
     assert by_task[second.task_id] == [(1, "queued"), (2, "attempt"), (3, "failed")]
 
 
-@pytest.mark.parametrize(("message", "error"), [
-    ("{not json", "Not valid JSON."),
-    ("[]", 'Send {"subscribe": "<task_id>"} or {"unsubscribe": "<task_id>"}.'),
-    ('{"follow": "x"}', 'Send {"subscribe": "<task_id>"} or {"unsubscribe": "<task_id>"}.'),
-    ('{"subscribe": 5}', "Not a valid task id (a UUID)."),
-    ('{"subscribe": "abc"}', "Not a valid task id (a UUID)."),
-])
-async def test_ws_bad_messages_get_an_error_and_the_socket_stays_open(
-        live, session, store, message, error):
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ("{not json", "Not valid JSON."),
+        ("[]", 'Send {"subscribe": "<task_id>"} or {"unsubscribe": "<task_id>"}.'),
+        ('{"follow": "x"}', 'Send {"subscribe": "<task_id>"} or {"unsubscribe": "<task_id>"}.'),
+        ('{"subscribe": 5}', "Not a valid task id (a UUID)."),
+        ('{"subscribe": "abc"}', "Not a valid task id (a UUID)."),
+    ],
+)
+async def test_ws_bad_messages_get_an_error_and_the_socket_stays_open(live, session, store, message, error):
     task_id = await TaskDriver(store).enqueue()
     async with session.ws_connect(live.url + WS_PATH) as ws:
         await ws.send_str(message)
-        assert await ws.receive_json(timeout=5) == {
-            "error": {"code": "bad_request", "message": error}}
+        assert await ws.receive_json(timeout=5) == {"error": {"code": "bad_request", "message": error}}
         await ws.send_json({"subscribe": task_id})
         assert (await ws.receive_json(timeout=5))["seq"] == 1
 
@@ -318,8 +330,9 @@ async def test_an_allowed_origin_may_follow_a_task_over_sse(settings, session, s
     task_id = await TaskDriver(store).enqueue()
     origin = "https://www.example.com"
     async with serving(with_settings(settings, cors_origins=(origin,))) as live:
-        async with session.get(live.url + SSE_PATH, params={"task_id": task_id},
-                               headers={"Origin": origin}) as response:
+        async with session.get(
+            live.url + SSE_PATH, params={"task_id": task_id}, headers={"Origin": origin}
+        ) as response:
             assert response.status == 200
             assert response.headers.get("Access-Control-Allow-Origin") == origin
 
@@ -346,8 +359,9 @@ async def test_events_are_framed_once_as_aiohttp_sse_and_aiohttp_would_write_the
     assert sse_frame(event, True) == wire
 
 
-async def raw_get(live: Live, task_id: str, version: str = "1.1",
-                  rcvbuf: int | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def raw_get(
+    live: Live, task_id: str, version: str = "1.1", rcvbuf: int | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A bare HTTP client: the SSE request sent, nothing read yet."""
     sock = socket.socket()
     if rcvbuf is not None:
@@ -381,8 +395,9 @@ async def test_an_http_1_0_client_gets_the_events_unchunked_until_the_server_clo
 
 
 async def test_a_client_that_stops_reading_is_dropped_while_the_others_get_every_event(
-        live, session, store, redis, caplog):
-    caplog.set_level("INFO", logger="mailhub.streams")
+    live, session, store, redis, caplog
+):
+    caplog.set_level("INFO", logger="mailhub.web.streams")
     task_id = await TaskDriver(store).enqueue()
     slow_reader, slow_writer = await raw_get(live, task_id, rcvbuf=4096)
     try:
@@ -395,8 +410,9 @@ async def test_a_client_that_stops_reading_is_dropped_while_the_others_get_every
             while live.hub.subscription_count == 2:
                 seq += 1
                 assert seq * len(pad) < 100 * 2**20, "the slow client was never dropped"
-                doc = json.dumps({"task_id": task_id, "seq": seq, "status": "pending",
-                                  "event": "attempt", "pad": pad})
+                doc = json.dumps(
+                    {"task_id": task_id, "seq": seq, "status": "pending", "event": "attempt", "pad": pad}
+                )
                 # Stored, then published, as the Lua scripts do.
                 await redis.hset(keys.task(task_id), "doc", doc)
                 await redis.publish(keys.EVENTS, doc)

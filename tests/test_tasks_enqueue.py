@@ -7,10 +7,10 @@ import uuid
 
 import pytest
 
-from mailhub import keys, tasks
 from mailhub.errors import RateLimited
-from mailhub.guard import SubmitGuard
-from mailhub.tasks import EmailRequest
+from mailhub.store import keys, tasks
+from mailhub.store.tasks import EmailRequest
+from mailhub.web.guard import SubmitGuard
 from tests.conftest import with_settings
 
 MAIL = EmailRequest(to="owner@example.com", subject="Hello", body="Hi")

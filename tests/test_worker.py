@@ -7,15 +7,15 @@ import json
 
 import pytest
 
-from mailhub import keys, smtp_status
-from mailhub.tasks import EmailRequest, QueueEntry
-from mailhub.sender import SmtpSender
-from mailhub.worker import Worker, backoff_delay
+from mailhub.delivery import smtp_status
+from mailhub.delivery.sender import SmtpSender
+from mailhub.delivery.worker import Worker, backoff_delay
+from mailhub.store import keys
+from mailhub.store.tasks import EmailRequest, QueueEntry
 from tests.conftest import running_worker, settings_for, wait_for_result
 from tests.smtp_server import Fault, SmtpServer
 
-REQUEST = EmailRequest(to="user@example.com", subject="Hello", body="Hi {username}!",
-                       username="Kim")
+REQUEST = EmailRequest(to="user@example.com", subject="Hello", body="Hi {username}!", username="Kim")
 
 
 async def test_success_on_first_attempt(store, worker, smtp):
@@ -56,8 +56,9 @@ async def test_three_transient_failures_fail_with_the_last_reply(store, worker, 
     assert smtp.handler.messages == []
 
 
-@pytest.mark.parametrize("fault", [Fault.reply_rcpt("550 5.1.1 no such user"),
-                                   Fault.reply_data("554 5.7.1 rejected as spam")])
+@pytest.mark.parametrize(
+    "fault", [Fault.reply_rcpt("550 5.1.1 no such user"), Fault.reply_data("554 5.7.1 rejected as spam")]
+)
 async def test_permanent_failure_fails_at_once(store, worker, smtp, fault):
     smtp.handler.faults.append(fault)
     task_id = await store.enqueue(REQUEST)
@@ -74,11 +75,13 @@ async def test_connection_dropped_before_data_is_retried(store, worker, smtp):
     assert (document["status"], document["attempts"]) == ("success", 2)
 
 
-@pytest.mark.parametrize("body", ["{0.__class__}", "{username!r} {{username}}", "{}", "%s {user}",
-                                  "{username.__class__.__mro__}"])
+@pytest.mark.parametrize(
+    "body", ["{0.__class__}", "{username!r} {{username}}", "{}", "%s {user}", "{username.__class__.__mro__}"]
+)
 async def test_only_the_username_placeholder_is_replaced(store, worker, smtp, body):
-    task_id = await store.enqueue(EmailRequest(to="a@example.com", subject="s",
-                                               body=body + " {username}", username="{0}"))
+    task_id = await store.enqueue(
+        EmailRequest(to="a@example.com", subject="s", body=body + " {username}", username="{0}")
+    )
     await wait_for_result(store, task_id)
     [mail] = await smtp.handler.wait_for_count(1)
     expected = body.replace("{username}", "{0}") + " {0}"
@@ -88,8 +91,9 @@ async def test_only_the_username_placeholder_is_replaced(store, worker, smtp, bo
 async def test_korean_subject_and_body_arrive_unaltered(store, worker, smtp):
     subject = "안녕하세요,  홍길동 님 — 문의 접수 (re: Hello WORLD)  "
     body = "{username}님 안녕하세요!\n\n줄바꿈과 이모지 📨 도 그대로."
-    task_id = await store.enqueue(EmailRequest(to="user@example.com", subject=subject,
-                                               body=body, username="홍길동"))
+    task_id = await store.enqueue(
+        EmailRequest(to="user@example.com", subject=subject, body=body, username="홍길동")
+    )
     await wait_for_result(store, task_id)
     [mail] = await smtp.handler.wait_for_count(1)
     assert mail.message["Subject"] == subject
@@ -97,8 +101,7 @@ async def test_korean_subject_and_body_arrive_unaltered(store, worker, smtp):
 
 
 async def test_subject_whitespace_is_sent_as_given(store, worker, smtp):
-    task_id = await store.enqueue(EmailRequest(to="a@example.com", subject="  lower case  ",
-                                               body="b"))
+    task_id = await store.enqueue(EmailRequest(to="a@example.com", subject="  lower case  ", body="b"))
     await wait_for_result(store, task_id)
     [mail] = await smtp.handler.wait_for_count(1)
     # Parsers drop the blanks after "Subject:", so look at the wire.
@@ -116,7 +119,8 @@ async def test_implicit_tls_server(store, redis, valkey, tls_material, trust_tes
 
 
 async def test_untrusted_certificate_pauses_sending_without_failing_mail(
-        store, redis, valkey, tls_material, monkeypatch):
+    store, redis, valkey, tls_material, monkeypatch
+):
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     with SmtpServer(tls_material, tls="starttls", user="u", password="p") as server:
         settings = settings_for(server, redis_url=valkey.url)
@@ -132,8 +136,7 @@ async def test_untrusted_certificate_pauses_sending_without_failing_mail(
         assert server.handler.messages == []
 
 
-async def test_refused_login_pauses_the_queue_and_resumes_when_it_works(
-        store, redis, settings, smtp):
+async def test_refused_login_pauses_the_queue_and_resumes_when_it_works(store, redis, settings, smtp):
     smtp.password = "changed-by-the-provider"
     async with running_worker(store, settings, recheck_interval=0.05) as worker:
         task_ids = [await store.enqueue(REQUEST) for _ in range(5)]
@@ -159,8 +162,7 @@ async def test_mail_older_than_the_queue_age_is_failed_not_sent(store, redis, se
     assert smtp.handler.messages == []
 
 
-async def test_connection_dropped_after_data_is_retried_with_the_same_message_id(
-        store, worker, smtp):
+async def test_connection_dropped_after_data_is_retried_with_the_same_message_id(store, worker, smtp):
     smtp.handler.faults.append(Fault.drop_after_data())
     task_id = await store.enqueue(REQUEST)
     document = await wait_for_result(store, task_id)
@@ -172,8 +174,9 @@ async def test_connection_dropped_after_data_is_retried_with_the_same_message_id
 
 async def test_a_waiting_retry_does_not_hold_a_send_slot(store, settings, smtp):
     smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
-    slow_retries = settings_for(smtp, redis_url=settings.redis_url, retry_base_delay=30.0,
-                                retry_max_delay=30.0)
+    slow_retries = settings_for(
+        smtp, redis_url=settings.redis_url, retry_base_delay=30.0, retry_max_delay=30.0
+    )
     async with running_worker(store, slow_retries, concurrency=1):
         first = await store.enqueue(REQUEST)
         await wait_for_result(store, first, statuses=("pending",))
@@ -187,8 +190,7 @@ async def test_a_waiting_retry_does_not_hold_a_send_slot(store, settings, smtp):
 
 async def test_attempts_survive_a_worker_restart(store, settings, smtp):
     smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
-    slow = settings_for(smtp, redis_url=settings.redis_url, retry_base_delay=0.5,
-                        retry_max_delay=0.5)
+    slow = settings_for(smtp, redis_url=settings.redis_url, retry_base_delay=0.5, retry_max_delay=0.5)
     async with running_worker(store, slow):
         task_id = await store.enqueue(REQUEST)
         await _wait_event(store, task_id, "retry")
@@ -208,7 +210,11 @@ async def test_entry_held_by_a_dead_worker_is_reclaimed(store, redis, settings, 
         document = await wait_for_result(store, task_id)
     assert (document["status"], document["attempts"]) == ("success", 2)
     assert await redis.xpending(keys.QUEUE, keys.WORKERS_GROUP) == {
-        "pending": 0, "min": None, "max": None, "consumers": []}
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }
 
 
 async def test_interrupted_last_attempt_fails_instead_of_looping(store, redis, settings):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .middlewares import error_response
+from mailhub.web.middlewares import error_response
 
 METHODS = "GET, POST, OPTIONS"
 HEADERS = "Content-Type, Authorization, Idempotency-Key, Last-Event-ID"
@@ -28,13 +28,17 @@ def setup(app: web.Application, origins: tuple[str, ...]) -> None:
         if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
             return await handler(request)  # same-origin and non-browser calls pass as usual
         if allowed_origin(request) is None:
-            return error_response(403, "origin_not_allowed",
-                                  "This origin may not call the API (see CORS_ORIGINS).")
-        return web.Response(status=204, headers={
-            "Access-Control-Allow-Methods": METHODS,
-            "Access-Control-Allow-Headers": HEADERS,
-            "Access-Control-Max-Age": "600",
-        })
+            return error_response(
+                403, "origin_not_allowed", "This origin may not call the API (see CORS_ORIGINS)."
+            )
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": METHODS,
+                "Access-Control-Allow-Headers": HEADERS,
+                "Access-Control-Max-Age": "600",
+            },
+        )
 
     async def allow(request: web.BaseRequest, response: web.StreamResponse) -> None:
         origin = allowed_origin(request)

@@ -11,13 +11,13 @@ import email
 import email.policy
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from redis.asyncio import Redis
 
-from . import keys
+from mailhub.store import keys
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,9 @@ INBOX_SIZE = 200
 
 
 def summarise(envelope: Envelope) -> dict[str, Any]:
-    message = email.message_from_bytes(envelope.content or b"", policy=email.policy.default)
+    content = envelope.content or b""
+    raw = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
+    message = email.message_from_bytes(raw, policy=email.policy.default)
     body = message.get_body(preferencelist=("plain",))
     return {
         "from": envelope.mail_from,
@@ -33,7 +35,7 @@ def summarise(envelope: Envelope) -> dict[str, Any]:
         "subject": str(message.get("Subject", "")),
         "message_id": str(message.get("Message-ID", "")),
         "body": body.get_content() if body is not None else "",
-        "received_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "received_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
     }
 
 
@@ -59,7 +61,8 @@ async def start_capture_server(redis: Redis, host: str = "127.0.0.1") -> asyncio
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         lambda: SMTP(handler, hostname="mailhub-capture", enable_SMTPUTF8=True),
-        host=host, port=0,
+        host=host,
+        port=0,
     )
 
 

@@ -7,10 +7,10 @@ import weakref
 from aiohttp import web
 from redis.asyncio import Redis
 
-from .events import EventHub
-from .guard import SubmitGuard
-from .settings import Settings
-from .tasks import TaskStore
+from mailhub.live.events import EventHub
+from mailhub.settings import Settings
+from mailhub.store.tasks import TaskStore
+from mailhub.web.guard import SubmitGuard
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
@@ -18,4 +18,4 @@ STORE = web.AppKey("store", TaskStore)
 GUARD = web.AppKey("guard", SubmitGuard)
 EVENT_HUB = web.AppKey("event_hub", EventHub)
 #: Open SSE and WebSocket responses, closed on shutdown.
-STREAMS = web.AppKey("streams", weakref.WeakSet)
+STREAMS: web.AppKey[weakref.WeakSet[web.StreamResponse]] = web.AppKey("streams")

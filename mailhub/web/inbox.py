@@ -6,7 +6,8 @@ from html import escape
 
 from aiohttp import web
 
-from . import appkeys, capture
+from mailhub.delivery import capture
+from mailhub.web import appkeys
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -29,10 +30,17 @@ async def messages(request: web.Request) -> web.Response:
 
 async def page(request: web.Request) -> web.Response:
     mails = await capture.inbox(request.app[appkeys.REDIS])
-    items = "\n".join(
-        _ITEM.format(subject=escape(m["subject"]), to=escape(", ".join(m["to"])),
-                     sender=escape(m["from"]), received_at=escape(m["received_at"]),
-                     body=escape(m["body"]))
-        for m in mails
-    ) or "<p>No mail yet.</p>"
+    items = (
+        "\n".join(
+            _ITEM.format(
+                subject=escape(m["subject"]),
+                to=escape(", ".join(m["to"])),
+                sender=escape(m["from"]),
+                received_at=escape(m["received_at"]),
+                body=escape(m["body"]),
+            )
+            for m in mails
+        )
+        or "<p>No mail yet.</p>"
+    )
     return web.Response(text=_PAGE.format(items=items), content_type="text/html")

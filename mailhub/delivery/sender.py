@@ -6,17 +6,17 @@ import functools
 import re
 import ssl
 from email import policy
-from email.policy import Policy
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
+from email.policy import Policy
 from email.utils import formatdate
 
 import aiosmtplib
 
-from .errors import ConfigurationFailure, DeliveryError, PermanentFailure, TransientFailure
-from .settings import Settings
-from .smtp_pool import SmtpPool, close_now
-from .tasks import Attempt
+from mailhub.delivery.smtp_pool import SmtpPool, close_now
+from mailhub.errors import ConfigurationFailure, DeliveryError, PermanentFailure, TransientFailure
+from mailhub.settings import Settings
+from mailhub.store.tasks import Attempt
 
 PLACEHOLDER = "{username}"
 _EXTENSION_MISSING = re.compile(r"(STARTTLS|AUTH) extension (is )?not supported")
@@ -30,8 +30,7 @@ def render_body(body: str, username: str) -> str:
 #: Headers whose values repeat from mail to mail (the sender, a form's usual
 #: recipient, the date within a second, the MIME headers); Subject and
 #: Message-ID are new every time and not worth keeping.
-_REPEATING = frozenset({"from", "to", "date", "mime-version", "content-type",
-                        "content-transfer-encoding"})
+_REPEATING = frozenset({"from", "to", "date", "mime-version", "content-type", "content-transfer-encoding"})
 #: Parsed headers kept before the cache starts over.
 _CACHE_SIZE = 1024
 
@@ -40,7 +39,7 @@ class _FoldedOnceHeader(BaseHeader):
     """A header that remembers its folded form for each way of folding it."""
 
     def fold(self, *, policy: Policy) -> str:
-        key = (policy.linesep, policy.utf8, policy.max_line_length)
+        key = (policy.linesep, getattr(policy, "utf8", False), policy.max_line_length)
         folds = self.__dict__.setdefault("_folds", {})
         if key not in folds:
             folds[key] = super().fold(policy=policy)
@@ -60,7 +59,7 @@ class _CachedHeaderRegistry(HeaderRegistry):
         super().__init__(base_class=_FoldedOnceHeader)
         self._parsed: dict[tuple[str, str], BaseHeader] = {}
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019 - one registry for the process
+    @functools.cache  # noqa: B019 - one registry for the process
     def __getitem__(self, name: str) -> type[BaseHeader]:
         return super().__getitem__(name)
 
@@ -124,14 +123,16 @@ def classify(exc: Exception) -> DeliveryError:
 class SmtpSender:
     """Delivers messages over a pool of verified TLS connections (see `SmtpPool`)."""
 
-    def __init__(self, settings: Settings, *, max_messages: int = 100,
-                 idle_timeout: float = 30.0) -> None:
+    def __init__(self, settings: Settings, *, max_messages: int = 100, idle_timeout: float = 30.0) -> None:
         self.settings = settings
         # The system trust store; SSL_CERT_FILE / SSL_CERT_DIR can add a private CA.
         self.tls_context = ssl.create_default_context()
         self.pool = SmtpPool(
-            self._connect, size=settings.smtp_pool_size, max_messages=max_messages,
-            idle_timeout=idle_timeout, send_timeout=settings.smtp_timeout,
+            self._connect,
+            size=settings.smtp_pool_size,
+            max_messages=max_messages,
+            idle_timeout=idle_timeout,
+            send_timeout=settings.smtp_timeout,
         )
 
     async def send(self, attempt: Attempt) -> None:
@@ -141,7 +142,7 @@ class SmtpSender:
             await self.pool.send(message)
         except DeliveryError:
             raise
-        except Exception as exc:  # noqa: BLE001 - classify() re-raises what it does not know
+        except Exception as exc:
             raise classify(exc) from exc
 
     async def verify(self) -> None:
@@ -153,7 +154,7 @@ class SmtpSender:
                 await smtp.quit()
             finally:
                 close_now(smtp, transport)
-        except Exception as exc:  # noqa: BLE001 - classify() re-raises what it does not know
+        except Exception as exc:
             raise classify(exc) from exc
 
     async def close(self) -> None:

@@ -13,20 +13,20 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import make_msgid, parseaddr
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from . import keys, scripts
-from .batching import ScriptBatcher
-from .errors import IdempotencyConflict
-from .settings import Settings
+from mailhub.errors import IdempotencyConflict
+from mailhub.settings import Settings
+from mailhub.store import keys, scripts
+from mailhub.store.batching import ScriptBatcher
 
 if TYPE_CHECKING:
-    from .guard import Quota
+    from mailhub.store.rate_limit import Quota
 
 
 class TaskState(str, enum.Enum):
@@ -88,14 +88,21 @@ def iso(moment: datetime) -> str:
 
 
 def now_iso() -> str:
-    return iso(datetime.now(timezone.utc))
+    return iso(datetime.now(UTC))
 
 
 class TaskStore:
     """Reads and atomic transitions of tasks; takes a Redis client."""
 
-    def __init__(self, redis: Redis, *, retention: int, max_attempts: int, message_id_domain: str,
-                 max_queue_age: int = 24 * 3600):
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        retention: int,
+        max_attempts: int,
+        message_id_domain: str,
+        max_queue_age: int = 24 * 3600,
+    ):
         self.redis = redis
         self.retention = retention
         self.max_attempts = max_attempts
@@ -112,16 +119,21 @@ class TaskStore:
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> TaskStore:
         domain = parseaddr(settings.mail_from)[1].rpartition("@")[2] or "mailhub.local"
-        return cls(redis, retention=settings.result_retention,
-                   max_attempts=settings.max_attempts, message_id_domain=domain,
-                   max_queue_age=settings.max_queue_age)
+        return cls(
+            redis,
+            retention=settings.result_retention,
+            max_attempts=settings.max_attempts,
+            message_id_domain=domain,
+            max_queue_age=settings.max_queue_age,
+        )
 
     async def enqueue(self, request: EmailRequest) -> str:
         """Store a new task and queue it in one step; returns its id."""
         return (await self.accept(request)).task_id
 
-    async def accept(self, request: EmailRequest, idempotency_key: str | None = None,
-                     quota: Quota | None = None) -> Queued:
+    async def accept(
+        self, request: EmailRequest, idempotency_key: str | None = None, quota: Quota | None = None
+    ) -> Queued:
         """Store a new task and queue it in one step: one round trip to Redis.
 
         With a `quota`, the submit is first counted against the client's rate
@@ -133,7 +145,11 @@ class TaskStore:
         task_id = str(uuid.uuid4())
         now = now_iso()
         values = [
-            task_id, request.to, request.subject, request.body, request.username,
+            task_id,
+            request.to,
+            request.subject,
+            request.body,
+            request.username,
             # Stable across attempts, so a duplicate after an ambiguous failure is recognisable.
             make_msgid(idstring=task_id, domain=self.message_id_domain),
             int(time.time()),
@@ -144,7 +160,8 @@ class TaskStore:
             once_key, fingerprint = keys.idempotency(_digest(idempotency_key)), _fingerprint(request)
         limit_keys, limit_args = (quota.counter_keys(), quota.script_args()) if quota else ([], [])
         answer = await self._batcher.run(
-            self._enqueue, [keys.task(task_id), keys.QUEUE, once_key, *limit_keys],
+            self._enqueue,
+            [keys.task(task_id), keys.QUEUE, once_key, *limit_keys],
             [now, fingerprint, IDEMPOTENCY_TTL, *limit_args, *values],
         )
         outcome = int(answer[1])
@@ -169,9 +186,16 @@ class TaskStore:
     async def begin_attempt(self, entry: QueueEntry) -> Attempt | None:
         """Count a new attempt for the entry's task, or None if there is nothing to send."""
         row = await self._batcher.run(
-            self._begin, [keys.task(entry.task_id), keys.QUEUE],
-            [entry.entry_id, now_iso(), self.max_attempts, self.retention,
-             int(time.time()), self.max_queue_age],
+            self._begin,
+            [keys.task(entry.task_id), keys.QUEUE],
+            [
+                entry.entry_id,
+                now_iso(),
+                self.max_attempts,
+                self.retention,
+                int(time.time()),
+                self.max_queue_age,
+            ],
         )
         if not row:
             return None
@@ -180,30 +204,40 @@ class TaskStore:
 
     async def succeed(self, attempt: Attempt) -> None:
         await self._batcher.run(
-            self._succeed, [keys.task(attempt.task_id), keys.QUEUE],
+            self._succeed,
+            [keys.task(attempt.task_id), keys.QUEUE],
             [attempt.entry_id, attempt.number, now_iso(), self.retention],
         )
 
     async def fail(self, attempt: Attempt, reason: str) -> None:
         await self._batcher.run(
-            self._fail, [keys.task(attempt.task_id), keys.QUEUE],
+            self._fail,
+            [keys.task(attempt.task_id), keys.QUEUE],
             [attempt.entry_id, attempt.number, now_iso(), self.retention, reason],
         )
 
-    async def retry_later(self, attempt: Attempt, delay: float, error: str, *,
-                          counted: bool = True) -> None:
+    async def retry_later(self, attempt: Attempt, delay: float, error: str, *, counted: bool = True) -> None:
         """Schedule the next attempt in `delay` s; `counted=False` gives the attempt back."""
         due = time.time() + delay
         await self._batcher.run(
-            self._retry, [keys.task(attempt.task_id), keys.QUEUE, keys.RETRIES],
-            [attempt.entry_id, attempt.number, now_iso(), int(due * 1000),
-             iso(datetime.fromtimestamp(due, timezone.utc)), error, int(counted)],
+            self._retry,
+            [keys.task(attempt.task_id), keys.QUEUE, keys.RETRIES],
+            [
+                attempt.entry_id,
+                attempt.number,
+                now_iso(),
+                int(due * 1000),
+                iso(datetime.fromtimestamp(due, UTC)),
+                error,
+                int(counted),
+            ],
         )
 
     async def promote_due_retries(self, batch: int = 500) -> int:
         """Queue the retries whose time has come; returns how many."""
-        return int(await self._promote(keys=[keys.RETRIES, keys.QUEUE],
-                                       args=[int(time.time() * 1000), batch]))
+        return int(
+            await self._promote(keys=[keys.RETRIES, keys.QUEUE], args=[int(time.time() * 1000), batch])
+        )
 
     async def forget_idle_consumers(self, idle_seconds: float, keep: str) -> int:
         """Drop consumers of the group that hold nothing and were silent this long.
@@ -213,8 +247,11 @@ class TaskStore:
         idle joins again with its next read.
         """
         consumers = await self.redis.xinfo_consumers(keys.QUEUE, keys.WORKERS_GROUP)
-        stale = [c["name"] for c in consumers if c["name"] != keep and c["pending"] == 0
-                 and c["idle"] >= idle_seconds * 1000]
+        stale = [
+            c["name"]
+            for c in consumers
+            if c["name"] != keep and c["pending"] == 0 and c["idle"] >= idle_seconds * 1000
+        ]
         for name in stale:
             await self.redis.xgroup_delconsumer(keys.QUEUE, keys.WORKERS_GROUP, name)
         return len(stale)

@@ -8,7 +8,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from . import appkeys, metrics, smtp_status
+from mailhub import metrics
+from mailhub.delivery import smtp_status
+from mailhub.web import appkeys
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -24,7 +26,7 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await asyncio.wait_for(redis.ping(), timeout=1.0)
         checks["redis"] = "ok"
-    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, RedisError, OSError) as exc:
         checks["redis"] = f"unreachable: {exc or type(exc).__name__}"
         return _answer(checks, f"Redis is unreachable: {exc or type(exc).__name__}")
     if settings.capture_mode:
@@ -44,8 +46,7 @@ async def readyz(request: web.Request) -> web.Response:
 def _answer(checks: dict[str, str], problem: str | None = None) -> web.Response:
     if problem is None:
         return web.json_response({"status": "ready", "checks": checks})
-    return web.json_response({"status": "unavailable", "reason": problem, "checks": checks},
-                             status=503)
+    return web.json_response({"status": "unavailable", "reason": problem, "checks": checks}, status=503)
 
 
 async def prometheus(request: web.Request) -> web.Response:

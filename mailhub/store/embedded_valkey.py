@@ -59,16 +59,24 @@ class EmbeddedRedis:
         self._stop_leftover()
         args = [
             str(get_binary_path()),
-            "--bind", "127.0.0.1", "--port", str(self.port),
-            "--dir", str(self.data_dir), "--pidfile", str(self.pid_file),
-            "--appendonly", "yes" if self.persist else "no",
-            "--save", "",
-            "--logfile", str(self.data_dir / "valkey.log"),
-            "--protected-mode", "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.data_dir),
+            "--pidfile",
+            str(self.pid_file),
+            "--appendonly",
+            "yes" if self.persist else "no",
+            "--save",
+            "",
+            "--logfile",
+            str(self.data_dir / "valkey.log"),
+            "--protected-mode",
+            "yes",
         ]
-        self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent  # noqa: PLW1509
-        )
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         self._wait_ready(timeout)
         logger.info("embedded Valkey on %s, data in %s", self.url, self.data_dir)
 

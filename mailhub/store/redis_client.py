@@ -6,7 +6,6 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-
 #: Connections one process opens at most; more concurrent commands wait for one.
 MAX_CONNECTIONS = 100
 #: How long a command waits for a free connection before failing (as a 503).

@@ -8,16 +8,17 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import appkeys, cors, demo, health, inbox, openapi, streams, views
-from .guard import SubmitGuard
-from .middlewares import json_errors
-from .redis_client import connect
-from .settings import Settings
-from .tasks import TaskStore
+from mailhub.settings import Settings
+from mailhub.store.redis_client import connect
+from mailhub.store.tasks import TaskStore
+from mailhub.web import appkeys, cors, demo, health, inbox, openapi, streams, views
+from mailhub.web.guard import SubmitGuard
+from mailhub.web.middlewares import json_errors
+
 
 def _static_dir() -> Path:
     """The demo form: beside the package in a checkout, under share/ once installed."""
-    checkout = Path(__file__).resolve().parent.parent / "static"
+    checkout = Path(__file__).resolve().parents[2] / "static"
     return checkout if checkout.is_dir() else Path(sys.prefix) / "share" / "mailhub" / "static"
 
 

@@ -9,10 +9,11 @@ import uuid
 from aiohttp import web
 from marshmallow import ValidationError
 
-from . import appkeys, metrics
-from .errors import ApiError, InvalidRequest, TaskNotFound, ValidationFailed
-from .schemas import EmailRequestSchema, TaskQuerySchema
-from .tasks import EmailRequest
+from mailhub import metrics
+from mailhub.errors import ApiError, InvalidRequest, TaskNotFound, ValidationFailed
+from mailhub.store.tasks import EmailRequest
+from mailhub.web import appkeys
+from mailhub.web.schemas import EmailRequestSchema, TaskQuerySchema
 
 RESULT_PATH = "/api/v1/email/result"
 MAX_IDEMPOTENCY_KEY = 255

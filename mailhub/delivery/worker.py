@@ -20,10 +20,11 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import keys, metrics
-from .errors import ConfigurationFailure, DeliveryError, PermanentFailure
-from .sending_gate import Sender, SendingGate
-from .tasks import Attempt, QueueEntry, TaskStore
+from mailhub import metrics
+from mailhub.delivery.sending_gate import Sender, SendingGate
+from mailhub.errors import ConfigurationFailure, DeliveryError, PermanentFailure
+from mailhub.store import keys
+from mailhub.store.tasks import Attempt, QueueEntry, TaskStore
 
 logger = logging.getLogger(__name__)
 
@@ -122,11 +123,10 @@ class Worker:
                 failures = 0
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - any failure of one round must not stop the worker
+            except Exception:
                 failures += 1
                 delay = min(5.0, 0.1 * 2**failures)
-                logger.exception("worker %s: %s failed, retrying in %.1fs",
-                                 self.name, step.__name__, delay)
+                logger.exception("worker %s: %s failed, retrying in %.1fs", self.name, step.__name__, delay)
                 await asyncio.sleep(delay)
 
     async def _take_slots(self, wanted: int) -> int:
@@ -158,11 +158,14 @@ class Worker:
         await self._claim(self._read_new, self.concurrency)
 
     async def _read_new(self, count: int) -> list[QueueEntry]:
-        reply = await self.store.redis.xreadgroup(
+        reply: Any = await self.store.redis.xreadgroup(
             keys.WORKERS_GROUP, self.name, {keys.QUEUE: ">"}, count=count, block=1000
         )
-        return [QueueEntry(entry_id, fields["task_id"])
-                for _, entries in reply or [] for entry_id, fields in entries]
+        return [
+            QueueEntry(entry_id, fields["task_id"])
+            for _, entries in reply or []
+            for entry_id, fields in entries
+        ]
 
     async def _reclaim_stalled(self) -> None:
         claimed = await self._claim(self._read_stalled, self.concurrency)
@@ -174,8 +177,12 @@ class Worker:
 
     async def _read_stalled(self, count: int) -> list[QueueEntry]:
         reply: Any = await self.store.redis.xautoclaim(
-            keys.QUEUE, keys.WORKERS_GROUP, self.name,
-            min_idle_time=int(self.claim_timeout * 1000), start_id="0-0", count=count,
+            keys.QUEUE,
+            keys.WORKERS_GROUP,
+            self.name,
+            min_idle_time=int(self.claim_timeout * 1000),
+            start_id="0-0",
+            count=count,
         )
         return [QueueEntry(entry_id, fields["task_id"]) for entry_id, fields in reply[1] if fields]
 
@@ -188,9 +195,8 @@ class Worker:
             attempt = await self.store.begin_attempt(entry)
             if attempt is not None:
                 await self._attempt(attempt)
-        except Exception:  # noqa: BLE001 - the entry stays pending and is reclaimed later
-            logger.exception("task %s: could not record its outcome; it will be retried",
-                             entry.task_id)
+        except Exception:
+            logger.exception("task %s: could not record its outcome; it will be retried", entry.task_id)
         finally:
             self._slots.release()
 
@@ -201,9 +207,10 @@ class Worker:
                 await self.sender.send(attempt)
         except ConfigurationFailure as failure:
             # Not this mail's fault: give the attempt back and stop sending until fixed.
-            await _until_recorded(lambda: self.store.retry_later(
-                attempt, self.gate.recheck_interval, f"sending paused: {failure.reason}",
-                counted=False))
+            paused = f"sending paused: {failure.reason}"
+            await _until_recorded(
+                lambda: self.store.retry_later(attempt, self.gate.recheck_interval, paused, counted=False)
+            )
             metrics.MAILS.labels("deferred").inc()
             await self.gate.pause(failure)
         except DeliveryError as failure:
@@ -225,8 +232,9 @@ class Worker:
         delay = backoff_delay(n, self.retry_base_delay, self.retry_max_delay)
         await _until_recorded(lambda: self.store.retry_later(attempt, delay, failure.reason))
         metrics.MAILS.labels("retried").inc()
-        logger.info("task %s: attempt %d failed (%s); retry in %.1fs",
-                    attempt.task_id, n, failure.reason, delay)
+        logger.info(
+            "task %s: attempt %d failed (%s); retry in %.1fs", attempt.task_id, n, failure.reason, delay
+        )
 
     @contextlib.asynccontextmanager
     async def running(self, grace: float = 25.0):  # type: ignore[no-untyped-def]

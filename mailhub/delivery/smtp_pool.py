@@ -46,8 +46,14 @@ class SmtpPool:
     """
 
     def __init__(
-        self, connect: Connect, *, size: int = 8, max_messages: int = 100,
-        idle_timeout: float = 30.0, probe_after: float = 1.0, send_timeout: float = 30.0,
+        self,
+        connect: Connect,
+        *,
+        size: int = 8,
+        max_messages: int = 100,
+        idle_timeout: float = 30.0,
+        probe_after: float = 1.0,
+        send_timeout: float = 30.0,
     ) -> None:
         if size < 1 or max_messages < 1:
             raise ValueError("size and max_messages must be at least 1")
@@ -82,7 +88,8 @@ class SmtpPool:
                 await self._slots.acquire()
         except TimeoutError:
             raise aiosmtplib.SMTPTimeoutError(
-                f"all {self.size} SMTP connections stayed busy for {self.send_timeout:g}s") from None
+                f"all {self.size} SMTP connections stayed busy for {self.send_timeout:g}s"
+            ) from None
         self.busy += 1
         try:
             await self._send_until(deadline, message)
@@ -107,7 +114,8 @@ class SmtpPool:
                 self._discard(connection)
             if isinstance(exc, TimeoutError) and not isinstance(exc, aiosmtplib.SMTPTimeoutError):
                 raise aiosmtplib.SMTPTimeoutError(
-                    f"the SMTP server did not finish within {self.send_timeout:g}s") from exc
+                    f"the SMTP server did not finish within {self.send_timeout:g}s"
+                ) from exc
             raise
         self._checkin(connection)
 
@@ -134,7 +142,8 @@ class SmtpPool:
             unused_for = time.monotonic() - connection.idle_since
             # A server may drop an idle connection or queue a 421 on it: ask first.
             if connection.smtp.is_connected and (
-                    unused_for < self.probe_after or await self._reset(connection)):
+                unused_for < self.probe_after or await self._reset(connection)
+            ):
                 return connection
             self._discard(connection)
         smtp = await self._connect()
@@ -160,8 +169,7 @@ class SmtpPool:
             self._retire(connection)
             return
         connection.idle_since = time.monotonic()
-        connection.reaper = asyncio.get_running_loop().call_later(
-            self.idle_timeout, self._expire, connection)
+        connection.reaper = asyncio.get_running_loop().call_later(self.idle_timeout, self._expire, connection)
         self._idle.append(connection)
 
     def _expire(self, connection: _Connection) -> None:

@@ -11,42 +11,14 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from limits import parse_many
 from redis.asyncio import Redis
 
-from . import keys, scripts
-from .errors import RateLimited, RecipientRefused, Unauthorized
-from .settings import Settings
+from mailhub.errors import RecipientRefused, Unauthorized
+from mailhub.settings import Settings
+from mailhub.store.rate_limit import Quota, RateCounter, rate_windows
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Quota:
-    """One client's rate limits, as the Lua scripts count them (`scripts.over_limit`).
-
-    The enqueue script counts an accepted submit in the same round trip that
-    queues it; `SubmitGuard.count` counts one refused before that.
-    """
-
-    client: str
-    #: (amount, seconds) of each fixed window, in RATE_LIMIT's order.
-    windows: tuple[tuple[int, int], ...]
-
-    def counter_keys(self) -> list[str]:
-        return [keys.rate_limit(seconds, self.client) for _, seconds in self.windows]
-
-    def script_args(self) -> list[int]:
-        return [number for window in self.windows for number in window]
-
-    def refusal(self, retry_after: int, window: int) -> RateLimited:
-        """The 429 for going over window number `window` (from 1)."""
-        amount, seconds = self.windows[window - 1]
-        logger.warning("rate limit %d per %d s reached by %s", amount, seconds, self.client)
-        return RateLimited(f"Too many emails from your address; try again in {retry_after} s.",
-                           headers={"Retry-After": str(retry_after)})
 
 
 class SubmitGuard:
@@ -55,25 +27,19 @@ class SubmitGuard:
     def __init__(self, settings: Settings, redis: Redis) -> None:
         self.settings = settings
         self._proxies = [ipaddress.ip_network(net) for net in settings.trusted_proxies]
-        limits = [] if settings.rate_limit == "off" else parse_many(settings.rate_limit)
-        # One counter per window length: of two limits on the same length, the lower rules.
-        amounts: dict[int, int] = {}
-        for item in limits:
-            seconds = item.get_expiry()
-            amounts[seconds] = min(item.amount, amounts.get(seconds, item.amount))
-        self._windows = tuple((amount, seconds) for seconds, amount in amounts.items())
-        self._count = redis.register_script(scripts.source(scripts.COUNT_SUBMIT))
+        self._windows = rate_windows(settings.rate_limit)
+        self._counter = RateCounter(redis)
 
     def check_api_key(self, headers: Mapping[str, str]) -> None:
         if not self.settings.api_keys:
             return
         scheme, _, token = headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not any(
-            hmac.compare_digest(token.strip().encode(), key.encode())
-            for key in self.settings.api_keys
+            hmac.compare_digest(token.strip().encode(), key.encode()) for key in self.settings.api_keys
         ):
-            raise Unauthorized("Send a valid API key: Authorization: Bearer <key>.",
-                               headers={"WWW-Authenticate": "Bearer"})
+            raise Unauthorized(
+                "Send a valid API key: Authorization: Bearer <key>.", headers={"WWW-Authenticate": "Bearer"}
+            )
 
     def client_address(self, remote: str | None, headers: Mapping[str, str]) -> str:
         """The client's address; X-Forwarded-For counts only when a trusted proxy sent it."""
@@ -102,11 +68,7 @@ class SubmitGuard:
 
         One round trip, none when RATE_LIMIT is off.
         """
-        if not quota.windows:
-            return
-        retry_after, window = await self._count(keys=quota.counter_keys(), args=quota.script_args())
-        if int(retry_after):
-            raise quota.refusal(int(retry_after), int(window))
+        await self._counter.count(quota)
 
     def check_recipient(self, address: str) -> None:
         if self.settings.capture_mode:
@@ -116,8 +78,9 @@ class SubmitGuard:
         domain = "@" + address.rpartition("@")[2]
         if "*" in allowed or address in allowed or domain in allowed:
             return
-        raise RecipientRefused("This server does not send mail to that address.",
-                               fields={"to": ["Not an allowed recipient."]})
+        raise RecipientRefused(
+            "This server does not send mail to that address.", fields={"to": ["Not an allowed recipient."]}
+        )
 
     def is_spam(self, payload: object) -> bool:
         """True if the honeypot field, which people never see, was filled in."""

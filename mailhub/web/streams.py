@@ -25,10 +25,10 @@ from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 from aiohttp_sse import EventSourceResponse, sse_response
 from redis.exceptions import RedisError
 
-from . import appkeys
-from .errors import ApiError, InvalidRequest, ServiceUnavailable, TaskNotFound
-from .events import Event, EventHub, Subscription, Writer, follow, relay
-from .views import task_id_from_query
+from mailhub.errors import ApiError, InvalidRequest, ServiceUnavailable, TaskNotFound
+from mailhub.live.events import Event, EventHub, Subscription, Writer, follow, relay
+from mailhub.web import appkeys
+from mailhub.web.views import task_id_from_query
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ async def hub_context(app: web.Application) -> AsyncIterator[None]:
 
 async def close_streams(app: web.Application) -> None:
     """on_shutdown: end every open stream, so the server stops promptly."""
-    for stream in list(app[appkeys.STREAMS]):
+    open_streams = app[appkeys.STREAMS]
+    for stream in list(open_streams):
         if isinstance(stream, web.WebSocketResponse):
             await stream.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
         elif isinstance(stream, EventSourceResponse):
@@ -109,8 +110,11 @@ def _sse_writer(request: web.Request, stream: EventSourceResponse) -> Writer:
     chunked = stream.headers.get(hdrs.TRANSFER_ENCODING) == "chunked"
 
     def write(event: Event) -> bool:
-        if transport is None or transport.is_closing() or \
-                transport.get_write_buffer_size() > SSE_BUFFER_LIMIT:
+        if (
+            transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > SSE_BUFFER_LIMIT
+        ):
             return False
         transport.write(sse_frame(event, chunked))
         return True
@@ -129,16 +133,20 @@ async def task_events(request: web.Request) -> web.StreamResponse:
             # Everything was seen: 204 tells EventSource to stop reconnecting.
             return web.Response(status=204)
         keepalive = request.app[appkeys.SETTINGS].sse_keepalive
-        async with sse_response(request, ping_interval=keepalive,
-                                response_cls=_TaskEventSource) as stream:
+        async with sse_response(request, ping_interval=keepalive, response_cls=_TaskEventSource) as stream:
             stream.subscription = subscription
             request.app[appkeys.STREAMS].add(stream)
             try:
-                kept_up = await relay(subscription, first, _sse_writer(request, stream),
-                                      after=after,
-                                      # A quiet stream checks its client at each keep-alive; the
-                                      # server's handler cancellation usually ends it sooner.
-                                      alive=lambda: _connected(request, stream), idle=keepalive)
+                kept_up = await relay(
+                    subscription,
+                    first,
+                    _sse_writer(request, stream),
+                    after=after,
+                    # A quiet stream checks its client at each keep-alive; the
+                    # server's handler cancellation usually ends it sooner.
+                    alive=lambda: _connected(request, stream),
+                    idle=keepalive,
+                )
             except RedisError as exc:
                 # Headers are sent: end the stream; the client's reconnect resumes it.
                 logger.warning("task %s: SSE stream ended, Redis unavailable: %s", task_id, exc)
@@ -222,10 +230,11 @@ class _WsSession:
                         await self.ws.send_str(event.data)
         except ConnectionError:
             pass  # the socket closed under us; the reader loop ends the session
-        except Exception:  # noqa: BLE001 - one task's trouble must not end the socket
+        except Exception:
             logger.exception("task %s: live updates over WebSocket stopped", subscription.task_id)
-            await self.error(ServiceUnavailable("Live updates stopped; read the result instead."),
-                             subscription.task_id)
+            await self.error(
+                ServiceUnavailable("Live updates stopped; read the result instead."), subscription.task_id
+            )
         finally:
             if self.followers.get(subscription.task_id) is asyncio.current_task():
                 del self.followers[subscription.task_id]
@@ -251,8 +260,11 @@ def _parse_command(text: str) -> tuple[str, str]:
         command = json.loads(text)
     except ValueError:
         raise InvalidRequest("Not valid JSON.") from None
-    if not isinstance(command, dict) or len(command) != 1 or \
-            next(iter(command)) not in ("subscribe", "unsubscribe"):
+    if (
+        not isinstance(command, dict)
+        or len(command) != 1
+        or next(iter(command)) not in ("subscribe", "unsubscribe")
+    ):
         raise InvalidRequest('Send {"subscribe": "<task_id>"} or {"unsubscribe": "<task_id>"}.')
     action, raw = next(iter(command.items()))
     try:

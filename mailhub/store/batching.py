@@ -58,7 +58,7 @@ class ScriptBatcher:
         pending = [call for call in self._pending if not call.future.done()]
         self._pending = []
         for start in range(0, len(pending), self.max_batch):
-            flush = asyncio.create_task(self._send(pending[start:start + self.max_batch]))
+            flush = asyncio.create_task(self._send(pending[start : start + self.max_batch]))
             self._flushes.add(flush)
             flush.add_done_callback(self._flushes.discard)
 
@@ -66,8 +66,7 @@ class ScriptBatcher:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for call in batch:
-                    pipe.execute_command("EVALSHA", call.script.sha, len(call.keys),
-                                         *call.keys, *call.args)
+                    pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
                 replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:
             for call in batch:
@@ -80,7 +79,7 @@ class ScriptBatcher:
                 # Redis restarted or its scripts were flushed: the script object loads it again.
                 try:
                     reply = await call.script(keys=call.keys, args=call.args)
-                except Exception as exc:  # noqa: BLE001 - handed to the caller
+                except Exception as exc:
                     reply = exc
             if isinstance(reply, Exception):
                 _settle(call.future, error=reply)
@@ -88,8 +87,7 @@ class ScriptBatcher:
                 _settle(call.future, result=reply)
 
 
-def _settle(future: asyncio.Future[Any], *, result: Any = None,
-            error: BaseException | None = None) -> None:
+def _settle(future: asyncio.Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
     if future.done():
         return  # its caller was cancelled
     if isinstance(error, asyncio.CancelledError):
@@ -104,5 +102,5 @@ def _own_copy(error: BaseException) -> BaseException:
     """A copy for one caller: each raise adds its own frames to the traceback."""
     try:
         return copy.copy(error)
-    except Exception:  # noqa: BLE001 - an exception class that cannot be rebuilt from its args
+    except Exception:
         return error

@@ -9,7 +9,7 @@ from aiohttp.typedefs import Handler
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import ApiError, ServiceUnavailable
+from mailhub.errors import ApiError, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -46,4 +46,3 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except Exception:
         logger.exception("unexpected error while serving %s %s", request.method, request.path)
         return error_response(500, "internal_error", "Something went wrong on our side.")
-

@@ -12,7 +12,7 @@ same script that queues it, so an accepted submit is one round trip to Redis.
 
 from __future__ import annotations
 
-from . import keys
+from mailhub.store import keys
 
 _PRELUDE = """
 local PUBLIC = {queued='pending', sending='pending', retrying='pending',

@@ -16,9 +16,10 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from . import metrics, smtp_status
-from .errors import ConfigurationFailure, DeliveryError
-from .tasks import Attempt
+from mailhub import metrics
+from mailhub.delivery import smtp_status
+from mailhub.errors import ConfigurationFailure, DeliveryError
+from mailhub.store.tasks import Attempt
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +55,12 @@ class SendingGate:
             return
         self._open.clear()
         metrics.SMTP_PAUSED.set(1)
-        logger.error("SENDING PAUSED: %s. No mail is failed meanwhile; the login is re-checked "
-                     "every %.3gs and sending resumes by itself once it works.",
-                     failure.reason, self.recheck_interval)
+        logger.error(
+            "SENDING PAUSED: %s. No mail is failed meanwhile; the login is re-checked "
+            "every %.3gs and sending resumes by itself once it works.",
+            failure.reason,
+            self.recheck_interval,
+        )
         await smtp_status.record(self.redis, self.worker, paused=True, reason=failure.reason)
 
     async def watch(self) -> None:

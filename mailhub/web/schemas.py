@@ -66,25 +66,35 @@ def task_id_format(value: str) -> None:
 class EmailRequestSchema(Schema):
     """The body of `POST /api/v1/email/received`."""
 
-    to = Text(required=True, validate=[validate.Length(max=254), deliverable_address],
-                       metadata={"example": "user@example.com", "format": "email"})
+    to = Text(
+        required=True,
+        validate=[validate.Length(max=254), deliverable_address],
+        metadata={"example": "user@example.com", "format": "email"},
+    )
     subject = Text(
         required=True,
         validate=[validate.Length(min=1, max=MAX_SUBJECT), not_blank, no_control_characters],
         metadata={"example": "Hello", "pattern": SUBJECT_PATTERN},
     )
-    body = Text(required=True, validate=[not_blank, body_size],
-                         metadata={"example": "{username}님 안녕하세요!", "minLength": 1,
-                                   "pattern": NOT_BLANK_PATTERN,
-                                   "description": "`{username}` is replaced with `username`."})
-    username = Text(load_default="",
-                             validate=[validate.Length(max=MAX_USERNAME), no_control_characters],
-                             metadata={"example": "홍길동", "pattern": NO_CONTROL_PATTERN})
+    body = Text(
+        required=True,
+        validate=[not_blank, body_size],
+        metadata={
+            "example": "{username}님 안녕하세요!",
+            "minLength": 1,
+            "pattern": NOT_BLANK_PATTERN,
+            "description": "`{username}` is replaced with `username`.",
+        },
+    )
+    username = Text(
+        load_default="",
+        validate=[validate.Length(max=MAX_USERNAME), no_control_characters],
+        metadata={"example": "홍길동", "pattern": NO_CONTROL_PATTERN},
+    )
 
 
 class TaskQuerySchema(Schema):
-    task_id = Text(required=True,
-                            validate=[validate.Length(max=MAX_TASK_ID), task_id_format])
+    task_id = Text(required=True, validate=[validate.Length(max=MAX_TASK_ID), task_id_format])
 
 
 class QueuedSchema(Schema):
@@ -104,16 +114,16 @@ class ResultSchema(Schema):
     last_error = fields.String(metadata={"description": "The last attempt's error, while a retry waits."})
     next_attempt_at = fields.String(metadata={"description": "When the next attempt is due."})
     seq = fields.Integer(required=True, metadata={"description": "Transition number, from 1."})
-    event = fields.String(required=True,
-                          metadata={"enum": ["queued", "attempt", "retry", "success", "failed"]})
+    event = fields.String(
+        required=True, metadata={"enum": ["queued", "attempt", "retry", "success", "failed"]}
+    )
     at = fields.String(required=True, metadata={"description": "When the transition happened."})
 
 
 class ErrorDetailSchema(Schema):
     code = fields.String(required=True)
     message = fields.String(required=True)
-    field_errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()),
-                               data_key="fields")
+    field_errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()), data_key="fields")
 
 
 class ErrorSchema(Schema):

@@ -21,15 +21,15 @@ import contextlib
 import enum
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from . import keys
-from .tasks import TERMINAL_STATES, TaskStore
+from mailhub.store import keys
+from mailhub.store.tasks import TERMINAL_STATES, TaskStore
 
 logger = logging.getLogger(__name__)
 
@@ -156,9 +156,16 @@ class EventHub:
     """
 
     def __init__(
-        self, store: TaskStore, *, channel: str = keys.EVENTS, queue_size: int = 64,
-        read_limit: int = 1, backoff_base: float = 0.1, backoff_cap: float = 5.0,
-        linger: float = 60.0, ready_timeout: float = 2.0,
+        self,
+        store: TaskStore,
+        *,
+        channel: str = keys.EVENTS,
+        queue_size: int = 64,
+        read_limit: int = 1,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 5.0,
+        linger: float = 60.0,
+        ready_timeout: float = 2.0,
     ) -> None:
         self.store = store
         self.redis: Redis = store.redis
@@ -205,8 +212,11 @@ class EventHub:
         `RedisConnectionError` if the channel is not subscribed within
         `ready_timeout` seconds.
         """
-        if self._listener is not None and not self._ready.is_set() and \
-                not await self.wait_ready(self.ready_timeout):
+        if (
+            self._listener is not None
+            and not self._ready.is_set()
+            and not await self.wait_ready(self.ready_timeout)
+        ):
             raise RedisConnectionError("live events are unavailable: Redis does not answer")
         async with self._reads:
             stored = await self.store.result(task_id)
@@ -220,8 +230,7 @@ class EventHub:
                 del self._topics[subscription.task_id]
         if not self._topics and self._listener is not None and self._idle_stop is None:
             with contextlib.suppress(RuntimeError):  # no running loop: the hub is going anyway
-                self._idle_stop = asyncio.get_running_loop().call_later(
-                    self.linger, self._stop_listening)
+                self._idle_stop = asyncio.get_running_loop().call_later(self.linger, self._stop_listening)
 
     def _listen_while_needed(self) -> None:
         if self._idle_stop is not None:
@@ -284,7 +293,7 @@ class EventHub:
                         resync = True
                     elif message["type"] == "message":
                         self._dispatch(message["data"])
-            except Exception as exc:  # noqa: BLE001 - the hub must outlive any Redis trouble
+            except Exception as exc:
                 self._ready.clear()
                 failures += 1
                 delay = min(self.backoff_cap, self.backoff_base * 2 ** (failures - 1))
@@ -316,9 +325,13 @@ class EventHub:
 
 
 async def follow(
-    subscription: Subscription, first: Event, *, after: int = 0,
-    alive: Callable[[], bool] | None = None, idle: float = 1.0,
-) -> AsyncIterator[Event]:
+    subscription: Subscription,
+    first: Event,
+    *,
+    after: int = 0,
+    alive: Callable[[], bool] | None = None,
+    idle: float = 1.0,
+) -> AsyncGenerator[Event]:
     """Yield `first`, then every newer event of the task, each once, in order.
 
     `first` is the stored state read *after* subscribing (`EventHub.current`),
@@ -353,8 +366,13 @@ async def follow(
 
 
 async def relay(
-    subscription: Subscription, first: Event, write: Writer, *, after: int = 0,
-    alive: Callable[[], bool] | None = None, idle: float = 1.0,
+    subscription: Subscription,
+    first: Event,
+    write: Writer,
+    *,
+    after: int = 0,
+    alive: Callable[[], bool] | None = None,
+    idle: float = 1.0,
 ) -> bool:
     """Give `write` what `follow` would yield (same arguments, same contract).
 

@@ -1,0 +1,1 @@
+"""Live status: one pub/sub connection per process, fanned out to subscribers."""

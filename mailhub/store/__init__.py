@@ -1,0 +1,1 @@
+"""Redis: key names, the task store and its Lua scripts, batching, clients, the embedded Valkey."""

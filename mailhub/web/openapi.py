@@ -1,0 +1,196 @@
+"""The OpenAPI 3.0.3 spec, built from the marshmallow schemas, and Swagger UI at /docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from swagger_ui_bundle import swagger_ui_path
+
+from mailhub import __version__
+from mailhub.web import schemas
+
+SWAGGER_STATIC = "/docs/static"
+
+_DOCS_PAGE = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>mailhub API</title>
+<link rel="stylesheet" href="{SWAGGER_STATIC}/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="{SWAGGER_STATIC}/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({{url: "/openapi.json", dom_id: "#swagger-ui"}});</script>
+</body></html>"""
+
+
+def _json(schema: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json("Error", description)
+
+
+def build_spec() -> dict[str, Any]:
+    spec = APISpec(
+        title="mailhub",
+        version=__version__,
+        openapi_version="3.0.3",
+        plugins=[MarshmallowPlugin()],
+        info={"description": "Queue emails over HTTP; follow their delivery."},
+    )
+    for name, schema in [
+        ("EmailRequest", schemas.EmailRequestSchema),
+        ("Queued", schemas.QueuedSchema),
+        ("Result", schemas.ResultSchema),
+        ("Error", schemas.ErrorSchema),
+    ]:
+        spec.components.schema(name, schema=schema)
+    spec.path(
+        path="/api/v1/email/received",
+        operations={
+            "post": {
+                "summary": "Queue an email",
+                "description": "Answers at once with a task id; a worker delivers the mail.",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/EmailRequest"}}
+                    },
+                },
+                "responses": {
+                    "200": _json("Queued", "Queued"),
+                    "400": _error("Not JSON or not UTF-8"),
+                    "413": _error("Request too large"),
+                    "415": _error("Not application/json"),
+                    "422": _error("Invalid fields"),
+                    "503": _error("Queue unavailable"),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/api/v1/email/result",
+        operations={
+            "get": {
+                "summary": "A task's result",
+                "parameters": [
+                    {
+                        "name": "task_id",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "format": "uuid", "maxLength": schemas.MAX_TASK_ID},
+                    }
+                ],
+                "responses": {
+                    "200": _json("Result", "pending, success or failed"),
+                    "404": _error("Unknown or expired task id"),
+                    "422": _error("Missing or malformed task id"),
+                    "503": _error("Queue unavailable"),
+                },
+            }
+        },
+    )
+    _add_live_paths(spec)
+    return spec.to_dict()
+
+
+_TASK_ID_PARAM = {
+    "name": "task_id",
+    "in": "query",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid", "maxLength": schemas.MAX_TASK_ID},
+}
+
+
+def _add_live_paths(spec: APISpec) -> None:
+    """The SSE and WebSocket endpoints (OpenAPI can only describe their handshake)."""
+    spec.path(
+        path="/api/v1/email/events",
+        operations={
+            "get": {
+                "summary": "Follow a task live (Server-Sent Events)",
+                "description": (
+                    "Sends the task's current result document, then one event per transition, "
+                    "until `success` or `failed`, then closes. Each event's `data` is a Result "
+                    "document and its `id` is the document's `seq`; a reconnect with "
+                    "`Last-Event-ID` resumes after it. Comments (`: ping`) keep idle streams open."
+                ),
+                "parameters": [
+                    _TASK_ID_PARAM,
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0},
+                        "description": "Skip events up to this seq.",
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "An event stream of Result documents",
+                        "content": {
+                            "text/event-stream": {
+                                "schema": {"type": "string"},
+                                "example": 'id: 1\ndata: {"seq": 1, ...}\n\n',
+                            }
+                        },
+                    },
+                    "204": {"description": "Last-Event-ID already covers the final state: nothing more"},
+                    "404": _error("Unknown or expired task id"),
+                    "422": _error("Missing or malformed task id"),
+                    "503": _error("Queue unavailable"),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/api/v1/email/ws",
+        operations={
+            "get": {
+                "summary": "Follow tasks live (WebSocket)",
+                "description": (
+                    'Send `{"subscribe": "<task_id>"}` (several per connection) and '
+                    '`{"unsubscribe": "<task_id>"}` as text messages. The server sends each '
+                    "followed task's current Result document, then one per transition until a "
+                    'final one. Mistakes are answered with `{"error": {"code", "message", '
+                    '"task_id"?}}` and the connection stays open.'
+                ),
+                "responses": {
+                    "101": {"description": "Switching to the WebSocket protocol"},
+                    "400": _error("Not a WebSocket handshake"),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/api/v1/demo-config",
+        operations={
+            "get": {
+                "summary": "Settings of the bundled demo form",
+                "responses": {
+                    "200": {
+                        "description": "`recipient` to prefill; `inbox_url` in capture mode",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+    )
+
+
+def setup(app: web.Application) -> None:
+    spec = build_spec()
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.json_response(spec)
+
+    async def docs(request: web.Request) -> web.Response:
+        return web.Response(text=_DOCS_PAGE, content_type="text/html")
+
+    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/docs", docs)
+    app.router.add_static(SWAGGER_STATIC, str(swagger_ui_path))
