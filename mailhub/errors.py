@@ -6,7 +6,10 @@ MailhubError
  │    ├── InvalidRequest    400: not JSON, not UTF-8, bad header
  │    ├── Unauthorized      401: API key missing or wrong
  │    ├── RecipientRefused  403: address outside ALLOWED_RECIPIENTS
+ │    ├── OriginRefused     403: a form posted from a page outside its origins
+ │    ├── CaptchaRefused    403: a form's CAPTCHA token missing, bad, reused or unverifiable
  │    ├── TaskNotFound      404: unknown or expired task id
+ │    ├── FormNotFound      404: no form with that id
  │    ├── IdempotencyConflict 409: key reused with another body
  │    ├── ValidationFailed  422: per-field messages
  │    ├── RateLimited       429: too many submits from one client
@@ -73,6 +76,27 @@ class Unauthorized(ApiError):
 class RecipientRefused(ApiError):
     status = 403
     code = "recipient_not_allowed"
+
+
+class OriginRefused(ApiError):
+    status = 403
+    code = "origin_not_allowed"
+
+
+class CaptchaRefused(ApiError):
+    """403 with a code saying which: captcha_missing, captcha_invalid, captcha_unverifiable."""
+
+    status = 403
+    code = "captcha_invalid"
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class FormNotFound(ApiError):
+    status = 404
+    code = "form_not_found"
 
 
 class IdempotencyConflict(ApiError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
 from pathlib import Path
 from typing import TypeVar
@@ -19,6 +19,7 @@ from dotenv import dotenv_values
 from limits import parse_many
 
 from mailhub.errors import SettingsError
+from mailhub.forms.definitions import CAPTCHAS, FormDefinition, capture_contact_form, load_forms_file
 
 T = TypeVar("T")
 
@@ -78,6 +79,15 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     #: A hidden form field; a submission that fills it is dropped quietly. Empty: off.
     honeypot_field: str = ""
+    #: The TOML file defining the server-side forms (None: no file).
+    forms_file: Path | None = None
+    #: The forms, by id: from `forms_file`, or capture mode's example `contact` form.
+    #: Derived from the other settings, so left out of comparisons.
+    forms: Mapping[str, FormDefinition] = field(default_factory=dict, repr=False, hash=False, compare=False)
+    #: CAPTCHA secrets by provider (turnstile, hcaptcha, recaptcha).
+    captcha_secrets: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
+    #: Empty: each provider's own siteverify URL; set, every CAPTCHA is verified there.
+    captcha_verify_url: str = ""
 
     @property
     def capture_mode(self) -> bool:
@@ -172,15 +182,33 @@ def _rate_limit(raw: str) -> str:
     return raw
 
 
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http(s) URL")
+    return raw
+
+
+def _forms(settings: Settings) -> dict[str, FormDefinition]:
+    """The forms of FORMS_FILE; with none and nothing configured, the example `contact` form."""
+    if settings.forms_file is not None:
+        return load_forms_file(settings.forms_file, settings.captcha_secrets)
+    if settings.capture_mode:
+        return {"contact": capture_contact_form(settings.demo_recipient)}
+    return {}
+
+
 def _check_abuse_settings(settings: Settings) -> None:
     """Refuse to start as an open relay through the owner's SMTP account."""
     if settings.capture_mode:
         return
-    if not settings.allowed_recipients:
+    # A forms-only deployment: the forms fix their recipients, the contract
+    # endpoint refuses every recipient.
+    if not settings.allowed_recipients and settings.forms_file is None:
         raise SettingsError(
             "ALLOWED_RECIPIENTS is empty: with a real SMTP server anyone could send mail "
             "through your account; list the addresses or @domains mail may go to "
-            "(or set ALLOWED_RECIPIENTS=* together with API_KEYS)"
+            "(or set ALLOWED_RECIPIENTS=* together with API_KEYS, or use only FORMS_FILE)"
         )
     if "*" in settings.allowed_recipients and not settings.api_keys:
         raise SettingsError(
@@ -233,7 +261,13 @@ def _parse(env: _Reader) -> Settings:
         trusted_proxies=env.get("TRUSTED_PROXIES", _list(_network), ()),
         cors_origins=env.get("CORS_ORIGINS", _list(_origin), ()),
         honeypot_field=env.get("HONEYPOT_FIELD", str, d.honeypot_field),
+        forms_file=env.get("FORMS_FILE", Path, d.forms_file),
+        captcha_secrets={
+            name: secret for name in CAPTCHAS if (secret := env.get(f"{name.upper()}_SECRET", str, ""))
+        },
+        captcha_verify_url=env.get("CAPTCHA_VERIFY_URL", _http_url, d.captcha_verify_url),
     )
+    settings = replace(settings, forms=_forms(settings))
     _check_abuse_settings(settings)
     # A send can take SMTP_TIMEOUT, plus as long again to reset a refused transaction.
     if settings.claim_timeout < 2 * settings.smtp_timeout:

@@ -6,10 +6,10 @@ import functools
 import re
 import ssl
 from email import policy
-from email.headerregistry import BaseHeader, HeaderRegistry
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import Policy
-from email.utils import formatdate
+from email.utils import formatdate, parseaddr
 
 import aiosmtplib
 
@@ -79,15 +79,30 @@ _POLICY = policy.default.clone(header_factory=_CachedHeaderRegistry())
 
 
 def build_message(attempt: Attempt, mail_from: str) -> EmailMessage:
-    """The mail of an attempt: plain UTF-8 text, headers as given, the task's Message-ID."""
+    """The mail of an attempt: UTF-8 text (and its HTML alternative), the task's Message-ID.
+
+    From is always `mail_from`'s address (DMARC); a form may only give it a
+    display name. A form's body is final: `{username}` is not replaced in it.
+    """
     message = EmailMessage(policy=_POLICY)
-    message["From"] = mail_from
+    message["From"] = _sender(mail_from, attempt.from_name)
     message["To"] = attempt.to
+    if attempt.reply_to:
+        message["Reply-To"] = attempt.reply_to
     message["Subject"] = attempt.subject
     message["Date"] = formatdate(localtime=False, usegmt=True)
     message["Message-ID"] = attempt.message_id
-    message.set_content(render_body(attempt.body, attempt.username), charset="utf-8")
+    body = attempt.body if attempt.rendered else render_body(attempt.body, attempt.username)
+    message.set_content(body, charset="utf-8")
+    if attempt.html:
+        message.add_alternative(attempt.html, subtype="html", charset="utf-8")
     return message
+
+
+def _sender(mail_from: str, display_name: str) -> str:
+    if not display_name:
+        return mail_from
+    return str(Address(display_name=display_name, addr_spec=parseaddr(mail_from)[1]))
 
 
 def classify(exc: Exception) -> DeliveryError:

@@ -76,7 +76,8 @@ end
 #: then one rate-limit counter prefix per window (see `over_limit`).
 #: ARGV: at, body fingerprint, idempotency TTL, amount and seconds of each
 #: window, then the task's values: task_id, to, subject, body, username,
-#: message_id, created_ts (in this order, without names: fewer arguments).
+#: message_id, created_ts, reply_to, html, from_name, rendered (in this order,
+#: without names: fewer arguments).
 #: Returns {task id, 1} when queued, {earlier task id, 0} for a repeat of the
 #: same body under the same idempotency key (or of this very call), {earlier
 #: task id, -1} for another body, {seconds until the window resets, -2,
@@ -100,6 +101,12 @@ local task_id = ARGV[v]
 redis.call('HSET', KEYS[1], 'task_id', task_id, 'to', ARGV[v + 1], 'subject', ARGV[v + 2],
            'body', ARGV[v + 3], 'username', ARGV[v + 4], 'message_id', ARGV[v + 5],
            'created_ts', ARGV[v + 6], 'created_at', ARGV[1], 'state', 'queued', 'attempts', 0)
+-- A form's parts, only when present: a contract mail's hash stays as it was.
+local optional = {'reply_to', 'html', 'from_name', 'rendered'}
+for i, name in ipairs(optional) do
+  local value = ARGV[v + 6 + i]
+  if value and value ~= '' and value ~= '0' then redis.call('HSET', KEYS[1], name, value) end
+end
 redis.call('XADD', KEYS[2], '*', 'task_id', task_id)
 emit(KEYS[1], 'queued', ARGV[1])
 if once then
@@ -143,8 +150,10 @@ if reason then
 end
 redis.call('HSET', KEYS[1], 'state', 'sending', 'attempts', attempts + 1)
 emit(KEYS[1], 'attempt', ARGV[2])
-return redis.call('HMGET', KEYS[1], 'task_id', 'to', 'subject', 'body', 'username',
-                  'message_id', 'attempts')
+local f = redis.call('HMGET', KEYS[1], 'task_id', 'to', 'subject', 'body', 'username',
+                    'message_id', 'attempts', 'reply_to', 'html', 'from_name', 'rendered')
+for i = 8, 11 do f[i] = f[i] or '' end
+return f
 """
 
 #: KEYS: task, queue. ARGV: entry id, attempt, at, retention seconds.

@@ -48,10 +48,19 @@ _QUEUED, _REPEAT, _CONFLICT, _OVER_LIMIT = 1, 0, -1, -2
 class EmailRequest:
     """What a client asked to send."""
 
+    #: One address, or several separated by commas (a form's recipients).
     to: str
     subject: str
     body: str
     username: str = ""
+    #: The address replies go to ("" for none).
+    reply_to: str = ""
+    #: An HTML alternative of the body ("" for plain text only).
+    html: str = ""
+    #: The From display name; the address stays MAIL_FROM ("" keeps MAIL_FROM as is).
+    from_name: str = ""
+    #: The body is final text (a form's): `{username}` is not replaced at send time.
+    rendered: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,10 @@ class Attempt:
     username: str
     message_id: str
     number: int
+    reply_to: str = ""
+    html: str = ""
+    from_name: str = ""
+    rendered: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,6 +166,10 @@ class TaskStore:
             # Stable across attempts, so a duplicate after an ambiguous failure is recognisable.
             make_msgid(idstring=task_id, domain=self.message_id_domain),
             int(time.time()),
+            request.reply_to,
+            request.html,
+            request.from_name,
+            int(request.rendered),
         ]
         # Without an Idempotency-Key the script neither reads nor keeps a fingerprint.
         once_key, fingerprint = keys.task(task_id), ""
@@ -199,8 +216,22 @@ class TaskStore:
         )
         if not row:
             return None
-        task_id, to, subject, body, username, message_id, number = (_text(v) for v in row)
-        return Attempt(entry.entry_id, task_id, to, subject, body, username, message_id, int(number))
+        task_id, to, subject, body, username, message_id, number, *extra = (_text(v) for v in row)
+        reply_to, html, from_name, rendered = extra
+        return Attempt(
+            entry.entry_id,
+            task_id,
+            to,
+            subject,
+            body,
+            username,
+            message_id,
+            int(number),
+            reply_to=reply_to,
+            html=html,
+            from_name=from_name,
+            rendered=rendered == "1",
+        )
 
     async def succeed(self, attempt: Attempt) -> None:
         await self._batcher.run(
@@ -263,6 +294,8 @@ def _digest(text: str) -> str:
 
 def _fingerprint(request: EmailRequest) -> str:
     fields = [request.to, request.subject, request.body, request.username]
+    if request.rendered:  # a form's mail; the contract's fingerprints stay as they were
+        fields += [request.reply_to, request.html, request.from_name]
     return _digest(json.dumps(fields, ensure_ascii=False))
 
 

@@ -8,11 +8,14 @@ from pathlib import Path
 
 from aiohttp import web
 
+from mailhub.forms.intake import FormIntake
 from mailhub.settings import Settings
+from mailhub.store.rate_limit import RateCounter
 from mailhub.store.redis_client import connect
 from mailhub.store.tasks import TaskStore
-from mailhub.web import appkeys, cors, demo, health, inbox, openapi, streams, views
+from mailhub.web import appkeys, cors, demo, form_pages, forms, health, inbox, openapi, streams, views
 from mailhub.web.guard import SubmitGuard
+from mailhub.web.locales import Locales
 from mailhub.web.middlewares import json_errors
 
 
@@ -33,6 +36,7 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
     app[appkeys.REDIS] = redis
     app[appkeys.STORE] = TaskStore.from_settings(redis, settings)
     app[appkeys.GUARD] = SubmitGuard(settings, redis)
+    app[appkeys.FORMS] = FormIntake(settings.forms, app[appkeys.STORE], RateCounter(redis))
     yield
     await redis.aclose()
 
@@ -45,11 +49,14 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_REQUEST_BYTES)
     cors.setup(app, settings.cors_origins)
     app[appkeys.SETTINGS] = settings
+    app[appkeys.LOCALES] = Locales(STATIC_DIR / "locales")
     app.cleanup_ctx.append(_redis_context)
     app.cleanup_ctx.append(streams.hub_context)
     app.on_shutdown.append(streams.close_streams)
     app.router.add_post("/api/v1/email/received", views.submit)
     app.router.add_get(views.RESULT_PATH, views.result)
+    app.router.add_post(forms.ROUTE, forms.submit_form)
+    app.router.add_get(form_pages.THANKS_PATH, forms.thanks)
     app.router.add_get(streams.SSE_PATH, streams.task_events)
     app.router.add_get(streams.WS_PATH, streams.task_events_ws)
     app.router.add_get(demo.DEMO_CONFIG_PATH, demo.demo_config)

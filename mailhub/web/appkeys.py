@@ -7,15 +7,19 @@ import weakref
 from aiohttp import web
 from redis.asyncio import Redis
 
+from mailhub.forms.intake import FormIntake
 from mailhub.live.events import EventHub
 from mailhub.settings import Settings
 from mailhub.store.tasks import TaskStore
 from mailhub.web.guard import SubmitGuard
+from mailhub.web.locales import Locales
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
 STORE = web.AppKey("store", TaskStore)
 GUARD = web.AppKey("guard", SubmitGuard)
+FORMS = web.AppKey("forms", FormIntake)
+LOCALES = web.AppKey("locales", Locales)
 EVENT_HUB = web.AppKey("event_hub", EventHub)
 #: Open SSE and WebSocket responses, closed on shutdown.
 STREAMS: web.AppKey[weakref.WeakSet[web.StreamResponse]] = web.AppKey("streams")

@@ -1,0 +1,1 @@
+"""Server-side forms: definitions, templates, field rules, CAPTCHA, intake."""

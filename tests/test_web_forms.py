@@ -1,0 +1,128 @@
+"""POST /api/v1/forms/{id}: every kind of post, the plain-page answers and the JSON ones."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+
+from mailhub.forms.definitions import capture_contact_form
+from mailhub.store import keys
+from mailhub.web.app import create_app
+from tests.conftest import wait_for_result, with_settings
+
+FORM = "/api/v1/forms/contact"
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+GOOD = {"name": "Kim", "email": "kim@example.org", "message": "Hello\nthere"}
+
+
+@pytest.fixture
+def form_settings(settings):
+    contact = capture_contact_form("owner@example.com")
+    return with_settings(settings, forms={"contact": contact}, allowed_recipients=())
+
+
+@pytest.fixture
+async def form_client(aiohttp_client: Any, form_settings):
+    return await aiohttp_client(create_app(form_settings))
+
+
+async def test_json_post_gets_the_contract_answer_and_ends_success(form_client, store, worker, smtp):
+    response = await form_client.post(FORM, json=GOOD)
+    assert response.status == 200
+    answer = await response.json()
+    assert answer["status"] == "queued"
+    assert uuid.UUID(answer["task_id"])
+    assert answer["result_url"] == f"/api/v1/email/result?task_id={answer['task_id']}"
+    document = await wait_for_result(store, answer["task_id"])
+    assert document["status"] == "success"
+    assert document["to"] == "owner@example.com"
+    [mail] = await smtp.handler.wait_for_count(1)
+    assert mail.rcpt_tos == ["owner@example.com"]
+    assert mail.message["Reply-To"] == "kim@example.org"
+    assert mail.message["Subject"] == "Contact: Kim"
+    assert mail.message["From"].addresses[0].display_name == "Kim via mailhub"
+    assert mail.message["From"].addresses[0].addr_spec == "noreply@example.com"
+    assert body_of(mail) == "From Kim <kim@example.org>:\n\nHello\nthere\n"
+
+
+async def test_plain_post_gets_303_to_the_thank_you_page(form_client, store, worker):
+    response = await form_client.post(FORM, data=GOOD, headers=BROWSER, allow_redirects=False)
+    assert response.status == 303
+    location = response.headers["Location"]
+    task_id = re.fullmatch(r"/forms/thanks\?task_id=([0-9a-f-]+)", location).group(1)
+    await wait_for_result(store, task_id)
+    page = await form_client.get(location, headers={"Accept-Language": "ko-KR,ko;q=0.9"})
+    assert page.status == 200
+    text = await page.text()
+    assert '<html lang="ko">' in text
+    assert "메시지를 보냈습니다." in text
+
+
+async def test_multipart_post_is_taken_and_a_file_refused(form_client, redis):
+    form = aiohttp.FormData(GOOD)
+    response = await form_client.post(FORM, data=form, headers=BROWSER, allow_redirects=False)
+    assert response.status == 303
+    with_file = aiohttp.FormData(GOOD)
+    with_file.add_field("attachment", b"%PDF", filename="a.pdf", content_type="application/pdf")
+    response = await form_client.post(FORM, data=with_file)
+    assert response.status == 422
+    error = (await response.json())["error"]
+    assert error["field_codes"] == {"attachment": "file"}
+    assert await redis.xlen(keys.QUEUE) == 1
+
+
+async def test_field_errors_as_json_name_the_fields(form_client, redis):
+    response = await form_client.post(FORM, json={"name": "", "email": "nope", "message": "hi"})
+    assert response.status == 422
+    error = (await response.json())["error"]
+    assert error["code"] == "validation_failed"
+    assert set(error["fields"]) == {"name", "email"}
+    assert error["field_codes"] == {"name": "required", "email": "email"}
+    assert await redis.exists(keys.QUEUE) == 0
+
+
+async def test_field_errors_of_a_plain_post_are_a_page_keeping_what_was_typed(form_client, redis):
+    typed = {"name": '<script>alert("x")</script>', "email": "nope", "message": "keep </textarea> me"}
+    response = await form_client.post(FORM, data=typed, headers=BROWSER)
+    assert response.status == 422
+    assert response.content_type == "text/html"
+    text = await response.text()
+    assert "<script>alert" not in text
+    assert 'value="&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"' in text
+    assert "keep &lt;/textarea&gt; me</textarea>" in text
+    assert 'action="/api/v1/forms/contact"' in text
+    assert "Not a valid email address." in text
+    assert await redis.exists(keys.QUEUE) == 0
+
+
+async def test_unknown_form_is_404(form_client):
+    response = await form_client.post("/api/v1/forms/nope", json=GOOD)
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == "form_not_found"
+    page = await form_client.post("/api/v1/forms/nope", data=GOOD, headers=BROWSER)
+    assert page.status == 404
+    assert page.content_type == "text/html"
+
+
+async def test_idempotency_key_queues_once(form_client, redis):
+    headers = {"Idempotency-Key": "k-1"}
+    first = await (await form_client.post(FORM, json=GOOD, headers=headers)).json()
+    second = await (await form_client.post(FORM, json=GOOD, headers=headers)).json()
+    assert first["task_id"] == second["task_id"]
+    assert await redis.xlen(keys.QUEUE) == 1
+
+
+async def test_contract_endpoint_refuses_every_recipient_without_an_allowlist(form_client):
+    response = await form_client.post(
+        "/api/v1/email/received", json={"to": "owner@example.com", "subject": "s", "body": "b"}
+    )
+    assert response.status == 403
+
+
+def body_of(mail: Any, subtype: str = "plain") -> str:
+    """The message's text part as typed (the SMTP transfer turns line ends into CRLF)."""
+    return mail.message.get_body(preferencelist=(subtype,)).get_content().replace("\r\n", "\n")
