@@ -15,7 +15,21 @@ from mailhub.store.embedded_valkey import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Settings a developer's shell might carry; a test process starts without them.
-_CLEARED = ("SMTP_", "REDIS_URL", "MAIL_FROM", "HOST", "PORT", "DATA_DIR", "ALLOWED_", "API_KEYS")
+_CLEARED = (
+    "SMTP_",
+    "REDIS_URL",
+    "MAIL_FROM",
+    "HOST",
+    "PORT",
+    "DATA_DIR",
+    "ALLOWED_",
+    "API_KEYS",
+    "FORMS_FILE",
+    "CAPTCHA_",
+    "TURNSTILE_",
+    "HCAPTCHA_",
+    "RECAPTCHA_",
+)
 
 
 def clean_env(**env: str) -> dict[str, str]:
