@@ -115,11 +115,16 @@ class ServiceUnavailable(ApiError):
 
 
 class DeliveryError(MailhubError):
-    """One delivery attempt failed; `reason` is the server's reply or the fault."""
+    """One delivery attempt failed; `reason` is the server's reply or the fault.
 
-    def __init__(self, reason: str) -> None:
+    `reason` is for the owner (log, task hash). Visitors see a fixed phrase
+    chosen by class (`mailhub.reasons`), or `public_reason` when given.
+    """
+
+    def __init__(self, reason: str, *, public_reason: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.public_reason = public_reason
 
 
 class TransientFailure(DeliveryError):

@@ -25,6 +25,12 @@ MAILS = Counter(
     "Delivery attempts by outcome: sent, failed (for good), retried, deferred (sending paused).",
     ["outcome"],
 )
+FAILURES = Counter(
+    "mailhub_delivery_failures_total",
+    "Failed delivery attempts by class: transient (retried), permanent (a 5xx reply), "
+    "configuration (login or TLS; sending pauses). The replies themselves are in the log.",
+    ["class"],
+)
 ATTEMPT_SECONDS = Histogram(
     "mailhub_attempt_duration_seconds",
     "Time of one SMTP delivery attempt.",

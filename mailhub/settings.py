@@ -34,6 +34,8 @@ class Settings:
     port: int = 8000
     #: `run.py worker` only: serve /healthz, /readyz and /metrics on this port.
     metrics_port: int | None = None
+    #: Set: /metrics needs it as a Bearer token, and /readyz shows its causes to it.
+    metrics_token: str = field(default="", repr=False)
     #: Empty: start an embedded Valkey server in `data_dir`.
     redis_url: str = ""
     data_dir: Path = Path("mailhub-data")
@@ -231,6 +233,7 @@ def _parse(env: _Reader) -> Settings:
         host=env.get("HOST", str, d.host),
         port=env.get("PORT", _port, d.port),
         metrics_port=env.get("METRICS_PORT", _port, d.metrics_port),
+        metrics_token=env.get("METRICS_TOKEN", str, d.metrics_token),
         redis_url=env.get("REDIS_URL", str, d.redis_url),
         data_dir=env.get("DATA_DIR", Path, d.data_dir),
         smtp_host=smtp_host,

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from mailhub import reasons
 from mailhub.store import keys
 from mailhub.store.tasks import Attempt, EmailRequest, QueueEntry, TaskStore
 
@@ -52,20 +53,20 @@ class TaskDriver:
         self.attempt = attempt
         return attempt
 
-    async def retry(self, error: str = "451 4.7.1 try again later") -> None:
+    async def retry(self, detail: str = "451 4.7.1 try again later") -> None:
         """The attempt failed; the next one is due at once (event retry)."""
         assert self.attempt is not None
-        await self.store.retry_later(self.attempt, 0.0, error)
+        await self.store.retry_later(self.attempt, 0.0, reasons.TEMPORARY, detail)
 
     async def succeed(self) -> None:
         """Event success."""
         assert self.attempt is not None
         await self.store.succeed(self.attempt)
 
-    async def fail(self, reason: str = "failed after 1 attempt: 550 5.1.1 no such user") -> None:
+    async def fail(self, detail: str = "failed after 1 attempt: 550 5.1.1 no such user") -> None:
         """Event failed."""
         assert self.attempt is not None
-        await self.store.fail(self.attempt, reason)
+        await self.store.fail(self.attempt, reasons.REFUSED, detail)
 
     async def run_to_success_after_one_retry(self) -> None:
         """Events 2 to 5 of the usual retried delivery."""

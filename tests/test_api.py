@@ -59,7 +59,7 @@ async def test_result_after_permanent_failure_has_reason(client, store, worker, 
     assert document["status"] == "failed"
     assert document["to"] == "user@example.com"
     assert document["attempts"] == 1
-    assert "550 5.1.1 no such user" in document["reason"]
+    assert document["reason"] == "the receiving server refused the message"
 
 
 async def test_unknown_task_is_404_json(client):

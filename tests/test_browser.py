@@ -77,9 +77,23 @@ def paths(requests: list[Request]) -> list[str]:
     return [request.url.split("?")[0].split("/", 3)[-1] for request in requests]
 
 
+async def watch_policy(page: Page) -> None:
+    """Record every Content-Security-Policy violation of the page in `window.violations`."""
+    await page.add_init_script(
+        "window.violations = [];"
+        "document.addEventListener('securitypolicyviolation',"
+        " (e) => window.violations.push(`${e.effectiveDirective} ${e.blockedURI}`));"
+    )
+
+
+async def violations(page: Page) -> list[str]:
+    return await page.evaluate("window.violations")
+
+
 async def test_the_form_shows_a_retried_delivery_live(page, site, store, settings, smtp):
     smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
     requests = requests_of(page)
+    await watch_policy(page)
     await page.goto(site.url + "/")
     await expect(page.locator("input[name=to]")).to_have_value("owner@example.com")
     await page.locator("form button[type=submit]").click()
@@ -97,7 +111,7 @@ async def test_the_form_shows_a_retried_delivery_live(page, site, store, setting
         [
             "Queued for owner@example.com",
             "Attempt 1: sending…",
-            re.compile(r"^Attempt 1 failed \(451 4\.7\.1 try again later\); retry scheduled in "),
+            re.compile(r"^Attempt 1 failed \(temporary failure, retrying\); retry scheduled in "),
             "Attempt 2: sending…",
             "Delivered to owner@example.com on attempt 2",
         ]
@@ -111,9 +125,25 @@ async def test_the_form_shows_a_retried_delivery_live(page, site, store, setting
     assert len(submit.headers["idempotency-key"]) == 36
     assert "api/v1/email/events" in paths(requests)
     assert "api/v1/email/result" not in paths(requests)  # live, not polled
+    assert await violations(page) == []  # the page works under its Content-Security-Policy
 
 
-async def test_a_refused_recipient_shows_failed_with_the_reason(page, site, store, settings, smtp):
+async def test_swagger_ui_works_under_the_page_policy_and_inline_script_does_not_run(page, site):
+    await watch_policy(page)
+    await page.goto(site.url + "/docs")
+    await expect(page.locator(".swagger-ui .info .title")).to_contain_text("mailhub", timeout=WAIT_MS)
+    await page.locator(".opblock-summary", has_text="/api/v1/email/received").first.click()
+    await expect(page.locator(".opblock-body").first).to_be_visible()
+    assert await violations(page) == []
+    ran = await page.evaluate(
+        "() => { const s = document.createElement('script');"
+        " s.textContent = 'window.injected = true'; document.body.append(s); return !!window.injected; }"
+    )
+    assert ran is False
+    assert any(v.startswith("script-src") for v in await violations(page))
+
+
+async def test_a_refused_recipient_shows_failed_with_the_public_reason(page, site, store, settings, smtp):
     smtp.handler.faults.append(Fault.reply_rcpt("550 5.1.1 no such user"))
     await page.goto(site.url + "/")
     await page.locator("input[name=to]").fill("nobody@example.com")
@@ -121,7 +151,8 @@ async def test_a_refused_recipient_shows_failed_with_the_reason(page, site, stor
     failed = page.get_by_role("status").locator(".event-failed")
     async with running_worker(store, settings):
         await expect(failed).to_contain_text("Failed: ", timeout=WAIT_MS)
-    await expect(failed).to_contain_text("550 5.1.1 no such user")
+    await expect(failed).to_contain_text("the receiving server refused the message")
+    await expect(failed).not_to_contain_text("550")
     await expect(page.get_by_role("status")).to_have_class("card status done failed")
     await screenshot(page, "demo-form-failed.png")
 
@@ -171,6 +202,7 @@ async def test_zero_config_run_shows_delivery_within_2_seconds_and_the_inbox_has
 ):
     with MailhubProcess(cwd=tmp_path, env={}) as server:
         page = await browser.new_page()
+        await watch_policy(page)
         await page.goto(server.url + "/")
         await expect(page.locator("input[name=to]")).to_have_value("you@example.com")
         await expect(page.locator("#capture-note")).to_be_visible()
@@ -183,5 +215,6 @@ async def test_zero_config_run_shows_delivery_within_2_seconds_and_the_inbox_has
         await expect(page.locator(".mail")).to_contain_text("Hello from the contact form")
         await expect(page.locator(".mail")).to_contain_text("Hello Kim, thank you")
         await screenshot(page, "dev-inbox.png")
+        assert await violations(page) == []
         await page.close()
         assert server.stop() == 0

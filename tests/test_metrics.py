@@ -51,6 +51,9 @@ async def test_counters_move_as_mail_is_sent_retried_and_fails(client, store, wo
     # The first mail: 451, then sent; the second: 550 at once. Three attempts in all.
     assert delta("mailhub_mails_total", outcome="sent") == 1
     assert delta("mailhub_attempt_duration_seconds_count") == 3
+    # By class, never by the reply's text.
+    assert delta("mailhub_delivery_failures_total", **{"class": "transient"}) == 1
+    assert delta("mailhub_delivery_failures_total", **{"class": "permanent"}) == 1
     assert value(after, "mailhub_queue_depth", where="queue") == 0
     assert ("mailhub_stream_subscribers", ()) in after
 

@@ -20,7 +20,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mailhub import metrics
+from mailhub import metrics, reasons
 from mailhub.delivery.sending_gate import Sender, SendingGate
 from mailhub.errors import ConfigurationFailure, DeliveryError, PermanentFailure
 from mailhub.store import keys
@@ -205,32 +205,40 @@ class Worker:
         try:
             with metrics.ATTEMPT_SECONDS.time():
                 await self.sender.send(attempt)
-        except ConfigurationFailure as failure:
-            # Not this mail's fault: give the attempt back and stop sending until fixed.
-            paused = f"sending paused: {failure.reason}"
-            await _until_recorded(
-                lambda: self.store.retry_later(attempt, self.gate.recheck_interval, paused, counted=False)
-            )
-            metrics.MAILS.labels("deferred").inc()
-            await self.gate.pause(failure)
         except DeliveryError as failure:
-            await self._handle_failure(attempt, failure)
+            metrics.FAILURES.labels(reasons.failure_class(failure)).inc()
+            if isinstance(failure, ConfigurationFailure):
+                await self._defer(attempt, failure)
+            else:
+                await self._handle_failure(attempt, failure)
         else:
             # First thing after the server's 250: a crash now would mean a resend.
             await _until_recorded(lambda: self.store.succeed(attempt))
             metrics.MAILS.labels("sent").inc()
             logger.info("task %s: delivered on attempt %d", attempt.task_id, attempt.number)
 
+    async def _defer(self, attempt: Attempt, failure: ConfigurationFailure) -> None:
+        """Not this mail's fault: give the attempt back and stop sending until fixed."""
+        detail = f"sending paused: {failure.reason}"
+        public = reasons.retrying(failure)
+        await _until_recorded(
+            lambda: self.store.retry_later(attempt, self.gate.recheck_interval, public, detail, counted=False)
+        )
+        metrics.MAILS.labels("deferred").inc()
+        logger.info("task %s: attempt %d given back, %s", attempt.task_id, attempt.number, detail)
+        await self.gate.pause(failure)
+
     async def _handle_failure(self, attempt: Attempt, failure: DeliveryError) -> None:
         n = attempt.number
         if isinstance(failure, PermanentFailure) or n >= self.store.max_attempts:
-            reason = f"failed after {n} attempt{'s' if n > 1 else ''}: {failure.reason}"
-            await _until_recorded(lambda: self.store.fail(attempt, reason))
+            detail = f"failed after {n} attempt{'s' if n > 1 else ''}: {failure.reason}"
+            await _until_recorded(lambda: self.store.fail(attempt, reasons.failed(failure), detail))
             metrics.MAILS.labels("failed").inc()
-            logger.warning("task %s: %s", attempt.task_id, reason)
+            logger.warning("task %s: %s", attempt.task_id, detail)
             return
         delay = backoff_delay(n, self.retry_base_delay, self.retry_max_delay)
-        await _until_recorded(lambda: self.store.retry_later(attempt, delay, failure.reason))
+        public = reasons.retrying(failure)
+        await _until_recorded(lambda: self.store.retry_later(attempt, delay, public, failure.reason))
         metrics.MAILS.labels("retried").inc()
         logger.info(
             "task %s: attempt %d failed (%s); retry in %.1fs", attempt.task_id, n, failure.reason, delay

@@ -4,7 +4,9 @@ Each script writes the new state, renders the task's result document, stores
 it in the hash (`doc`), publishes it on the events channel and moves the queue
 entry, all in one atomic step: no state without its queue entry, no
 transition without its event. `emit` is the one renderer of the document
-that both the result endpoint and the live streams serve.
+that both the result endpoint and the live streams serve. The document is
+public, so failures appear in it as a fixed phrase (`mailhub.reasons`); the
+full text is kept in the hash's `detail` field, which `emit` never renders.
 
 A submit is counted against the client's rate limits (`over_limit`) by the
 same script that queues it, so an accepted submit is one round trip to Redis.
@@ -123,7 +125,8 @@ return {wait or 0, window or 0}
 """
 
 #: KEYS: task, queue. ARGV: entry id, at, max attempts, retention seconds,
-#: now (epoch s), max queue age (s).
+#: now (epoch s), max queue age (s), the public reasons of a task whose last
+#: attempt was interrupted and of one too old to send.
 #: Returns the fields to send with, or false when there is nothing to send.
 BEGIN_ATTEMPT = """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -131,18 +134,21 @@ if not state or state == 'success' or state == 'failed' then
   done_with_entry(KEYS[2], ARGV[1])
   return false
 end
-local f = redis.call('HMGET', KEYS[1], 'attempts', 'created_ts', 'last_error')
+local f = redis.call('HMGET', KEYS[1], 'attempts', 'created_ts', 'detail')
 local attempts = tonumber(f[1])
-local reason = nil
+local reason, detail = nil, nil
 if attempts >= tonumber(ARGV[3]) then
   -- The last allowed attempt was interrupted (its worker died mid-send).
-  reason = 'failed after ' .. attempts .. ' attempts: ' .. (f[3] or 'the last attempt was interrupted')
+  reason = ARGV[7]
+  detail = 'failed after ' .. attempts .. ' attempts: the last attempt was interrupted'
+  if f[3] then detail = detail .. '; the one before: ' .. f[3] end
 elseif tonumber(ARGV[5]) - (tonumber(f[2]) or tonumber(ARGV[5])) > tonumber(ARGV[6]) then
-  reason = 'not delivered within ' .. ARGV[6] .. ' s of being accepted'
-  if f[3] then reason = reason .. ': ' .. f[3] end
+  reason = ARGV[8]
+  detail = 'not delivered within ' .. ARGV[6] .. ' s of being accepted'
+  if f[3] then detail = detail .. ': ' .. f[3] end
 end
 if reason then
-  redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', reason)
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', reason, 'detail', detail)
   emit(KEYS[1], 'failed', ARGV[2])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   done_with_entry(KEYS[2], ARGV[1])
@@ -166,10 +172,11 @@ end
 done_with_entry(KEYS[2], ARGV[1])
 """
 
-#: KEYS: task, queue. ARGV: entry id, attempt, at, retention seconds, reason.
+#: KEYS: task, queue. ARGV: entry id, attempt, at, retention seconds, public
+#: reason, detail.
 FAIL = """
 if owns_attempt(KEYS[1], ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', ARGV[5])
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', ARGV[5], 'detail', ARGV[6])
   emit(KEYS[1], 'failed', ARGV[3])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
@@ -177,11 +184,12 @@ done_with_entry(KEYS[2], ARGV[1])
 """
 
 #: KEYS: task, queue, retries. ARGV: entry id, attempt, at, due (epoch ms),
-#: due (ISO 8601), last error, whether the attempt counts (1 or 0).
+#: due (ISO 8601), public last error, whether the attempt counts (1 or 0),
+#: detail.
 RETRY_LATER = """
 if owns_attempt(KEYS[1], ARGV[2]) then
   redis.call('HSET', KEYS[1], 'state', 'retrying', 'last_error', ARGV[6],
-             'next_attempt_at', ARGV[5])
+             'next_attempt_at', ARGV[5], 'detail', ARGV[8])
   if ARGV[7] == '0' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
   redis.call('ZADD', KEYS[3], ARGV[4], redis.call('HGET', KEYS[1], 'task_id'))
   emit(KEYS[1], 'retry', ARGV[3])

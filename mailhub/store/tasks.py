@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from mailhub import reasons
 from mailhub.errors import IdempotencyConflict
 from mailhub.settings import Settings
 from mailhub.store import keys, scripts
@@ -212,6 +213,8 @@ class TaskStore:
                 self.retention,
                 int(time.time()),
                 self.max_queue_age,
+                reasons.INTERRUPTED,
+                reasons.too_old(self.max_queue_age),
             ],
         )
         if not row:
@@ -240,15 +243,21 @@ class TaskStore:
             [attempt.entry_id, attempt.number, now_iso(), self.retention],
         )
 
-    async def fail(self, attempt: Attempt, reason: str) -> None:
+    async def fail(self, attempt: Attempt, reason: str, detail: str) -> None:
+        """Fail the task for good: `reason` for the result document, `detail` kept in the hash only."""
         await self._batcher.run(
             self._fail,
             [keys.task(attempt.task_id), keys.QUEUE],
-            [attempt.entry_id, attempt.number, now_iso(), self.retention, reason],
+            [attempt.entry_id, attempt.number, now_iso(), self.retention, reason, detail],
         )
 
-    async def retry_later(self, attempt: Attempt, delay: float, error: str, *, counted: bool = True) -> None:
-        """Schedule the next attempt in `delay` s; `counted=False` gives the attempt back."""
+    async def retry_later(
+        self, attempt: Attempt, delay: float, error: str, detail: str, *, counted: bool = True
+    ) -> None:
+        """Schedule the next attempt in `delay` s; `counted=False` gives the attempt back.
+
+        `error` becomes the result document's `last_error`; `detail` is kept in the hash only.
+        """
         due = time.time() + delay
         await self._batcher.run(
             self._retry,
@@ -261,6 +270,7 @@ class TaskStore:
                 iso(datetime.fromtimestamp(due, UTC)),
                 error,
                 int(counted),
+                detail,
             ],
         )
 

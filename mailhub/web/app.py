@@ -13,10 +13,23 @@ from mailhub.settings import Settings
 from mailhub.store.rate_limit import RateCounter
 from mailhub.store.redis_client import connect
 from mailhub.store.tasks import TaskStore
-from mailhub.web import appkeys, cors, demo, form_pages, forms, health, inbox, openapi, streams, views
+from mailhub.web import (
+    appkeys,
+    cors,
+    demo,
+    form_pages,
+    forms,
+    health,
+    inbox,
+    openapi,
+    security_headers,
+    streams,
+    views,
+)
 from mailhub.web.guard import SubmitGuard
 from mailhub.web.locales import Locales
 from mailhub.web.middlewares import json_errors
+from mailhub.web.protocol import Runner
 
 
 def _static_dir() -> Path:
@@ -48,6 +61,7 @@ async def index(request: web.Request) -> web.FileResponse:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_REQUEST_BYTES)
     cors.setup(app, settings.cors_origins)
+    security_headers.setup(app)
     app[appkeys.SETTINGS] = settings
     app[appkeys.LOCALES] = Locales(STATIC_DIR / "locales")
     app.cleanup_ctx.append(_redis_context)
@@ -78,15 +92,16 @@ def create_runner(settings: Settings) -> web.AppRunner:
     handler_cancellation: a client that hangs up stops its handler, and so
     its stream, at once.
     """
-    return web.AppRunner(create_app(settings), access_log=None, handler_cancellation=True)
+    return Runner(create_app(settings), access_log=None, handler_cancellation=True)
 
 
 def create_worker_runner(settings: Settings) -> web.AppRunner:
     """A worker process's own endpoints (METRICS_PORT): /healthz, /readyz and /metrics."""
     app = web.Application(middlewares=[json_errors])
+    security_headers.setup(app)
     app[appkeys.SETTINGS] = settings
     app.cleanup_ctx.append(_redis_context)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.prometheus)
-    return web.AppRunner(app, access_log=None)
+    return Runner(app, access_log=None)

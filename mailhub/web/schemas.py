@@ -110,8 +110,12 @@ class ResultSchema(Schema):
     status = fields.String(required=True, metadata={"enum": ["pending", "success", "failed"]})
     to = fields.String(required=True)
     attempts = fields.Integer(required=True)
-    reason = fields.String(metadata={"description": "Why it failed (status failed only)."})
-    last_error = fields.String(metadata={"description": "The last attempt's error, while a retry waits."})
+    reason = fields.String(
+        metadata={"description": "Why it failed, as a short fixed phrase (status failed only)."}
+    )
+    last_error = fields.String(
+        metadata={"description": "What kind of failure the last attempt met, while a retry waits."}
+    )
     next_attempt_at = fields.String(metadata={"description": "When the next attempt is due."})
     seq = fields.Integer(required=True, metadata={"description": "Transition number, from 1."})
     event = fields.String(
