@@ -221,7 +221,7 @@ async def test_entry_held_by_a_dead_worker_is_reclaimed(store, redis, settings, 
     }
 
 
-async def test_interrupted_last_attempt_fails_instead_of_looping(store, redis, settings):
+async def test_interrupted_last_attempt_fails_instead_of_looping(store, redis, settings, caplog):
     await store.ensure_group()
     task_id = await store.enqueue(REQUEST)
     await redis.hset(keys.task(task_id), "attempts", settings.max_attempts)
@@ -231,6 +231,7 @@ async def test_interrupted_last_attempt_fails_instead_of_looping(store, redis, s
     assert document["attempts"] == settings.max_attempts
     assert document["reason"] == "the last attempt was interrupted"
     assert "interrupted" in await detail(redis, task_id)
+    assert any(task_id in r.getMessage() and "interrupted" in r.getMessage() for r in caplog.records)
 
 
 async def test_transitions_carry_increasing_seq_and_terminal_state_expires(store, redis, worker):

@@ -127,7 +127,8 @@ return {wait or 0, window or 0}
 #: KEYS: task, queue. ARGV: entry id, at, max attempts, retention seconds,
 #: now (epoch s), max queue age (s), the public reasons of a task whose last
 #: attempt was interrupted and of one too old to send.
-#: Returns the fields to send with, or false when there is nothing to send.
+#: Returns the fields to send with; false when there is nothing to send; the
+#: detail when it has just failed the task instead (interrupted or too old).
 BEGIN_ATTEMPT = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'success' or state == 'failed' then
@@ -152,7 +153,7 @@ if reason then
   emit(KEYS[1], 'failed', ARGV[2])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   done_with_entry(KEYS[2], ARGV[1])
-  return false
+  return detail
 end
 redis.call('HSET', KEYS[1], 'state', 'sending', 'attempts', attempts + 1)
 emit(KEYS[1], 'attempt', ARGV[2])

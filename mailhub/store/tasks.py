@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from mailhub.store.batching import ScriptBatcher
 
 if TYPE_CHECKING:
     from mailhub.store.rate_limit import Quota
+
+logger = logging.getLogger(__name__)
 
 
 class TaskState(str, enum.Enum):
@@ -202,7 +205,11 @@ class TaskStore:
                 raise
 
     async def begin_attempt(self, entry: QueueEntry) -> Attempt | None:
-        """Count a new attempt for the entry's task, or None if there is nothing to send."""
+        """Count a new attempt for the entry's task, or None if there is nothing to send.
+
+        A task whose last allowed attempt was interrupted, or that waited past
+        `max_queue_age`, is failed here instead (and logged with its detail).
+        """
         row = await self._batcher.run(
             self._begin,
             [keys.task(entry.task_id), keys.QUEUE],
@@ -217,6 +224,9 @@ class TaskStore:
                 reasons.too_old(self.max_queue_age),
             ],
         )
+        if isinstance(row, str | bytes):
+            logger.warning("task %s: %s", entry.task_id, _text(row))
+            return None
         if not row:
             return None
         task_id, to, subject, body, username, message_id, number, *extra = (_text(v) for v in row)
