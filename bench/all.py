@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "delivery": ["bench.delivery"],
     "delivery_postfix": ["bench.delivery_postfix"],
     "retry_storm": ["bench.retry_storm"],
+    "refused_bodies": ["bench.refused_bodies"],
     "fanout": ["bench.fanout"],
     "fanout_10k": ["bench.fanout_10k"],
     "backlog": ["bench.backlog"],

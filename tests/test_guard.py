@@ -15,9 +15,12 @@ from mailhub.store import keys
 from mailhub.web import appkeys
 from mailhub.web.app import create_app
 from tests.conftest import with_settings
+from tests.sse import SseReader
 
 SUBMIT = "/api/v1/email/received"
 MAIL = {"to": "owner@example.com", "subject": "Hello", "body": "Hi"}
+#: The Idempotency-Key scope of the test client (no API key, from 127.0.0.1).
+LOCAL_CLIENT = "client:127.0.0.1"
 
 
 @pytest.fixture
@@ -113,11 +116,11 @@ async def test_submits_refused_for_other_reasons_count_against_the_limit(make_cl
     refused = [
         await client.post(SUBMIT, json={**MAIL, "to": "not an address"}),
         await client.post(SUBMIT, data=b"{", headers={"Content-Type": "application/json"}),
-        await client.post(SUBMIT, data=b"to=x", headers={"Content-Type": "text/plain"}),
+        await client.post(SUBMIT, json=MAIL, headers={"Idempotency-Key": "bad\tkey"}),
         await client.post(SUBMIT, json={**MAIL, "to": "victim@elsewhere.example"}),
         await client.post(SUBMIT, json={**MAIL, "website": "http://spam.example"}),
     ]
-    assert [r.status for r in refused] == [422, 400, 415, 403, 200]
+    assert [r.status for r in refused] == [422, 400, 400, 403, 200]
     limited = await client.post(SUBMIT, json=MAIL)
     assert limited.status == 429
     assert (await limited.json())["error"]["code"] == "rate_limited"
@@ -138,7 +141,7 @@ async def test_idempotent_repeats_and_conflicts_count_and_a_refusal_queues_nothi
     limited = await client.post(SUBMIT, json=MAIL, headers={"Idempotency-Key": "form-2"})
     assert limited.status == 429
     assert await redis.xlen(keys.QUEUE) == 1
-    assert not await redis.exists(keys.idempotency(_sha256("form-2")))
+    assert not await redis.exists(keys.idempotency(LOCAL_CLIENT, "form-2"))
 
 
 async def test_rate_limit_windows_reset(make_client, redis):
@@ -222,7 +225,7 @@ async def test_same_idempotency_key_and_body_queue_once(client, redis):
     assert again.status == 200
     assert (await again.json())["task_id"] == first["task_id"]
     assert await redis.xlen(keys.QUEUE) == 1
-    assert 0 < await redis.ttl(keys.idempotency(_sha256("form-4711"))) <= 24 * 3600
+    assert 0 < await redis.ttl(keys.idempotency(LOCAL_CLIENT, "form-4711")) <= 24 * 3600
 
 
 async def test_same_idempotency_key_with_another_body_is_409(client, redis):
@@ -254,14 +257,118 @@ async def test_health_and_readiness(client, redis):
     assert (await client.get("/readyz")).status == 200
 
 
-def _sha256(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 async def test_wrong_api_keys_count_against_the_rate_limit(make_client):
     client = await make_client(api_keys=("k-123",), rate_limit="2/hour")
     wrong = {"Authorization": "Bearer guess"}
     statuses = [(await client.post(SUBMIT, json=MAIL, headers=wrong)).status for _ in range(3)]
     assert statuses == [401, 401, 429]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain;charset=UTF-8", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
+async def test_another_origins_no_cors_posts_do_not_lock_the_visitor_out(make_client, redis, content_type):
+    # What a page on any origin can make the visitor's browser send without a CORS preflight.
+    client = await make_client(rate_limit="3/hour", honeypot_field="website")
+    forged = {"Origin": "https://evil.example", "Content-Type": content_type}
+    for _ in range(20):
+        response = await client.post(SUBMIT, data=b'{"to": "x"}', headers=forged)
+        assert response.status == 415
+        assert (await response.json())["error"]["code"] == "unsupported_media_type"
+    assert (await client.post(SUBMIT, json=MAIL)).status == 200
+    assert await redis.xlen(keys.QUEUE) == 1
+
+
+async def test_wrong_api_keys_count_but_a_wrong_content_type_does_not(make_client):
+    client = await make_client(api_keys=("k-123",), rate_limit="2/hour")
+    plain = {"Authorization": "Bearer guess", "Content-Type": "text/plain"}
+    assert [(await client.post(SUBMIT, data=b"{}", headers=plain)).status for _ in range(5)] == [415] * 5
+    wrong = {"Authorization": "Bearer guess"}
+    assert [(await client.post(SUBMIT, json=MAIL, headers=wrong)).status for _ in range(3)] == [401, 401, 429]
+    right = {"Authorization": "Bearer k-123"}
+    assert (await client.post(SUBMIT, json=MAIL, headers=right)).status == 429
+
+
+async def _submission_metric(client, outcome: str) -> float:
+    text = await (await client.get("/metrics")).text()
+    line = f'mailhub_submissions_total{{outcome="{outcome}"}} '
+    return next((float(row.removeprefix(line)) for row in text.splitlines() if row.startswith(line)), 0.0)
+
+
+async def test_a_honeypot_task_reads_like_a_real_one(make_client, redis, settings):
+    client = await make_client(honeypot_field="website")
+    caught_before = await _submission_metric(client, "honeypot")
+    real = (await (await client.post(SUBMIT, json=MAIL)).json())["task_id"]
+    spam = {**MAIL, "website": "http://spam.example"}
+    decoy = (await (await client.post(SUBMIT, json=spam)).json())["task_id"]
+    assert await _submission_metric(client, "honeypot") == caught_before + 1
+    documents = []
+    for task_id in (real, decoy):
+        response = await client.get("/api/v1/email/result", params={"task_id": task_id})
+        assert response.status == 200
+        documents.append(await response.json())
+    shape = [{k: v for k, v in doc.items() if k not in ("task_id", "at")} for doc in documents]
+    assert (
+        shape[0]
+        == shape[1]
+        == {"to": MAIL["to"], "status": "pending", "attempts": 0, "seq": 1, "event": "queued"}
+    )
+    # Nothing of the spam is kept or queued; the decoy expires like a finished task.
+    assert await redis.xlen(keys.QUEUE) == 1
+    assert await redis.hget(keys.task(decoy), "body") == ""
+    assert 0 < await redis.ttl(keys.task(decoy)) <= settings.result_retention
+    async with client.get("/api/v1/email/events", params={"task_id": decoy}) as stream:
+        assert stream.status == 200
+        first = await SseReader(stream).next()
+        assert first is not None and first.doc == documents[1]
+    async with client.ws_connect("/api/v1/email/ws") as ws:
+        await ws.send_json({"subscribe": decoy})
+        assert await ws.receive_json(timeout=5) == documents[1]
+
+
+async def test_a_honeypot_submit_is_checked_like_any_other(make_client):
+    client = await make_client(honeypot_field="website", allowed_recipients=("owner@example.com",))
+    invalid = await client.post(SUBMIT, json={"to": "nobody", "website": "x"})
+    assert invalid.status == 422
+    refused = await client.post(SUBMIT, json={**MAIL, "to": "victim@elsewhere.example", "website": "x"})
+    assert refused.status == 403
+    headers = {"Idempotency-Key": "bot-1"}
+    first = await (await client.post(SUBMIT, json={**MAIL, "website": "x"}, headers=headers)).json()
+    again = await (await client.post(SUBMIT, json={**MAIL, "website": "x"}, headers=headers)).json()
+    assert again["task_id"] == first["task_id"]
+    changed = await client.post(SUBMIT, json={**MAIL, "body": "other", "website": "x"}, headers=headers)
+    assert changed.status == 409
+
+
+async def test_an_idempotency_key_is_scoped_to_its_client(make_client, redis):
+    client = await make_client(trusted_proxies=("127.0.0.1/32",))
+    key = {"Idempotency-Key": "form-1"}
+
+    async def submit(address: str, body: dict = MAIL):
+        return await client.post(SUBMIT, json=body, headers={**key, "X-Forwarded-For": address})
+
+    first = (await (await submit("198.51.100.1")).json())["task_id"]
+    other = (await (await submit("198.51.100.2")).json())["task_id"]
+    assert first != other
+    assert (await (await submit("198.51.100.1")).json())["task_id"] == first
+    assert (await submit("198.51.100.1", {**MAIL, "body": "changed"})).status == 409
+    assert (await submit("198.51.100.3", {**MAIL, "body": "changed"})).status == 200
+    assert await redis.xlen(keys.QUEUE) == 3
+
+
+async def test_an_idempotency_key_is_scoped_to_its_api_key(make_client, redis):
+    client = await make_client(api_keys=("k-1", "k-2"), trusted_proxies=("127.0.0.1/32",))
+
+    async def submit(api_key: str, address: str) -> str:
+        headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Idempotency-Key": "job-7",
+            "X-Forwarded-For": address,
+        }
+        return (await (await client.post(SUBMIT, json=MAIL, headers=headers)).json())["task_id"]
+
+    first = await submit("k-1", "198.51.100.1")
+    assert await submit("k-2", "198.51.100.1") != first
+    # One API key is one caller, whichever of its servers sends.
+    assert await submit("k-1", "198.51.100.9") == first
+    assert await redis.xlen(keys.QUEUE) == 2

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 
 import pytest
 
 from mailhub.errors import RateLimited
 from mailhub.store import keys, tasks
-from mailhub.store.tasks import EmailRequest
-from mailhub.web.guard import SubmitGuard
-from tests.conftest import with_settings
+from mailhub.store.rate_limit import RateLimiter
+from mailhub.store.tasks import EmailRequest, IdempotencyKey
 
 MAIL = EmailRequest(to="owner@example.com", subject="Hello", body="Hi")
 CLIENT = "203.0.113.7"
 
 
 @pytest.fixture
-def quota_for(redis, settings):
+def quota_for(redis):
     def quota(rate_limit: str):
-        return SubmitGuard(with_settings(settings, rate_limit=rate_limit), redis).quota(CLIENT)
+        return RateLimiter(rate_limit, redis).quota(CLIENT)
 
     return quota
 
@@ -43,11 +41,11 @@ async def test_over_the_limit_nothing_but_the_counter_is_written(store, redis, q
     quota = quota_for("1/day")
     await store.accept(MAIL, quota=quota)
     with pytest.raises(RateLimited) as refused:
-        await store.accept(MAIL, "form-1", quota)
+        await store.accept(MAIL, IdempotencyKey("client:" + CLIENT, "form-1"), quota)
     assert 1 <= int(refused.value.headers["Retry-After"]) <= 24 * 3600
     assert await redis.xlen(keys.QUEUE) == 1
     assert len(await redis.keys(keys.task("*"))) == 1
-    assert not await redis.exists(keys.idempotency(hashlib.sha256(b"form-1").hexdigest()))
+    assert not await redis.exists(keys.idempotency("client:" + CLIENT, "form-1"))
 
 
 async def test_a_later_window_is_not_counted_once_an_earlier_one_refuses(store, redis, quota_for):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 PREFIX = "mailhub:"
 
 #: Stream of task ids ready for an attempt, read by the worker group.
@@ -32,6 +34,12 @@ def rate_limit(window: int, client: str) -> str:
     return f"{PREFIX}ratelimit:{window}:{client}"
 
 
-def idempotency(key_digest: str) -> str:
-    """String holding the task id and body fingerprint of one Idempotency-Key, for 24 h."""
-    return f"{PREFIX}idempotency:{key_digest}"
+def idempotency(scope: str, key: str) -> str:
+    """String holding the task id and body fingerprint of one client's Idempotency-Key, for 24 h.
+
+    `scope` names the client, so the same key from two clients is two keys.
+    Both are hashed: the name holds neither an address nor the client's key.
+    """
+    # The key is printable: a line break cannot occur in it, so the pair is unambiguous.
+    digest = hashlib.sha256(f"{scope}\n{key}".encode()).hexdigest()
+    return f"{PREFIX}idempotency:{digest}"

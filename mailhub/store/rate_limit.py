@@ -1,12 +1,22 @@
 """Per-client rate limits, counted in Redis and shared by every web process.
 
-A `Quota` is one client's fixed windows; the enqueue script counts an
-accepted submit in the same round trip that queues it, `RateCounter.count`
-counts one refused before that. Over a window, the refusal is `RateLimited`.
+Everything about them lives here: which client a counter belongs to
+(`client_group`: an IPv4 address, or the /64 of an IPv6 one), the windows of
+RATE_LIMIT (`rate_windows`), one client's counters, the Lua that counts them
+and the refusal (`Quota`), and `RateLimiter`, which builds quotas and counts
+a submit refused before it could be queued. The enqueue script counts an
+accepted submit itself, with `OVER_LIMIT`, in the same round trip that
+queues it.
+
+Which submits count is the caller's choice, made once for every door: every
+one that could have queued a mail, refused or not, and a wrong API key too
+(so keys cannot be guessed at speed); not one refused for its content type,
+which is all another origin's page can send without a CORS preflight.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass
 
@@ -14,9 +24,52 @@ from limits import parse_many
 from redis.asyncio import Redis
 
 from mailhub.errors import RateLimited
-from mailhub.store import keys, scripts
+from mailhub.store import keys
 
 logger = logging.getLogger(__name__)
+
+#: One counter per IPv6 /64: a single host or home network usually holds a whole /64.
+IPV6_GROUP_PREFIX = 64
+#: The counter of clients whose address is unknown (a Unix socket peer).
+UNKNOWN_CLIENT = "unknown"
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: A Lua function: counts one submit in each fixed window. KEYS[first_key..]
+#: are counter prefixes, ARGV[first_arg..] an amount and a length in seconds
+#: per window. Windows start at multiples of their length on Redis's clock,
+#: so every web process agrees on them. Returns nothing within every limit,
+#: else the seconds until the exceeded window resets (at least 1) and its
+#: number. As with the `limits` package before: the refused submit is counted
+#: too, and the windows after the exceeded one are not.
+OVER_LIMIT = """
+local function over_limit(first_key, first_arg)
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1])
+  for k = first_key, #KEYS do
+    local a = first_arg + 2 * (k - first_key)
+    local amount, length = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+    local start = now - now % length
+    local counter = KEYS[k] .. ':' .. start
+    local count = redis.call('INCR', counter)
+    if count == 1 then redis.call('EXPIREAT', counter, start + length) end
+    if count > amount then
+      local wait = math.ceil(start + length - now - tonumber(clock[2]) / 1000000)
+      return math.max(1, wait), k - first_key + 1
+    end
+  end
+end
+"""
+#: KEYS: one counter prefix per window. ARGV: amount and seconds of each
+#: window. Returns {seconds until the window resets, window number} over a
+#: limit, else {0, 0}.
+_COUNT = (
+    OVER_LIMIT
+    + """
+local wait, window = over_limit(1, 1)
+return {wait or 0, window or 0}
+"""
+)
 
 
 def rate_windows(rate_limit: str) -> tuple[tuple[int, int], ...]:
@@ -30,22 +83,36 @@ def rate_windows(rate_limit: str) -> tuple[tuple[int, int], ...]:
     return tuple((amount, seconds) for seconds, amount in amounts.items())
 
 
+def client_group(address: IPAddress | None) -> str:
+    """The name one client's counters go by: an IPv4 address, an IPv6 /64, or `unknown`.
+
+    One spelling per group: `address` is already an `ipaddress` value (an
+    IPv4-mapped IPv6 address should arrive as its IPv4 address), and a /64 is
+    written compressed, e.g. `2001:db8:1:2::/64`.
+    """
+    if address is None:
+        return UNKNOWN_CLIENT
+    if address.version == 4:
+        return str(address)
+    network = ipaddress.IPv6Network((int(address), IPV6_GROUP_PREFIX), strict=False)
+    return str(network)
+
+
 @dataclass(frozen=True)
 class Quota:
-    """One client's rate limits, as the Lua scripts count them (`scripts.over_limit`).
+    """One client's rate limits, as `OVER_LIMIT` counts them."""
 
-    The enqueue script counts an accepted submit in the same round trip that
-    queues it; `SubmitGuard.count` counts one refused before that.
-    """
-
+    #: The client's group (`client_group`).
     client: str
     #: (amount, seconds) of each fixed window, in RATE_LIMIT's order.
     windows: tuple[tuple[int, int], ...]
 
     def counter_keys(self) -> list[str]:
+        """The KEYS a script passes to `over_limit`, one per window."""
         return [keys.rate_limit(seconds, self.client) for _, seconds in self.windows]
 
     def script_args(self) -> list[int]:
+        """The ARGV a script passes to `over_limit`: amount and seconds of each window."""
         return [number for window in self.windows for number in window]
 
     def refusal(self, retry_after: int, window: int) -> RateLimited:
@@ -58,11 +125,16 @@ class Quota:
         )
 
 
-class RateCounter:
-    """Counts submits that never reach the enqueue script."""
+class RateLimiter:
+    """The RATE_LIMIT policy: each client's `Quota`, and counting submits refused before the queue."""
 
-    def __init__(self, redis: Redis) -> None:
-        self._count = redis.register_script(scripts.source(scripts.COUNT_SUBMIT))
+    def __init__(self, rate_limit: str, redis: Redis) -> None:
+        self._windows = rate_windows(rate_limit)
+        self._count = redis.register_script(_COUNT)
+
+    def quota(self, client: str) -> Quota:
+        """The limits of the client group `client`; no windows when RATE_LIMIT is off."""
+        return Quota(client, self._windows)
 
     async def count(self, quota: Quota) -> None:
         """Count one submit; `RateLimited` if over. One round trip, none without windows."""

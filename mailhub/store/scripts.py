@@ -8,13 +8,14 @@ that both the result endpoint and the live streams serve. The document is
 public, so failures appear in it as a fixed phrase (`mailhub.reasons`); the
 full text is kept in the hash's `detail` field, which `emit` never renders.
 
-A submit is counted against the client's rate limits (`over_limit`) by the
-same script that queues it, so an accepted submit is one round trip to Redis.
+A submit is counted against the client's rate limits (`over_limit`, from
+`rate_limit`) by the same script that queues it, so an accepted submit is one
+round trip to Redis.
 """
 
 from __future__ import annotations
 
-from mailhub.store import keys
+from mailhub.store import keys, rate_limit
 
 _PRELUDE = """
 local PUBLIC = {queued='pending', sending='pending', retrying='pending',
@@ -42,30 +43,6 @@ local function done_with_entry(queue, entry_id)
   redis.call('XDEL', queue, entry_id)
 end
 
--- Counts one submit in each fixed window: KEYS[first_key..] are counter
--- prefixes, ARGV[first_arg..] an amount and a length in seconds per window.
--- Windows start at multiples of their length on Redis's clock, so every web
--- process agrees on them. Returns nothing within every limit, else the
--- seconds until the exceeded window resets (at least 1) and its number. As
--- with the `limits` package before: the refused submit is counted too, and
--- the windows after the exceeded one are not.
-local function over_limit(first_key, first_arg)
-  local clock = redis.call('TIME')
-  local now = tonumber(clock[1])
-  for k = first_key, #KEYS do
-    local a = first_arg + 2 * (k - first_key)
-    local amount, length = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-    local start = now - now % length
-    local counter = KEYS[k] .. ':' .. start
-    local count = redis.call('INCR', counter)
-    if count == 1 then redis.call('EXPIREAT', counter, start + length) end
-    if count > amount then
-      local wait = math.ceil(start + length - now - tonumber(clock[2]) / 1000000)
-      return math.max(1, wait), k - first_key + 1
-    end
-  end
-end
-
 -- True when the caller still owns the attempt it is reporting on: a worker
 -- that stalled past the claim timeout may report after another took over.
 local function owns_attempt(key, attempt)
@@ -76,16 +53,18 @@ end
 
 #: KEYS: task, queue, idempotency key (the task key again when there is none),
 #: then one rate-limit counter prefix per window (see `over_limit`).
-#: ARGV: at, body fingerprint, idempotency TTL, amount and seconds of each
-#: window, then the task's values: task_id, to, subject, body, username,
-#: message_id, created_ts, reply_to, html, from_name, rendered (in this order,
-#: without names: fewer arguments).
+#: ARGV: at, body fingerprint, idempotency TTL, decoy retention (0: a real
+#: task), amount and seconds of each window, then the task's values: task_id,
+#: to, subject, body, username, message_id, created_ts, reply_to, html,
+#: from_name, rendered (in this order, without names: fewer arguments).
 #: Returns {task id, 1} when queued, {earlier task id, 0} for a repeat of the
 #: same body under the same idempotency key (or of this very call), {earlier
 #: task id, -1} for another body, {seconds until the window resets, -2,
 #: window number} over a rate limit (then nothing but the counters is written).
+#: A decoy (a filled honeypot) is written and answered like a real task, but
+#: never queued: it stays `queued` until it expires after the decoy retention.
 ENQUEUE = """
-local wait, window = over_limit(4, 4)
+local wait, window = over_limit(4, 5)
 if wait then return {wait, -2, window} end
 local once = KEYS[3] ~= KEYS[1]
 -- A retry of this very call (its reply was lost with the connection).
@@ -98,7 +77,7 @@ if once then
     return {task_id, -1}
   end
 end
-local v = 4 + 2 * (#KEYS - 3)
+local v = 5 + 2 * (#KEYS - 3)
 local task_id = ARGV[v]
 redis.call('HSET', KEYS[1], 'task_id', task_id, 'to', ARGV[v + 1], 'subject', ARGV[v + 2],
            'body', ARGV[v + 3], 'username', ARGV[v + 4], 'message_id', ARGV[v + 5],
@@ -109,19 +88,17 @@ for i, name in ipairs(optional) do
   local value = ARGV[v + 6 + i]
   if value and value ~= '' and value ~= '0' then redis.call('HSET', KEYS[1], name, value) end
 end
-redis.call('XADD', KEYS[2], '*', 'task_id', task_id)
+if ARGV[4] == '0' then
+  redis.call('XADD', KEYS[2], '*', 'task_id', task_id)
+else
+  redis.call('HSET', KEYS[1], 'decoy', 1)
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
 emit(KEYS[1], 'queued', ARGV[1])
 if once then
   redis.call('SET', KEYS[3], task_id .. ' ' .. ARGV[2], 'EX', ARGV[3])
 end
 return {task_id, 1}
-"""
-#: KEYS: one rate-limit counter prefix per window. ARGV: amount and seconds of
-#: each window. Counts a submit refused before it reached ENQUEUE; returns
-#: {seconds until the window resets, window number} over a limit, else {0, 0}.
-COUNT_SUBMIT = """
-local wait, window = over_limit(1, 1)
-return {wait or 0, window or 0}
 """
 
 #: KEYS: task, queue. ARGV: entry id, at, max attempts, retention seconds,
@@ -213,4 +190,4 @@ return #due
 def source(body: str) -> str:
     """The full script: the shared prelude, then `body`."""
     prelude = _PRELUDE.replace("$EVENTS", keys.EVENTS).replace("$GROUP", keys.WORKERS_GROUP)
-    return prelude + body
+    return prelude + rate_limit.OVER_LIMIT + body

@@ -86,6 +86,16 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class IdempotencyKey:
+    """An Idempotency-Key as the client that sent it owns it: two clients never share one."""
+
+    #: Who sent it: an API key's id, or the client's address group (`SubmitGuard.idempotency_scope`).
+    scope: str
+    #: The header's value.
+    value: str
+
+
+@dataclass(frozen=True)
 class Queued:
     """The answer to a submit: the task, and whether this call created it."""
 
@@ -149,41 +159,54 @@ class TaskStore:
         return (await self.accept(request)).task_id
 
     async def accept(
-        self, request: EmailRequest, idempotency_key: str | None = None, quota: Quota | None = None
+        self,
+        request: EmailRequest,
+        idempotency: IdempotencyKey | None = None,
+        quota: Quota | None = None,
+        *,
+        decoy: bool = False,
     ) -> Queued:
         """Store a new task and queue it in one step: one round trip to Redis.
 
         With a `quota`, the submit is first counted against the client's rate
         limits; over one, nothing is stored and its `RateLimited` is raised.
-        With an `idempotency_key` seen in the last 24 h, returns the earlier
-        task instead (`created` False), or raises `IdempotencyConflict` if the
-        body differs.
+        With an `idempotency` key this client used in the last 24 h, returns
+        the earlier task instead (`created` False), or raises
+        `IdempotencyConflict` if the body differs. A `decoy` (a filled
+        honeypot) goes through every step and reads like a real task, but
+        keeps only its recipient, is never queued, and stays pending until it
+        expires after the result retention.
         """
         task_id = str(uuid.uuid4())
         now = now_iso()
+        kept = EmailRequest(request.to, "", "") if decoy else request
         values = [
             task_id,
-            request.to,
-            request.subject,
-            request.body,
-            request.username,
+            kept.to,
+            kept.subject,
+            kept.body,
+            kept.username,
             # Stable across attempts, so a duplicate after an ambiguous failure is recognisable.
-            make_msgid(idstring=task_id, domain=self.message_id_domain),
+            "" if decoy else make_msgid(idstring=task_id, domain=self.message_id_domain),
             int(time.time()),
-            request.reply_to,
-            request.html,
-            request.from_name,
-            int(request.rendered),
+            kept.reply_to,
+            kept.html,
+            kept.from_name,
+            int(kept.rendered),
         ]
         # Without an Idempotency-Key the script neither reads nor keeps a fingerprint.
         once_key, fingerprint = keys.task(task_id), ""
-        if idempotency_key is not None:
-            once_key, fingerprint = keys.idempotency(_digest(idempotency_key)), _fingerprint(request)
+        if idempotency is not None:
+            once_key, fingerprint = (
+                keys.idempotency(idempotency.scope, idempotency.value),
+                _fingerprint(request),
+            )
         limit_keys, limit_args = (quota.counter_keys(), quota.script_args()) if quota else ([], [])
+        decoy_retention = self.retention if decoy else 0
         answer = await self._batcher.run(
             self._enqueue,
             [keys.task(task_id), keys.QUEUE, once_key, *limit_keys],
-            [now, fingerprint, IDEMPOTENCY_TTL, *limit_args, *values],
+            [now, fingerprint, IDEMPOTENCY_TTL, decoy_retention, *limit_args, *values],
         )
         outcome = int(answer[1])
         if outcome == _OVER_LIMIT and quota is not None:

@@ -7,11 +7,11 @@ import logging
 import uuid
 
 from aiohttp import web
-from marshmallow import ValidationError
+from marshmallow import Schema, ValidationError
 
 from mailhub import metrics
 from mailhub.errors import ApiError, InvalidRequest, TaskNotFound, ValidationFailed
-from mailhub.store.tasks import EmailRequest
+from mailhub.store.tasks import EmailRequest, IdempotencyKey
 from mailhub.web import appkeys
 from mailhub.web.schemas import EmailRequestSchema, TaskQuerySchema
 
@@ -24,26 +24,43 @@ _request_schema = EmailRequestSchema()
 _query_schema = TaskQuerySchema()
 
 
-async def read_json(request: web.Request) -> object:
-    """The request's JSON body, or an `ApiError` saying what is wrong with it."""
+def require_json(request: web.Request) -> None:
+    """Refuse (415) a body that is not declared JSON."""
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(reason="Send the body as Content-Type: application/json.")
+
+
+async def read_json(request: web.Request) -> object:
+    """The request's JSON body, or an error saying what is wrong with it."""
+    require_json(request)
     raw = await request.read()
+    # Raised outside the `except` blocks: the decoder's errors keep the whole text.
     try:
         return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise InvalidRequest("The body is not valid UTF-8.") from None
+        problem = "The body is not valid UTF-8."
     except (ValueError, RecursionError):
-        raise InvalidRequest("The body is not valid JSON.") from None
+        problem = "The body is not valid JSON."
+    raise InvalidRequest(problem)
 
 
-def validated(schema, data: object) -> dict:  # type: ignore[no-untyped-def]
+def validated(schema: Schema, data: object) -> dict:
+    """The loaded data, or `ValidationFailed` with a message per invalid field.
+
+    The refused data may be half a megabyte: nothing that outlives the refusal
+    refers to it. marshmallow's error holds the data and sits in a reference
+    cycle with its traceback (the frame that raised it names it), which only
+    the cyclic garbage collector would free; so the error's data and traceback
+    are dropped here, and our error is raised outside the `except` block, so
+    it does not carry marshmallow's as its context.
+    """
     try:
-        return schema.load(data)
+        return schema.load(data)  # type: ignore[arg-type]  # any JSON value: marshmallow refuses a non-object
     except ValidationError as exc:
-        messages = exc.normalized_messages()
-        fields = {name: _flatten(msg) for name, msg in messages.items()}
-        raise ValidationFailed("Some fields are invalid.", fields) from None
+        fields = {name: _flatten(msg) for name, msg in exc.normalized_messages().items()}
+        exc.data = exc.valid_data = None
+        exc.__traceback__ = None
+    raise ValidationFailed("Some fields are invalid.", fields)
 
 
 def _flatten(message: object) -> list[str]:
@@ -67,41 +84,48 @@ async def submit(request: web.Request) -> web.Response:
 
 async def _admit(request: web.Request) -> tuple[str, str]:
     guard = request.app[appkeys.GUARD]
-    client = guard.client_address(request.remote, request.headers)
+    client = guard.client(request.remote, request.headers)
+    # Only a submit that could have queued a mail counts against the client's
+    # rate limit. Without a CORS preflight another origin's page can send only
+    # text/plain, form or multipart bodies: refused here for their content
+    # type, they weigh nothing, so such a page cannot lock its visitor out.
+    # From there on every refusal counts, a wrong API key too (keys cannot be
+    # guessed at speed), and over the limit the answer is 429 whatever else is
+    # wrong. The enqueue script counts the submits that reach it.
+    require_json(request)
     quota = guard.quota(client)
-    # Every submit counts against the client's rate limit (wrong API keys too,
-    # so keys cannot be guessed at speed), and over it the answer is 429
-    # whatever else is wrong. The enqueue script counts the submits that reach
-    # it in the same round trip; the others are counted here, before their own
-    # refusal is raised.
     try:
-        guard.check_api_key(request.headers)
-        submission = await _read_submission(request)
+        api_key = guard.check_api_key(request.headers)
+        mail, spam = await _read_mail(request)
+        key = idempotency_key(request)
     except Exception:
         await guard.count(quota)
         raise
-    if submission is None:
-        await guard.count(quota)
-        logger.warning("honeypot filled by %s: dropped quietly", client)
-        return str(uuid.uuid4()), "honeypot"
-    data, key = submission
-    queued = await request.app[appkeys.STORE].accept(EmailRequest(**data), key, quota)
+    idempotency = IdempotencyKey(guard.idempotency_scope(client, api_key), key) if key else None
+    queued = await request.app[appkeys.STORE].accept(EmailRequest(**mail), idempotency, quota, decoy=spam)
+    if spam:
+        logger.warning(
+            "task %s: honeypot filled by %s: a decoy, nothing is sent", queued.task_id, client.address
+        )
+        return queued.task_id, "honeypot"
     if not queued.created:
         logger.info("task %s: repeated submit (same Idempotency-Key and body)", queued.task_id)
         return queued.task_id, "duplicate"
-    logger.info("task %s: queued for %s", queued.task_id, data["to"])
+    logger.info("task %s: queued for %s", queued.task_id, mail["to"])
     return queued.task_id, "accepted"
 
 
-async def _read_submission(request: web.Request) -> tuple[dict, str | None] | None:
-    """The valid mail and its Idempotency-Key, None for a filled honeypot, or an error."""
+async def _read_mail(request: web.Request) -> tuple[dict, bool]:
+    """The valid mail, and whether its honeypot field was filled in; or an error.
+
+    A filled honeypot is checked like any mail, so a bot learns nothing from the answer.
+    """
     guard = request.app[appkeys.GUARD]
     payload = await read_json(request)
-    if guard.is_spam(payload):
-        return None
+    spam = guard.is_spam(payload)
     data = validated(_request_schema, guard.strip_honeypot(payload))
     guard.check_recipient(data["to"])
-    return data, idempotency_key(request)
+    return data, spam
 
 
 def _queued(task_id: str) -> web.Response:
