@@ -42,6 +42,16 @@ async def _burst(url: str) -> dict[int, int]:
     return statuses
 
 
+async def _settled(pid: int, *, below: float, timeout: float) -> float:
+    """The RSS once it is `below` (MiB), or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = rss_mib(pid)
+        if now <= below or time.monotonic() > deadline:
+            return now
+        await asyncio.sleep(0.1)
+
+
 async def test_rss_returns_near_its_start_after_a_burst_of_refused_bodies(tmp_path):
     env = {"RATE_LIMIT": "100000/hour", "LOG_LEVEL": "warning"}
     with MailhubProcess(cwd=tmp_path, env=env) as server:
@@ -50,9 +60,7 @@ async def test_rss_returns_near_its_start_after_a_burst_of_refused_bodies(tmp_pa
         statuses = await _burst(server.url)
         after_burst = rss_mib(pid)
         assert statuses == {422: CONNECTIONS * REQUESTS}
-        deadline = time.monotonic() + 10
-        while (now := rss_mib(pid)) > before + ALLOWED_GROWTH_MIB and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        now = await _settled(pid, below=before + ALLOWED_GROWTH_MIB, timeout=10)
         assert now <= before + ALLOWED_GROWTH_MIB, (
             f"RSS {before:.0f} MiB before, {after_burst:.0f} right after the burst, {now:.0f} 10 s later"
         )

@@ -8,7 +8,7 @@ import pytest
 
 from mailhub.errors import RateLimited
 from mailhub.store import keys, tasks
-from mailhub.store.rate_limit import RateLimiter
+from mailhub.store.rate_limit import Quota, rate_windows
 from mailhub.store.tasks import EmailRequest, IdempotencyKey
 
 MAIL = EmailRequest(to="owner@example.com", subject="Hello", body="Hi")
@@ -16,9 +16,9 @@ CLIENT = "203.0.113.7"
 
 
 @pytest.fixture
-def quota_for(redis):
+def quota_for():
     def quota(rate_limit: str):
-        return RateLimiter(rate_limit, redis).quota(CLIENT)
+        return Quota(CLIENT, rate_windows(rate_limit))
 
     return quota
 

@@ -20,7 +20,7 @@ from mailhub.forms.compose import compose
 from mailhub.forms.definitions import FormDefinition
 from mailhub.forms.fields import clean_values
 from mailhub.store.rate_limit import Quota, RateCounter
-from mailhub.store.tasks import TaskStore
+from mailhub.store.tasks import IdempotencyKey, TaskStore
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ class Post:
     client: str
     origin: str | None = None
     referer: str | None = None
-    idempotency_key: str | None = None
+    #: The Idempotency-Key, scoped to the client by the guard.
+    idempotency_key: IdempotencyKey | None = None
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 Everything about them lives here: which client a counter belongs to
 (`client_group`: an IPv4 address, or the /64 of an IPv6 one), the windows of
-RATE_LIMIT (`rate_windows`), one client's counters, the Lua that counts them
-and the refusal (`Quota`), and `RateLimiter`, which builds quotas and counts
+a rate such as RATE_LIMIT (`rate_windows`), one client's counters, the Lua
+that counts them and the refusal (`Quota`), and `RateCounter`, which counts
 a submit refused before it could be queued. The enqueue script counts an
 accepted submit itself, with `OVER_LIMIT`, in the same round trip that
 queues it.
@@ -125,16 +125,11 @@ class Quota:
         )
 
 
-class RateLimiter:
-    """The RATE_LIMIT policy: each client's `Quota`, and counting submits refused before the queue."""
+class RateCounter:
+    """Counts submits that never reach the enqueue script, against any `Quota`."""
 
-    def __init__(self, rate_limit: str, redis: Redis) -> None:
-        self._windows = rate_windows(rate_limit)
+    def __init__(self, redis: Redis) -> None:
         self._count = redis.register_script(_COUNT)
-
-    def quota(self, client: str) -> Quota:
-        """The limits of the client group `client`; no windows when RATE_LIMIT is off."""
-        return Quota(client, self._windows)
 
     async def count(self, quota: Quota) -> None:
         """Count one submit; `RateLimited` if over. One round trip, none without windows."""

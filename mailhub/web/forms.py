@@ -19,6 +19,7 @@ from mailhub import metrics
 from mailhub.errors import ApiError, FormNotFound, InvalidRequest, TaskNotFound, ValidationFailed
 from mailhub.forms.fields import FieldsInvalid, Problem
 from mailhub.forms.intake import Outcome, Post
+from mailhub.store.tasks import IdempotencyKey
 from mailhub.web import appkeys, form_pages, streams
 from mailhub.web.views import RESULT_PATH, idempotency_key, read_json, task_id_from_query
 
@@ -135,21 +136,23 @@ async def submit_form(request: web.Request) -> web.StreamResponse:
 async def _take(request: web.Request, posted: dict[str, object]) -> Outcome:
     """Read the post into `posted` (kept for a page of errors), then hand it to the intake."""
     guard = request.app[appkeys.GUARD]
-    client = guard.client_address(request.remote, request.headers)
+    client = guard.client(request.remote, request.headers)
     quota = guard.quota(client)
     try:
         key = idempotency_key(request)
         posted.update(await read_values(request))
+    except web.HTTPUnsupportedMediaType:
+        raise  # weighs nothing: all another origin's page can send without a preflight (see guard.count)
     except (ApiError, web.HTTPException):
         await guard.count(quota)  # a post refused before the intake counts too
         raise
     post = Post(
         form_id=request.match_info["form_id"],
         values=posted,
-        client=client,
+        client=client.address,
         origin=request.headers.get("Origin"),
         referer=request.headers.get("Referer"),
-        idempotency_key=key,
+        idempotency_key=IdempotencyKey(guard.idempotency_scope(client, None), key) if key else None,
     )
     return await request.app[appkeys.FORMS].submit(post, quota)
 

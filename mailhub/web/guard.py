@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from mailhub.errors import InvalidRequest, RecipientRefused, Unauthorized
 from mailhub.settings import Settings
-from mailhub.store.rate_limit import IPAddress, Quota, RateLimiter, client_group
+from mailhub.store.rate_limit import IPAddress, Quota, RateCounter, client_group, rate_windows
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ class SubmitGuard:
     def __init__(self, settings: Settings, redis: Redis) -> None:
         self.settings = settings
         self._proxies = [ipaddress.ip_network(net) for net in settings.trusted_proxies]
-        self._limiter = RateLimiter(settings.rate_limit, redis)
+        self._windows = rate_windows(settings.rate_limit)
+        self._counter = RateCounter(redis)
 
     def client(self, remote: str | None, headers: MultiMapping[str]) -> Client:
         """The client that sent a request from `remote` with `headers`.
@@ -93,7 +94,7 @@ class SubmitGuard:
 
     def quota(self, client: Client) -> Quota:
         """The client's rate limits; no windows when RATE_LIMIT is off."""
-        return self._limiter.quota(client.group)
+        return Quota(client.group, self._windows)
 
     async def count(self, quota: Quota) -> None:
         """Count a submit refused before it reached the enqueue script; `RateLimited` if over.
@@ -102,7 +103,7 @@ class SubmitGuard:
         (a wrong API key too), not for one refused for its content type.
         One round trip, none when RATE_LIMIT is off.
         """
-        await self._limiter.count(quota)
+        await self._counter.count(quota)
 
     def check_recipient(self, address: str) -> None:
         if self.settings.capture_mode:
