@@ -91,7 +91,7 @@ async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: Embed
         sink.handler.reset()
 
         # 1. the backlog
-        await store.ensure_group()
+        await store.queue.ensure_group()
         memory_before = await used_memory(redis)
         started = time.monotonic()
         task_ids: list[str] = []

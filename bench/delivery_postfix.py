@@ -99,7 +99,7 @@ async def measure(args: argparse.Namespace, work: Path) -> int:
             redis = connect(valkey.url)
             try:
                 store = TaskStore.from_settings(redis, load_settings(env, env_file=None))
-                await store.ensure_group()
+                await store.queue.ensure_group()
                 task_ids: list[str] = []
                 for start in range(0, args.count, 1000):
                     task_ids += await asyncio.gather(

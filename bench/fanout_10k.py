@@ -489,7 +489,7 @@ async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: Embed
             30,
             "reference subscribed",
         )
-        await bench.store.ensure_group()
+        await bench.store.queue.ensure_group()
         if not args.skip_baseline:
             port = free_port()
             baseline = Process(

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from aiohttp import web
 from pythonjsonlogger.json import JsonFormatter
+from redis.asyncio import Redis
 
 from mailhub import check, metrics
 from mailhub.delivery.capture import start_capture_server
@@ -94,7 +95,7 @@ async def serve(settings: Settings, *, web_app: bool, worker: bool) -> None:
             stack.callback(embedded.stop)
             settings = replace(settings, redis_url=embedded.url)
         if worker:
-            await stack.enter_async_context(_running_worker(settings))
+            await stack.enter_async_context(running_worker(settings))
             if settings.metrics_port and not web_app:
                 await stack.enter_async_context(
                     _serving(
@@ -154,35 +155,33 @@ async def _serving(runner: web.AppRunner, host: str, port: int, name: str, note:
 
 
 @contextlib.asynccontextmanager
-async def _running_worker(settings: Settings) -> AsyncIterator[None]:
-    redis = connect(settings.redis_url)
-    try:
+async def running_worker(settings: Settings) -> AsyncIterator[Settings]:
+    """A process's worker, started; stopped on exit, then everything it opened closed.
+
+    In capture mode it delivers to a capture SMTP server of its own. Yields
+    the settings it delivers with (in capture mode, that server's address).
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        redis = connect(settings.redis_url)
+        stack.push_async_callback(redis.aclose)
         if settings.capture_mode:
-            server = await start_capture_server(redis)
-            port = server.sockets[0].getsockname()[1]
-            settings = replace(settings, smtp_host="127.0.0.1", smtp_port=port, smtp_tls="none")
-            logger.warning(
-                "CAPTURE MODE: SMTP_HOST is not set, so mail is captured on port %d "
-                "and NOT delivered; see /dev/inbox",
-                port,
-            )
+            settings = await _start_capturing(stack, redis, settings)
         sender = SmtpSender(settings)
+        stack.push_async_callback(sender.close)
         metrics.watch_pool(sender.pool)
-        worker = Worker(
-            TaskStore.from_settings(redis, settings),
-            sender,
-            concurrency=settings.worker_concurrency,
-            claim_timeout=settings.claim_timeout,
-            retry_base_delay=settings.retry_base_delay,
-            retry_max_delay=settings.retry_max_delay,
-            recheck_interval=settings.smtp_recheck_interval,
-        )
-        try:
-            async with worker.running(grace=settings.shutdown_grace):
-                yield
-        finally:
-            await sender.close()
-        if settings.capture_mode:
-            server.close()
-    finally:
-        await redis.aclose()
+        worker = Worker.from_settings(TaskStore.from_settings(redis, settings), sender, settings)
+        await stack.enter_async_context(worker.running())
+        yield settings
+
+
+async def _start_capturing(stack: contextlib.AsyncExitStack, redis: Redis, settings: Settings) -> Settings:
+    """Start the capture SMTP server, closed by `stack`; the settings that deliver to it."""
+    server = await start_capture_server(redis)
+    stack.callback(server.close)
+    port = server.sockets[0].getsockname()[1]
+    logger.warning(
+        "CAPTURE MODE: SMTP_HOST is not set, so mail is captured on port %d "
+        "and NOT delivered; see /dev/inbox",
+        port,
+    )
+    return replace(settings, smtp_host="127.0.0.1", smtp_port=port, smtp_tls="none")

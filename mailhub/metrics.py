@@ -7,12 +7,12 @@ shows both at /metrics; a separate worker at METRICS_PORT).
 
 from __future__ import annotations
 
-import time
+from typing import Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 from redis.asyncio import Redis
 
-from mailhub.store import keys
+from mailhub.store.queue import WorkQueue
 
 SUBMISSIONS = Counter(
     "mailhub_submissions_total",
@@ -43,21 +43,24 @@ SMTP_PAUSED = Gauge("mailhub_smtp_paused", "1 while a login or TLS failure pause
 SMTP_CONNECTIONS = Gauge("mailhub_smtp_connections", "Pooled SMTP connections.", ["state"])
 
 
+class PoolUsage(Protocol):
+    """What the connection gauges read of a pool (an `SmtpPool`)."""
+
+    @property
+    def idle(self) -> int: ...
+
+    busy: int
+
+
 async def refresh_queue_gauges(redis: Redis) -> None:
     """Read the queue's depth and its oldest entry's age from Redis."""
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.xlen(keys.QUEUE)
-        pipe.zcard(keys.RETRIES)
-        pipe.xrange(keys.QUEUE, count=1)
-        queued, retrying, first = await pipe.execute()
-    QUEUE_DEPTH.labels("queue").set(queued)
-    QUEUE_DEPTH.labels("retries").set(retrying)
-    # A stream entry id starts with its creation time in milliseconds.
-    oldest_ms = int(first[0][0].split("-")[0]) if first else None
-    OLDEST_QUEUED_SECONDS.set(max(0.0, time.time() - oldest_ms / 1000) if oldest_ms else 0)
+    depth = await WorkQueue(redis).depth()
+    QUEUE_DEPTH.labels("queue").set(depth.queued)
+    QUEUE_DEPTH.labels("retries").set(depth.retrying)
+    OLDEST_QUEUED_SECONDS.set(depth.oldest_seconds)
 
 
-def watch_pool(pool: object) -> None:
-    """Report `pool`'s connections (an `SmtpPool`) at every scrape."""
-    SMTP_CONNECTIONS.labels("idle").set_function(lambda: pool.idle)  # type: ignore[attr-defined]
-    SMTP_CONNECTIONS.labels("busy").set_function(lambda: pool.busy)  # type: ignore[attr-defined]
+def watch_pool(pool: PoolUsage) -> None:
+    """Report `pool`'s idle and busy connections at every scrape."""
+    SMTP_CONNECTIONS.labels("idle").set_function(lambda: pool.idle)
+    SMTP_CONNECTIONS.labels("busy").set_function(lambda: pool.busy)

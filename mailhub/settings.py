@@ -22,6 +22,7 @@ from mailhub.errors import SettingsError
 from mailhub.forms.definitions import CAPTCHAS, FormDefinition, capture_contact_form, load_forms_file
 
 T = TypeVar("T")
+Number = TypeVar("Number", int, float)
 
 TLS_MODES = ("starttls", "ssl", "none")
 
@@ -121,10 +122,10 @@ class _Reader:
             raise SettingsError(f"{name}={raw!r} is invalid: {exc}") from None
 
 
-def _positive(cast: Callable[[str], T]) -> Callable[[str], T]:
-    def parse(raw: str) -> T:
+def _positive(cast: Callable[[str], Number]) -> Callable[[str], Number]:
+    def parse(raw: str) -> Number:
         value = cast(raw)
-        if value <= 0:  # type: ignore[operator]
+        if value <= 0:
             raise ValueError("must be greater than 0")
         return value
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -78,6 +75,8 @@ def settings_for(smtp: SmtpServer, **overrides: Any) -> Settings:
         smtp_timeout=5.0,
         allowed_recipients=("*",),
         rate_limit="off",
+        worker_concurrency=8,
+        shutdown_grace=5.0,
     )
     values.update(overrides)
     return Settings(**values)
@@ -89,22 +88,36 @@ def store(redis: Redis, settings: Settings) -> TaskStore:
 
 
 @asynccontextmanager
-async def running_worker(store: TaskStore, settings: Settings, **options: Any) -> AsyncIterator[Worker]:
+async def worker_for(store: TaskStore, settings: Settings, **changes: Any) -> AsyncIterator[Worker]:
+    """A worker (not started) for `settings` with `changes` (Settings fields), polling retries
+    often; its SMTP connections are closed on exit."""
+    settings = replace(settings, **changes)
     sender = SmtpSender(settings)
-    worker = Worker(
-        store,
-        sender,
-        concurrency=options.pop("concurrency", 8),
-        retry_base_delay=settings.retry_base_delay,
-        retry_max_delay=settings.retry_max_delay,
-        poll_interval=0.01,
-        **options,
-    )
     try:
-        async with worker.running(grace=5.0):
-            yield worker
+        yield Worker.from_settings(store, sender, settings, poll_interval=0.01)
     finally:
         await sender.close()
+
+
+@asynccontextmanager
+async def running_worker(store: TaskStore, settings: Settings, **changes: Any) -> AsyncIterator[Worker]:
+    """`worker_for`, started, and stopped on exit."""
+    async with worker_for(store, settings, **changes) as worker, worker.running():
+        yield worker
+
+
+@pytest.fixture
+def drain(store: TaskStore, settings: Settings) -> Callable[..., Awaitable[None]]:
+    """`await drain()` runs a worker until every queued task is success or failed.
+
+    Keyword arguments change the worker's settings (Settings fields).
+    """
+
+    async def run(timeout: float = 10.0, **changes: Any) -> None:
+        async with worker_for(store, settings, **changes) as worker:
+            await worker.drain(timeout=timeout)
+
+    return run
 
 
 @pytest.fixture
@@ -116,25 +129,6 @@ async def worker(store: TaskStore, settings: Settings) -> AsyncIterator[Worker]:
 @pytest.fixture
 async def client(aiohttp_client: Any, settings: Settings) -> Any:
     return await aiohttp_client(create_app(settings))
-
-
-async def wait_for_result(
-    store: TaskStore,
-    task_id: str,
-    *,
-    timeout: float = 10.0,
-    statuses: tuple[str, ...] = ("success", "failed"),
-) -> dict[str, Any]:
-    """Poll the task's result document until its status is one of `statuses`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        raw = await store.result(task_id)
-        document = json.loads(raw) if raw else None
-        if document and document["status"] in statuses:
-            return document
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"task {task_id} still {document} after {timeout}s")
-        await asyncio.sleep(0.01)
 
 
 def with_settings(settings: Settings, **changes: Any) -> Settings:

@@ -12,8 +12,7 @@ import time
 from collections.abc import Callable
 
 from mailhub import reasons
-from mailhub.store import keys
-from mailhub.store.tasks import Attempt, EmailRequest, QueueEntry, TaskStore
+from mailhub.store.tasks import Attempt, EmailRequest, TaskStore
 
 REQUEST = EmailRequest(to="user@example.com", subject="Hello", body="Hi {username}!", username="Kim")
 
@@ -36,19 +35,16 @@ class TaskDriver:
 
     async def enqueue(self, request: EmailRequest = REQUEST) -> str:
         """Event 1 (queued)."""
-        await self.store.ensure_group()
+        await self.store.queue.ensure_group()
         self.task_id = await self.store.enqueue(request)
         return self.task_id
 
     async def begin_attempt(self) -> Attempt:
         """The next attempt starts (event attempt)."""
-        await self.store.promote_due_retries()
-        reply = await self.store.redis.xreadgroup(
-            keys.WORKERS_GROUP, "driver", {keys.QUEUE: ">"}, count=1, block=1000
-        )
-        [(_, [(entry_id, fields)])] = reply
-        assert fields["task_id"] == self.task_id
-        attempt = await self.store.begin_attempt(QueueEntry(entry_id, self.task_id))
+        await self.store.queue.promote_due_retries()
+        [entry] = await self.store.queue.read_new("driver", 1, block=1.0)
+        assert entry.task_id == self.task_id
+        attempt = await self.store.begin_attempt(entry)
         assert attempt is not None
         self.attempt = attempt
         return attempt

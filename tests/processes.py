@@ -11,19 +11,34 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mailhub.store.embedded_valkey import free_port
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Settings a developer's shell might carry; a test process starts without them.
+#: Every variable mailhub reads (by prefix): a developer's shell may carry some;
+#: a process a test (or a benchmark) starts goes without them.
 _CLEARED = (
     "SMTP_",
     "REDIS_URL",
     "MAIL_FROM",
     "HOST",
     "PORT",
+    "METRICS_PORT",
     "DATA_DIR",
+    "MAX_",
+    "RETRY_",
+    "WORKER_",
+    "CLAIM_TIMEOUT",
+    "SHUTDOWN_GRACE",
+    "RESULT_RETENTION",
+    "LOG_",
+    "SSE_KEEPALIVE",
+    "DEMO_RECIPIENT",
     "ALLOWED_",
     "API_KEYS",
+    "RATE_LIMIT",
+    "TRUSTED_PROXIES",
+    "CORS_ORIGINS",
+    "HONEYPOT_FIELD",
     "FORMS_FILE",
     "CAPTCHA_",
     "TURNSTILE_",
@@ -33,6 +48,7 @@ _CLEARED = (
 
 
 def clean_env(**env: str) -> dict[str, str]:
+    """This process's environment without any mailhub setting, plus `env`."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(_CLEARED)}
     return {**base, **env}
 

@@ -19,7 +19,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 TlsMode = Literal["starttls", "ssl", "none"]
-FaultKind = Literal["reply_rcpt", "reply_data", "drop_after_data", "drop_before_data"]
+FaultKind = Literal["reply_rcpt", "reply_data", "drop_after_data", "drop_before_data", "hold_data"]
 _FAULT_ATTR = "_test_fault"  # the transaction's Fault, stored on aiosmtpd's Envelope
 
 
@@ -59,7 +59,8 @@ class Fault:
     - ``reply_data(line)``: the end of DATA gets ``line``, message not recorded;
     - ``drop_after_data()``: the message is read, put in ``handler.dropped``, then
       the connection is aborted without reply (client: SMTPServerDisconnected);
-    - ``drop_before_data()``: the same abort, at MAIL FROM.
+    - ``drop_before_data()``: the same abort, at MAIL FROM;
+    - ``hold_data()``: the end of DATA waits for ``handler.release()``, then is accepted.
     """
 
     kind: FaultKind
@@ -80,6 +81,10 @@ class Fault:
     @classmethod
     def drop_before_data(cls) -> Fault:
         return cls("drop_before_data")
+
+    @classmethod
+    def hold_data(cls) -> Fault:
+        return cls("hold_data")
 
 
 @dataclass
@@ -108,6 +113,11 @@ class RecordingHandler:
         self.faults: list[Fault] = []
         self.require_auth = False
         self.lock = threading.Lock()
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        """Let every held DATA (``Fault.hold_data``) go on, now and later; any thread may call it."""
+        self._released.set()
 
     async def wait_for_count(self, n: int, timeout: float = 10.0, *, dropped: bool = False) -> list[Captured]:
         """Poll every 10 ms until ``messages`` (or ``dropped``) has >= n items;
@@ -152,6 +162,9 @@ class RecordingHandler:
         fault: Fault | None = getattr(envelope, _FAULT_ATTR, None)
         if fault and fault.kind == "reply_data":
             return fault.line
+        # The test's thread releases it: an asyncio.Event belongs to one loop.
+        while fault and fault.kind == "hold_data" and not self._released.is_set():  # noqa: ASYNC110 - see above
+            await asyncio.sleep(0.005)
         data = envelope.original_content or b""
         message = cast(EmailMessage, email.message_from_bytes(data, policy=email.policy.default))
         captured = Captured(envelope.mail_from or "", list(envelope.rcpt_tos), data, message)
@@ -230,6 +243,15 @@ class SmtpServer(Controller):
         server = await super()._create_server()
         self.port = server.sockets[0].getsockname()[1]
         return server
+
+    @property
+    def open_sessions(self) -> int:
+        """Client connections still open."""
+        return sum(1 for session in list(self._connections) if session.transport is not None)
+
+    def drop_connections(self) -> None:
+        """Abort every open client connection without a word, as a restarting server would."""
+        asyncio.run_coroutine_threadsafe(self._abort_connections(), self.loop).result(10)
 
     def factory(self) -> SMTP:
         smtp = super().factory()

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 
 import pytest
 
-from mailhub.store import keys
-from tests.conftest import wait_for_result
-
-SUBMIT = "/api/v1/email/received"
-RESULT = "/api/v1/email/result"
-EXAMPLE = {
-    "to": "user@example.com",
-    "subject": "Hello",
-    "body": "{username}님 안녕하세요!",
-    "username": "홍길동",
-}
+from mailhub.store import inbox, keys
+from mailhub.web.app import create_app
+from tests.helpers import MAIL_JSON, RESULT, SUBMIT
+from tests.smtp_server import Fault
 
 
 async def test_submit_answers_task_id_and_queued(client, redis):
-    response = await client.post(SUBMIT, json=EXAMPLE)
+    response = await client.post(SUBMIT, json=MAIL_JSON)
     assert response.status == 200
     answer = await response.json()
     assert answer["status"] == "queued"
@@ -31,7 +25,7 @@ async def test_submit_answers_task_id_and_queued(client, redis):
 
 
 async def test_result_while_queued_is_pending_with_to(client):
-    task_id = (await (await client.post(SUBMIT, json=EXAMPLE)).json())["task_id"]
+    task_id = (await (await client.post(SUBMIT, json=MAIL_JSON)).json())["task_id"]
     response = await client.get(RESULT, params={"task_id": task_id})
     assert response.status == 200
     document = await response.json()
@@ -40,21 +34,19 @@ async def test_result_while_queued_is_pending_with_to(client):
     assert "reason" not in document
 
 
-async def test_result_after_delivery_is_success_with_attempts(client, store, worker):
-    task_id = (await (await client.post(SUBMIT, json=EXAMPLE)).json())["task_id"]
-    await wait_for_result(store, task_id)
+async def test_result_after_delivery_is_success_with_attempts(client, drain):
+    task_id = (await (await client.post(SUBMIT, json=MAIL_JSON)).json())["task_id"]
+    await drain()
     document = await (await client.get(RESULT, params={"task_id": task_id})).json()
     assert document["status"] == "success"
     assert document["to"] == "user@example.com"
     assert document["attempts"] == 1
 
 
-async def test_result_after_permanent_failure_has_reason(client, store, worker, smtp):
-    from tests.smtp_server import Fault
-
+async def test_result_after_permanent_failure_has_reason(client, drain, smtp):
     smtp.handler.faults.append(Fault.reply_rcpt("550 5.1.1 no such user"))
-    task_id = (await (await client.post(SUBMIT, json=EXAMPLE)).json())["task_id"]
-    await wait_for_result(store, task_id)
+    task_id = (await (await client.post(SUBMIT, json=MAIL_JSON)).json())["task_id"]
+    await drain()
     document = await (await client.get(RESULT, params={"task_id": task_id})).json()
     assert document["status"] == "failed"
     assert document["to"] == "user@example.com"
@@ -86,7 +78,7 @@ async def test_not_json_is_400(client):
 
 
 async def test_not_utf8_is_400(client):
-    body = json.dumps(EXAMPLE, ensure_ascii=False).encode("euc-kr")
+    body = json.dumps(MAIL_JSON, ensure_ascii=False).encode("euc-kr")
     response = await client.post(SUBMIT, data=body, headers={"Content-Type": "application/json"})
     assert response.status == 400
     assert "UTF-8" in (await response.json())["error"]["message"]
@@ -101,13 +93,13 @@ async def test_deeply_nested_json_is_400_not_500(client):
     "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
 )
 async def test_wrong_content_type_is_415(client, content_type):
-    response = await client.post(SUBMIT, data=json.dumps(EXAMPLE), headers={"Content-Type": content_type})
+    response = await client.post(SUBMIT, data=json.dumps(MAIL_JSON), headers={"Content-Type": content_type})
     assert response.status == 415
     assert (await response.json())["error"]["code"] == "unsupported_media_type"
 
 
 async def test_oversized_request_is_413(client, redis):
-    response = await client.post(SUBMIT, json={**EXAMPLE, "body": "x" * 1_000_000})
+    response = await client.post(SUBMIT, json={**MAIL_JSON, "body": "x" * 1_000_000})
     assert response.status == 413
     assert (await response.json())["error"]["code"] == "too_large"
     assert await redis.xlen(keys.QUEUE) == 0
@@ -135,7 +127,7 @@ INVALID = [
 
 @pytest.mark.parametrize(("change", "field"), INVALID)
 async def test_invalid_field_is_422_naming_it_and_nothing_queued(client, redis, change, field):
-    response = await client.post(SUBMIT, json={**EXAMPLE, **change})
+    response = await client.post(SUBMIT, json={**MAIL_JSON, **change})
     assert response.status == 422
     error = (await response.json())["error"]
     assert error["code"] == "validation_failed"
@@ -145,13 +137,13 @@ async def test_invalid_field_is_422_naming_it_and_nothing_queued(client, redis, 
 
 @pytest.mark.parametrize("missing", ["to", "subject", "body"])
 async def test_missing_required_field_is_422(client, missing):
-    body = {k: v for k, v in EXAMPLE.items() if k != missing}
+    body = {k: v for k, v in MAIL_JSON.items() if k != missing}
     response = await client.post(SUBMIT, json=body)
     assert response.status == 422
     assert missing in (await response.json())["error"]["fields"]
 
 
-@pytest.mark.parametrize("payload", [[], "text", 42, None, {"unknown": 1, **EXAMPLE}])
+@pytest.mark.parametrize("payload", [[], "text", 42, None, {"unknown": 1, **MAIL_JSON}])
 async def test_wrong_json_shape_is_422(client, payload):
     response = await client.post(
         SUBMIT, data=json.dumps(payload), headers={"Content-Type": "application/json"}
@@ -160,7 +152,7 @@ async def test_wrong_json_shape_is_422(client, payload):
 
 
 async def test_boundary_values_are_accepted(client):
-    body = {**EXAMPLE, "subject": "x" * 255, "username": "y" * 100, "body": "z" * 64 * 1024}
+    body = {**MAIL_JSON, "subject": "x" * 255, "username": "y" * 100, "body": "z" * 64 * 1024}
     response = await client.post(SUBMIT, json=body)
     assert response.status == 200
 
@@ -194,5 +186,15 @@ async def test_swagger_ui_is_served_without_a_cdn(client):
     assert bundle.status == 200
 
 
-async def test_dev_inbox_exists_only_in_capture_mode(client):
+async def test_dev_inbox_exists_only_in_capture_mode(client, aiohttp_client, settings, redis):
+    assert (await client.get("/dev/inbox")).status == 404
     assert (await client.get("/dev/inbox/messages")).status == 404
+    capturing = await aiohttp_client(create_app(replace(settings, smtp_host="")))
+    assert await (await capturing.get("/dev/inbox/messages")).json() == []
+    caught = {"from": "a@example.com", "to": ["b@example.com"], "subject": "<Hi>", "body": "x"}
+    await inbox.keep(redis, {**caught, "message_id": "<1@example.com>", "received_at": "now"})
+    [listed] = await (await capturing.get("/dev/inbox/messages")).json()
+    assert {k: listed[k] for k in caught} == caught
+    page = await capturing.get("/dev/inbox")
+    assert page.status == 200
+    assert "&lt;Hi&gt;" in await page.text()

@@ -13,8 +13,8 @@ import pytest
 
 from mailhub.check import Outcome, Step, hint_for, report, run_checks
 from mailhub.settings import Settings
-from mailhub.store.embedded_valkey import free_port
 from tests.conftest import settings_for
+from tests.helpers import free_port, smtp_env
 from tests.processes import ROOT, clean_env
 from tests.smtp_server import SmtpServer
 
@@ -93,16 +93,7 @@ async def test_unreachable_redis_and_missing_smtp_host_fail(settings):
 
 @pytest.mark.parametrize(("password", "code"), [("secret", 0), ("wrong", 1)])
 def test_run_py_check_exit_code(tmp_path, valkey, smtp, password, code):
-    env = clean_env(
-        REDIS_URL=valkey.url,
-        SMTP_HOST=smtp.host,
-        SMTP_PORT=str(smtp.port),
-        SMTP_USER=smtp.user or "",
-        SMTP_PASS=password,
-        SSL_CERT_FILE=str(smtp.ca_file),
-        MAIL_FROM="noreply@example.com",
-        ALLOWED_RECIPIENTS="@example.com",
-    )
+    env = clean_env(**smtp_env(smtp, REDIS_URL=valkey.url, SMTP_PASS=password))
     done = subprocess.run(
         [sys.executable, str(ROOT / "run.py"), "check"],
         cwd=tmp_path,

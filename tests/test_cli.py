@@ -6,31 +6,26 @@ import asyncio
 import signal
 import subprocess
 import sys
-import time
 
 import aiohttp
 import pytest
 
+from mailhub import cli
+from mailhub.settings import Settings
 from mailhub.store.embedded_valkey import is_running
+from tests.helpers import MAIL_JSON, MAIL_TEXT, RESULT, SUBMIT, eventually, smtp_env
 from tests.processes import ROOT, MailhubProcess, clean_env
-
-EXAMPLE = {
-    "to": "user@example.com",
-    "subject": "Hello",
-    "body": "{username}님 안녕하세요!",
-    "username": "홍길동",
-}
 
 
 async def _poll_result(session: aiohttp.ClientSession, base: str, task_id: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        async with session.get(f"{base}/api/v1/email/result", params={"task_id": task_id}) as r:
+    """The task's result over HTTP once it is no longer pending."""
+
+    async def final() -> dict | None:
+        async with session.get(base + RESULT, params={"task_id": task_id}) as r:
             document = await r.json()
-        if document["status"] != "pending":
-            return document
-        assert time.monotonic() < deadline, f"still pending after {timeout}s"
-        await asyncio.sleep(0.02)
+        return document if document["status"] != "pending" else None
+
+    return await eventually(final, timeout=timeout, interval=0.02, what=f"task {task_id}")
 
 
 def _valkey_children(pid: int) -> list[int]:
@@ -44,7 +39,7 @@ async def test_zero_config_run_delivers_to_the_dev_inbox(tmp_path):
     with MailhubProcess(cwd=tmp_path, env={}) as server:
         valkey = _valkey_children(server.process.pid)
         async with aiohttp.ClientSession() as session:
-            async with session.post(f"{server.url}/api/v1/email/received", json=EXAMPLE) as r:
+            async with session.post(server.url + SUBMIT, json=MAIL_JSON) as r:
                 assert r.status == 200
                 task_id = (await r.json())["task_id"]
             document = await _poll_result(session, server.url, task_id, timeout=2.0)
@@ -53,7 +48,7 @@ async def test_zero_config_run_delivers_to_the_dev_inbox(tmp_path):
                 [mail] = await r.json()
             async with session.get(f"{server.url}/dev/inbox") as r:
                 page = await r.text()
-        assert mail["body"].rstrip() == "홍길동님 안녕하세요!"
+        assert mail["body"].rstrip() == MAIL_TEXT
         assert mail["subject"] == "Hello"
         assert "Hello" in page
         assert "NOT delivered" in server.log
@@ -63,18 +58,7 @@ async def test_zero_config_run_delivers_to_the_dev_inbox(tmp_path):
 
 
 async def test_split_web_and_two_workers_share_one_redis(tmp_path, valkey, redis, smtp):
-    env = {
-        "REDIS_URL": valkey.url,
-        "SMTP_HOST": smtp.host,
-        "SMTP_PORT": str(smtp.port),
-        "SMTP_TLS": "starttls",
-        "SMTP_USER": smtp.user,
-        "SMTP_PASS": smtp.password,
-        "SSL_CERT_FILE": str(smtp.ca_file),
-        "MAIL_FROM": "noreply@example.com",
-        "ALLOWED_RECIPIENTS": "@example.com",
-        "RATE_LIMIT": "off",
-    }
+    env = smtp_env(smtp, REDIS_URL=valkey.url)
     with (
         MailhubProcess("worker", cwd=tmp_path, env=env, web=False),
         MailhubProcess("worker", cwd=tmp_path, env=env, web=False),
@@ -83,8 +67,8 @@ async def test_split_web_and_two_workers_share_one_redis(tmp_path, valkey, redis
         async with aiohttp.ClientSession() as session:
             task_ids = []
             for n in range(40):
-                body = {**EXAMPLE, "subject": f"split {n}"}
-                async with session.post(f"{web.url}/api/v1/email/received", json=body) as r:
+                body = {**MAIL_JSON, "subject": f"split {n}"}
+                async with session.post(web.url + SUBMIT, json=body) as r:
                     task_ids.append((await r.json())["task_id"])
             results = [await _poll_result(session, web.url, t, timeout=20) for t in task_ids]
     assert {r["status"] for r in results} == {"success"}
@@ -126,3 +110,13 @@ def test_split_processes_need_redis_url(tmp_path):
 async def test_sigterm_stops_promptly(tmp_path):
     server = MailhubProcess(cwd=tmp_path, env={}).wait_ready()
     assert server.stop(signal.SIGTERM, timeout=15) == 0
+
+
+async def test_a_capture_mode_worker_closes_its_capture_server(valkey):
+    async with cli.running_worker(Settings(redis_url=valkey.url)) as delivering:
+        assert (delivering.smtp_host, delivering.smtp_tls) == ("127.0.0.1", "none")
+        _, writer = await asyncio.open_connection(delivering.smtp_host, delivering.smtp_port)
+        writer.close()
+        await writer.wait_closed()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection(delivering.smtp_host, delivering.smtp_port)

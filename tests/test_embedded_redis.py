@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
+import asyncio
 import sys
-import time
 
 import redis
 
 from mailhub.store.embedded_valkey import EmbeddedRedis, is_running
-
-
-def _wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+from tests.helpers import eventually
 
 
 def test_data_survives_a_restart(tmp_path):
@@ -36,16 +28,17 @@ time.sleep(60)
 """
 
 
-def test_server_dies_with_a_killed_parent(tmp_path):
-    parent = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+async def test_server_dies_with_a_killed_parent(tmp_path):
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, str(tmp_path), stdout=asyncio.subprocess.PIPE
+    )
     try:
-        valkey_pid = int(parent.stdout.readline())
+        valkey_pid = int(await parent.stdout.readline())
         assert is_running(valkey_pid)
     finally:
-        parent.send_signal(signal.SIGKILL)
-        parent.wait()
-        parent.stdout.close()
-    _wait_until(lambda: not is_running(valkey_pid))
+        parent.kill()  # SIGKILL: no goodbye
+        await parent.wait()
+    await eventually(lambda: not is_running(valkey_pid), what="valkey-server to die with its parent")
 
 
 def test_leftover_server_on_the_data_dir_is_stopped(tmp_path):

@@ -17,9 +17,9 @@ import pytest
 
 from mailhub import reasons
 from mailhub.store import keys
-from mailhub.store.embedded_valkey import free_port
 from mailhub.web.security_headers import PAGE_POLICY
-from tests.conftest import running_worker, wait_for_result, with_settings
+from tests.conftest import running_worker, with_settings
+from tests.helpers import free_port, wait_for_status
 from tests.live_server import Live, serving
 from tests.smtp_server import Fault
 from tests.sse import SseReader
@@ -101,7 +101,7 @@ async def test_a_refused_login_shows_sending_is_paused_without_the_535(
     caplog.set_level(logging.INFO, logger="mailhub")
     smtp.password = "changed-by-the-provider"
     task_id = await submit(http)
-    async with running_worker(store, settings, recheck_interval=0.05):
+    async with running_worker(store, settings, smtp_recheck_interval=0.05):
         streamed = await follow(http, task_id, until="retry")
         document, raw = await result(http, task_id)
         async with http.get("/readyz") as public:
@@ -109,7 +109,7 @@ async def test_a_refused_login_shows_sending_is_paused_without_the_535(
         async with http.get("/readyz", headers={"Authorization": f"Bearer {TOKEN}"}) as owner:
             ready_owner = await owner.json()
         smtp.password = settings.smtp_pass
-        assert (await wait_for_result(store, task_id))["status"] == "success"
+        assert (await wait_for_status(store, task_id))["status"] == "success"
     assert (document["event"], document["last_error"]) == ("retry", reasons.PAUSED)
     assert streamed[-1]["last_error"] == "sending is paused"
     for shown in (raw, json.dumps(streamed), ready_public):

@@ -5,14 +5,10 @@ from __future__ import annotations
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from mailhub.store.embedded_valkey import free_port
 from mailhub.store.tasks import EmailRequest
-from tests.conftest import wait_for_result
+from tests.helpers import MAIL_JSON, SUBMIT, enqueue, free_port, result_of, smtp_env, wait_for_status
 from tests.processes import MailhubProcess
 from tests.smtp_server import Fault
-
-SUBMIT = "/api/v1/email/received"
-MAIL = {"to": "user@example.com", "subject": "Hello", "body": "Hi"}
 
 
 async def scrape(client) -> dict[tuple[str, tuple], float]:
@@ -30,15 +26,17 @@ def value(samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-async def test_counters_move_as_mail_is_sent_retried_and_fails(client, store, worker, smtp):
+async def test_counters_move_as_mail_is_sent_retried_and_fails(client, store, drain, smtp):
     before = await scrape(client)
     smtp.handler.faults.append(Fault.reply_data("451 4.7.1 later"))
-    first = (await (await client.post(SUBMIT, json=MAIL)).json())["task_id"]
-    assert (await wait_for_result(store, first))["status"] == "success"
+    first = (await (await client.post(SUBMIT, json=MAIL_JSON)).json())["task_id"]
+    await drain()
+    assert (await result_of(store, first))["status"] == "success"
     smtp.handler.faults.append(Fault.reply_rcpt("550 5.1.1 no such user"))
-    second = (await (await client.post(SUBMIT, json=MAIL)).json())["task_id"]
-    assert (await wait_for_result(store, second))["status"] == "failed"
-    assert (await client.post(SUBMIT, json={**MAIL, "to": "nope"})).status == 422
+    second = (await (await client.post(SUBMIT, json=MAIL_JSON)).json())["task_id"]
+    await drain()
+    assert (await result_of(store, second))["status"] == "failed"
+    assert (await client.post(SUBMIT, json={**MAIL_JSON, "to": "nope"})).status == 422
     after = await scrape(client)
 
     def delta(name: str, **labels: str) -> float:
@@ -60,24 +58,14 @@ async def test_counters_move_as_mail_is_sent_retried_and_fails(client, store, wo
 
 async def test_a_separate_worker_serves_its_own_metrics_on_metrics_port(tmp_path, valkey, store, smtp):
     port = free_port()
-    env = {
-        "REDIS_URL": valkey.url,
-        "SMTP_HOST": smtp.host,
-        "SMTP_PORT": str(smtp.port),
-        "SMTP_USER": smtp.user,
-        "SMTP_PASS": smtp.password,
-        "SSL_CERT_FILE": str(smtp.ca_file),
-        "ALLOWED_RECIPIENTS": "@example.com",
-        "MAIL_FROM": "noreply@example.com",
-        "METRICS_PORT": str(port),
-    }
+    env = smtp_env(smtp, REDIS_URL=valkey.url, METRICS_PORT=str(port))
     smtp.handler.faults.append(Fault.reply_rcpt("550 5.1.1 no such user"))
     task_ids = [
-        await store.enqueue(EmailRequest(to="user@example.com", subject=f"m{n}", body="b")) for n in range(3)
+        await enqueue(store, EmailRequest(to="user@example.com", subject=f"m{n}", body="b")) for n in range(3)
     ]
     with MailhubProcess("worker", cwd=tmp_path, env=env, web=False):
         for task_id in task_ids:
-            await wait_for_result(store, task_id)
+            await wait_for_status(store, task_id)
         async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as client:
             samples = await scrape(client)
             assert (await client.get("/healthz")).status == 200

@@ -14,17 +14,10 @@ from typing import Any
 import pytest
 
 from mailhub.store.tasks import EmailRequest, TaskStore
-from tests.conftest import running_worker, settings_for, wait_for_result
+from tests.helpers import MAIL_JSON, SUBMIT, enqueue, result_of
 from tests.smtp_server import Fault
 
 pytestmark = pytest.mark.performance
-
-BODY = {
-    "to": "user@example.com",
-    "subject": "Hello",
-    "body": "{username}님 안녕하세요!",
-    "username": "홍길동",
-}
 
 
 def request(n: int) -> EmailRequest:
@@ -33,10 +26,8 @@ def request(n: int) -> EmailRequest:
     )
 
 
-async def wait_all(store: TaskStore, task_ids: list[str], timeout: float) -> list[dict[str, Any]]:
-    """Every task's terminal result, within one overall `timeout`."""
-    async with asyncio.timeout(timeout):
-        return [await wait_for_result(store, task_id, timeout=timeout) for task_id in task_ids]
+async def results(store: TaskStore, task_ids: list[str]) -> list[dict[str, Any]]:
+    return [await result_of(store, task_id) for task_id in task_ids]
 
 
 def show(capsys: pytest.CaptureFixture[str], line: str) -> None:
@@ -46,7 +37,7 @@ def show(capsys: pytest.CaptureFixture[str], line: str) -> None:
 
 async def test_single_and_concurrent_submits(client, store, capsys):
     started = time.perf_counter()
-    response = await client.post("/api/v1/email/received", json=BODY)
+    response = await client.post(SUBMIT, json=MAIL_JSON)
     single_ms = (time.perf_counter() - started) * 1000
     assert response.status == 200
     count, concurrency = 400, 32
@@ -56,8 +47,8 @@ async def test_single_and_concurrent_submits(client, store, capsys):
         ids = []
         for n in lanes:
             r = await client.post(
-                "/api/v1/email/received",
-                json={**BODY, "subject": f"s{n}"},
+                SUBMIT,
+                json={**MAIL_JSON, "subject": f"s{n}"},
                 headers={"Idempotency-Key": f"perf-{n}"},
             )
             assert r.status == 200
@@ -77,33 +68,32 @@ async def test_single_and_concurrent_submits(client, store, capsys):
     )
 
 
-async def test_delivery_reuses_connections_and_delivers_everything(store, settings, smtp, capsys):
+async def test_delivery_reuses_connections_and_delivers_everything(store, settings, smtp, drain, capsys):
     count = 300
-    async with running_worker(store, settings, concurrency=32):
-        started = time.perf_counter()
-        task_ids = [await store.enqueue(request(n)) for n in range(count)]
-        documents = await wait_all(store, task_ids, timeout=60)
-        elapsed = time.perf_counter() - started
+    task_ids = [await enqueue(store, request(n)) for n in range(count)]
+    started = time.perf_counter()
+    await drain(timeout=60, worker_concurrency=32)
+    elapsed = time.perf_counter() - started
+    documents = await results(store, task_ids)
     assert Counter(doc["status"] for doc in documents) == {"success": count}
     mails = await smtp.handler.wait_for_count(count)
     assert sorted(m.message["Subject"] for m in mails) == sorted(request(n).subject for n in range(count))
     assert smtp.auth_successes <= settings.smtp_pool_size * 2
     show(
         capsys,
-        f"delivery: {count} mails in {elapsed:.2f} s = {count / elapsed:.0f} mails/s "
+        f"delivery: {count} queued mails drained in {elapsed:.2f} s = {count / elapsed:.0f} mails/s "
         f"over {smtp.auth_successes} SMTP connections",
     )
 
 
-async def test_retry_storm_drains_with_the_default_backoff(store, valkey, smtp, capsys):
+async def test_retry_storm_drains_with_the_default_backoff(store, smtp, drain, capsys):
     count = 50
     smtp.handler.faults.extend([Fault.reply_data("451 4.7.1 try again later")] * count)
-    settings = settings_for(smtp, redis_url=valkey.url, retry_base_delay=2.0, retry_max_delay=600.0)
-    async with running_worker(store, settings, concurrency=32):
-        started = time.perf_counter()
-        task_ids = [await store.enqueue(request(n)) for n in range(count)]
-        documents = await wait_all(store, task_ids, timeout=60)
-        elapsed = time.perf_counter() - started
+    task_ids = [await enqueue(store, request(n)) for n in range(count)]
+    started = time.perf_counter()
+    await drain(timeout=60, worker_concurrency=32, retry_base_delay=2.0, retry_max_delay=600.0)
+    elapsed = time.perf_counter() - started
+    documents = await results(store, task_ids)
     assert Counter((doc["status"], doc["attempts"]) for doc in documents) == {("success", 2): count}
     assert len(await smtp.handler.wait_for_count(count)) == count
     show(

@@ -7,7 +7,6 @@ counts the connections the pool opened.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -18,7 +17,8 @@ from mailhub.delivery.sender import SmtpSender
 from mailhub.errors import ConfigurationFailure, PermanentFailure, TransientFailure
 from mailhub.settings import Settings
 from mailhub.store.tasks import Attempt
-from tests.smtp_server import Fault, SmtpServer
+from tests.helpers import eventually
+from tests.smtp_server import Fault
 
 
 def attempt(n: int) -> Attempt:
@@ -51,18 +51,6 @@ class pooled:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.sender.close()
-
-
-def open_sessions(server: SmtpServer) -> int:
-    """Client connections the server still has open."""
-    return sum(1 for session in list(server._connections) if session.transport is not None)
-
-
-async def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_connections_are_reused_across_mails(settings, smtp):
@@ -111,16 +99,10 @@ async def test_a_connection_the_server_closed_while_idle_is_not_used(settings, s
     async with pooled(settings, size=1) as sender:
         sender.pool.probe_after = 0.0  # also covers the race where the close is not yet seen
         await sender.send(attempt(1))
-        smtp.loop.call_soon_threadsafe(_abort_all, smtp)
+        smtp.drop_connections()
         await sender.send(attempt(2))
     assert len(await smtp.handler.wait_for_count(2)) == 2
     assert smtp.auth_successes == 2
-
-
-def _abort_all(server: SmtpServer) -> None:
-    for session in list(server._connections):
-        if session.transport is not None:
-            session.transport.abort()
 
 
 async def test_a_connection_is_recycled_after_max_messages(settings, smtp):
@@ -129,7 +111,7 @@ async def test_a_connection_is_recycled_after_max_messages(settings, smtp):
             await sender.send(attempt(n))
         assert smtp.auth_successes == 3
         # The retired connections said QUIT: only the current one stays open.
-        await wait_until(lambda: open_sessions(smtp) == 1)
+        await eventually(lambda: smtp.open_sessions == 1, what="the retired connections to close")
     assert len(await smtp.handler.wait_for_count(7)) == 7
 
 
@@ -137,7 +119,7 @@ async def test_an_idle_connection_is_closed_after_the_idle_timeout(settings, smt
     async with pooled(settings, size=1, idle_timeout=0.2) as sender:
         await sender.send(attempt(1))
         assert sender.pool.idle == 1
-        await wait_until(lambda: sender.pool.idle == 0 and open_sessions(smtp) == 0)
+        await eventually(lambda: sender.pool.idle == 0 and smtp.open_sessions == 0, what="the idle close")
         await sender.send(attempt(2))
     assert smtp.auth_successes == 2
 
@@ -145,8 +127,8 @@ async def test_an_idle_connection_is_closed_after_the_idle_timeout(settings, smt
 async def test_close_quits_every_connection(settings, smtp):
     async with pooled(settings, size=3) as sender:
         await asyncio.gather(*(sender.send(attempt(n)) for n in range(6)))
-        assert open_sessions(smtp) == sender.pool.opened
-    await wait_until(lambda: open_sessions(smtp) == 0)
+        assert smtp.open_sessions == sender.pool.opened
+    await eventually(lambda: smtp.open_sessions == 0, what="every connection to close")
     with pytest.raises(TransientFailure, match="closed"):
         await sender.send(attempt(7))
 
@@ -162,10 +144,15 @@ async def test_a_login_failure_leaves_nothing_behind(settings, smtp):
 
 async def test_waiting_for_a_busy_pool_is_bounded_by_the_smtp_timeout(settings, smtp):
     async with pooled(settings, size=1) as sender:
+        smtp.handler.faults.append(Fault.hold_data())
+        holding = asyncio.create_task(sender.send(attempt(1)))  # the only connection, busy
+        await eventually(lambda: sender.pool.busy == 1, what="the first send to start")
         sender.pool.send_timeout = 0.3
-        async with sender.pool._slots:  # every connection busy
-            with pytest.raises(TransientFailure, match=r"stayed busy for 0\.3s"):
-                await sender.send(attempt(1))
+        with pytest.raises(TransientFailure, match=r"stayed busy for 0\.3s"):
+            await sender.send(attempt(2))
         sender.pool.send_timeout = settings.smtp_timeout
-        await sender.send(attempt(2))
-    assert [m.message["Subject"] for m in await smtp.handler.wait_for_count(1)] == ["mail 2"]
+        smtp.handler.release()
+        await holding
+        await sender.send(attempt(3))
+    subjects = [m.message["Subject"] for m in await smtp.handler.wait_for_count(2)]
+    assert subjects == ["mail 1", "mail 3"]

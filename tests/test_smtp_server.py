@@ -1,10 +1,8 @@
-"""Self-test: the tests' SMTP server behaves as promised against aiosmtplib.
-
-Run with ``pytest -o asyncio_mode=auto -W error tests/test_smtp_server.py``.
-"""
+"""Self-test: the tests' SMTP server behaves as promised against aiosmtplib."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import ssl
 from collections.abc import Iterator
@@ -85,7 +83,10 @@ async def test_implicit_tls(tls_material: TlsMaterial) -> None:
 async def test_plain_without_auth() -> None:
     with SmtpServer(tls="none", user=None) as srv:
         await aiosmtplib.send(_msg(), hostname=srv.host, port=srv.port, start_tls=False)
-        await srv.handler.wait_for_count(1)
+        (captured,) = await srv.handler.wait_for_count(1)
+        assert (captured.mail_from, captured.rcpt_tos) == ("sender@example.com", ["rcpt@example.com"])
+        assert captured.message["Subject"] == "hello"
+        assert (srv.auth_successes, srv.auth_failures) == (0, 0)
 
 
 async def test_starttls_not_offered(tls_material: TlsMaterial) -> None:
@@ -169,6 +170,28 @@ async def test_drop_in_implicit_tls(tls_material: TlsMaterial) -> None:
             with pytest.raises(aiosmtplib.SMTPServerDisconnected):
                 await _send(srv)
         await srv.handler.wait_for_count(1, dropped=True)
+
+
+async def test_held_data_waits_for_the_release(server: SmtpServer) -> None:
+    server.handler.faults.append(Fault.hold_data())
+    sending = asyncio.create_task(_send(server))
+    with pytest.raises(TimeoutError):
+        await server.handler.wait_for_count(1, timeout=0.1)
+    assert not sending.done()
+    server.handler.release()
+    await sending
+    assert len(await server.handler.wait_for_count(1)) == 1
+
+
+async def test_dropped_connections_are_closed(server: SmtpServer) -> None:
+    client = aiosmtplib.SMTP(hostname=server.host, port=server.port, start_tls=False)
+    await client.connect()
+    assert server.open_sessions == 1
+    server.drop_connections()
+    assert server.open_sessions == 0
+    with pytest.raises(aiosmtplib.SMTPServerDisconnected):
+        await client.noop()
+    client.close()
 
 
 async def test_wait_for_count_times_out(server: SmtpServer) -> None:

@@ -12,7 +12,8 @@ import pytest
 from mailhub.forms.definitions import capture_contact_form
 from mailhub.store import keys
 from mailhub.web.app import create_app
-from tests.conftest import wait_for_result, with_settings
+from tests.conftest import with_settings
+from tests.helpers import result_of
 
 FORM = "/api/v1/forms/contact"
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
@@ -30,14 +31,15 @@ async def form_client(aiohttp_client: Any, form_settings):
     return await aiohttp_client(create_app(form_settings))
 
 
-async def test_json_post_gets_the_contract_answer_and_ends_success(form_client, store, worker, smtp):
+async def test_json_post_gets_the_contract_answer_and_ends_success(form_client, store, drain, smtp):
     response = await form_client.post(FORM, json=GOOD)
     assert response.status == 200
     answer = await response.json()
     assert answer["status"] == "queued"
     assert uuid.UUID(answer["task_id"])
     assert answer["result_url"] == f"/api/v1/email/result?task_id={answer['task_id']}"
-    document = await wait_for_result(store, answer["task_id"])
+    await drain()
+    document = await result_of(store, answer["task_id"])
     assert document["status"] == "success"
     assert document["to"] == "owner@example.com"
     [mail] = await smtp.handler.wait_for_count(1)
@@ -49,12 +51,13 @@ async def test_json_post_gets_the_contract_answer_and_ends_success(form_client, 
     assert body_of(mail) == "From Kim <kim@example.org>:\n\nHello\nthere\n"
 
 
-async def test_plain_post_gets_303_to_the_thank_you_page(form_client, store, worker):
+async def test_plain_post_gets_303_to_the_thank_you_page(form_client, store, drain):
     response = await form_client.post(FORM, data=GOOD, headers=BROWSER, allow_redirects=False)
     assert response.status == 303
     location = response.headers["Location"]
     task_id = re.fullmatch(r"/forms/thanks\?task_id=([0-9a-f-]+)", location).group(1)
-    await wait_for_result(store, task_id)
+    await drain()
+    assert (await result_of(store, task_id))["status"] == "success"
     page = await form_client.get(location, headers={"Accept-Language": "ko-KR,ko;q=0.9"})
     assert page.status == 200
     text = await page.text()

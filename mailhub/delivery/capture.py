@@ -1,7 +1,6 @@
 """The capture SMTP server of zero-config runs: mail is kept, never delivered.
 
-Caught messages go to a capped Redis list, so the inbox page of any web
-process shows what the worker of any process sent.
+Caught messages go to the inbox in Redis (`store.inbox`), shown at /dev/inbox.
 """
 
 from __future__ import annotations
@@ -9,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -17,11 +15,9 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from redis.asyncio import Redis
 
-from mailhub.store import keys
+from mailhub.store import inbox
 
 logger = logging.getLogger(__name__)
-
-INBOX_SIZE = 200
 
 
 def summarise(envelope: Envelope) -> dict[str, Any]:
@@ -40,17 +36,14 @@ def summarise(envelope: Envelope) -> dict[str, Any]:
 
 
 class CaptureHandler:
-    """aiosmtpd handler that stores every message in the Redis inbox list."""
+    """aiosmtpd handler that keeps every message in the inbox."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         entry = summarise(envelope)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(keys.INBOX, json.dumps(entry, ensure_ascii=False))
-            pipe.ltrim(keys.INBOX, 0, INBOX_SIZE - 1)
-            await pipe.execute()
+        await inbox.keep(self.redis, entry)
         logger.info("captured mail to %s: %s", ", ".join(entry["to"]), entry["subject"])
         return "250 Message captured"
 
@@ -64,8 +57,3 @@ async def start_capture_server(redis: Redis, host: str = "127.0.0.1") -> asyncio
         host=host,
         port=0,
     )
-
-
-async def inbox(redis: Redis) -> list[dict[str, Any]]:
-    """Captured messages, newest first."""
-    return [json.loads(raw) for raw in await redis.lrange(keys.INBOX, 0, -1)]

@@ -13,7 +13,7 @@ from email.utils import formatdate, parseaddr
 
 import aiosmtplib
 
-from mailhub.delivery.smtp_pool import SmtpPool, close_now
+from mailhub.delivery.smtp_pool import IDLE_TIMEOUT, MAX_MESSAGES, SmtpPool, close_now
 from mailhub.errors import ConfigurationFailure, DeliveryError, PermanentFailure, TransientFailure
 from mailhub.settings import Settings
 from mailhub.store.tasks import Attempt
@@ -138,7 +138,9 @@ def classify(exc: Exception) -> DeliveryError:
 class SmtpSender:
     """Delivers messages over a pool of verified TLS connections (see `SmtpPool`)."""
 
-    def __init__(self, settings: Settings, *, max_messages: int = 100, idle_timeout: float = 30.0) -> None:
+    def __init__(
+        self, settings: Settings, *, max_messages: int = MAX_MESSAGES, idle_timeout: float = IDLE_TIMEOUT
+    ) -> None:
         self.settings = settings
         # The system trust store; SSL_CERT_FILE / SSL_CERT_DIR can add a private CA.
         self.tls_context = ssl.create_default_context()

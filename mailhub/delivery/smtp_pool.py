@@ -26,6 +26,12 @@ Connect = Callable[[], Awaitable[aiosmtplib.SMTP]]
 
 #: "Service not available, closing transmission channel": the server is done with us.
 _CLOSING = 421
+#: Transactions one connection carries before it is replaced.
+MAX_MESSAGES = 100
+#: Seconds an unused connection stays open.
+IDLE_TIMEOUT = 30.0
+#: Seconds unused after which a connection is checked with RSET before it carries a mail.
+PROBE_AFTER = 1.0
 
 
 @dataclass(eq=False)
@@ -49,11 +55,11 @@ class SmtpPool:
         self,
         connect: Connect,
         *,
-        size: int = 8,
-        max_messages: int = 100,
-        idle_timeout: float = 30.0,
-        probe_after: float = 1.0,
-        send_timeout: float = 30.0,
+        size: int,
+        send_timeout: float,
+        max_messages: int = MAX_MESSAGES,
+        idle_timeout: float = IDLE_TIMEOUT,
+        probe_after: float = PROBE_AFTER,
     ) -> None:
         if size < 1 or max_messages < 1:
             raise ValueError("size and max_messages must be at least 1")

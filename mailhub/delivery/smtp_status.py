@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
 
+from mailhub.clock import now_iso
 from mailhub.store import keys
-from mailhub.store.tasks import now_iso
 
 #: A status not refreshed for this long (seconds) is forgotten.
 STATUS_TTL = 300

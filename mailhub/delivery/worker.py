@@ -14,8 +14,7 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -23,13 +22,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from mailhub import metrics, reasons
 from mailhub.delivery.sending_gate import Sender, SendingGate
 from mailhub.errors import ConfigurationFailure, DeliveryError, PermanentFailure
-from mailhub.store import keys
-from mailhub.store.tasks import Attempt, QueueEntry, TaskStore
+from mailhub.settings import Settings
+from mailhub.store.queue import QueueEntry
+from mailhub.store.tasks import Attempt, TaskStore
 
 logger = logging.getLogger(__name__)
 
 #: Seconds after which a consumer holding nothing is removed from the group.
 CONSUMER_RETENTION = 3600.0
+#: Seconds between looks at the retries set for retries that are due.
+POLL_INTERVAL = 0.1
+#: Seconds a read of new entries waits for one before reading again.
+READ_BLOCK = 1.0
 
 
 async def _until_recorded(write: Callable[[], Awaitable[None]], cap: float = 2.0) -> None:
@@ -60,36 +64,67 @@ def consumer_name() -> str:
 
 
 class Worker:
-    """Delivers queued tasks with up to `concurrency` sends at once."""
+    """Delivers queued tasks with up to `concurrency` sends at once.
+
+    `start()` and `stop()` (or `async with worker.running():`) serve until
+    told to stop; `drain()` serves until nothing is left to deliver.
+    """
 
     def __init__(
         self,
         store: TaskStore,
         sender: Sender,
         *,
-        concurrency: int = 32,
-        claim_timeout: float = 60.0,
-        retry_base_delay: float = 2.0,
-        retry_max_delay: float = 600.0,
-        poll_interval: float = 0.1,
-        recheck_interval: float = 30.0,
+        concurrency: int,
+        claim_timeout: float,
+        retry_base_delay: float,
+        retry_max_delay: float,
+        recheck_interval: float,
+        shutdown_grace: float,
+        poll_interval: float = POLL_INTERVAL,
     ) -> None:
         self.store = store
+        self.queue = store.queue
         self.sender = sender
         self.concurrency = concurrency
         self.claim_timeout = claim_timeout
         self.retry_base_delay = retry_base_delay
         self.retry_max_delay = retry_max_delay
+        self.shutdown_grace = shutdown_grace
         self.poll_interval = poll_interval
         self.name = consumer_name()
         self.gate = SendingGate(sender, store.redis, self.name, recheck_interval)
         self._slots = asyncio.Semaphore(concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
+        #: Set by the retries loop once nothing is left, while `drain()` waits for it.
+        self._drained: asyncio.Event | None = None
+
+    @classmethod
+    def from_settings(
+        cls, store: TaskStore, sender: Sender, settings: Settings, *, poll_interval: float = POLL_INTERVAL
+    ) -> Worker:
+        """A worker configured as `settings` say."""
+        return cls(
+            store,
+            sender,
+            concurrency=settings.worker_concurrency,
+            claim_timeout=settings.claim_timeout,
+            retry_base_delay=settings.retry_base_delay,
+            retry_max_delay=settings.retry_max_delay,
+            recheck_interval=settings.smtp_recheck_interval,
+            shutdown_grace=settings.shutdown_grace,
+            poll_interval=poll_interval,
+        )
+
+    @property
+    def stopped(self) -> bool:
+        """True once the claiming loops have ended (sends may still be in flight)."""
+        return all(loop.done() for loop in self._loops)
 
     async def start(self) -> None:
         """Join the consumer group and start claiming in the background."""
-        await self.store.ensure_group()
+        await self.queue.ensure_group()
         self._loops = [
             asyncio.create_task(self._forever(self._claim_new), name="worker-claim"),
             asyncio.create_task(self._forever(self._reclaim_stalled), name="worker-reclaim"),
@@ -98,8 +133,8 @@ class Worker:
         ]
         logger.info("worker %s started, %d send slots", self.name, self.concurrency)
 
-    async def stop(self, grace: float = 25.0) -> None:
-        """Stop claiming, give in-flight sends `grace` seconds, then cancel them.
+    async def stop(self) -> None:
+        """Stop claiming, give in-flight sends `shutdown_grace` seconds, then cancel them.
 
         A cancelled send keeps its queue entry, so another worker takes it over.
         """
@@ -108,11 +143,34 @@ class Worker:
         await asyncio.gather(*self._loops, return_exceptions=True)
         if self._in_flight:
             logger.info("worker %s waiting for %d sends", self.name, len(self._in_flight))
-            _, pending = await asyncio.wait(self._in_flight, timeout=grace)
+            _, pending = await asyncio.wait(self._in_flight, timeout=self.shutdown_grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         logger.info("worker %s stopped", self.name)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Worker]:
+        """`async with worker.running():` starts it and stops it on exit."""
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()
+
+    async def drain(self, *, timeout: float) -> None:
+        """Start, deliver until no task waits for an attempt (retries included), then stop.
+
+        arq's burst mode, for tests and one-off runs: when this returns, every
+        task queued before has reached success or failed. Raises TimeoutError
+        if that takes longer than `timeout` seconds; the worker stops either way.
+        """
+        self._drained = asyncio.Event()
+        try:
+            async with self.running(), asyncio.timeout(timeout):
+                await self._drained.wait()
+        finally:
+            self._drained = None
 
     async def _forever(self, step: Callable[[], Awaitable[None]]) -> None:
         """Run `step` again and again; a Redis outage backs off instead of ending it."""
@@ -158,36 +216,23 @@ class Worker:
         await self._claim(self._read_new, self.concurrency)
 
     async def _read_new(self, count: int) -> list[QueueEntry]:
-        reply: Any = await self.store.redis.xreadgroup(
-            keys.WORKERS_GROUP, self.name, {keys.QUEUE: ">"}, count=count, block=1000
-        )
-        return [
-            QueueEntry(entry_id, fields["task_id"])
-            for _, entries in reply or []
-            for entry_id, fields in entries
-        ]
+        return await self.queue.read_new(self.name, count, block=READ_BLOCK)
 
     async def _reclaim_stalled(self) -> None:
         claimed = await self._claim(self._read_stalled, self.concurrency)
         if claimed:
             logger.warning("worker %s took over %d stalled tasks", self.name, claimed)
             return
-        await self.store.forget_idle_consumers(CONSUMER_RETENTION, keep=self.name)
+        await self.queue.forget_idle_consumers(CONSUMER_RETENTION, keep=self.name)
         await asyncio.sleep(min(5.0, self.claim_timeout / 4))
 
     async def _read_stalled(self, count: int) -> list[QueueEntry]:
-        reply: Any = await self.store.redis.xautoclaim(
-            keys.QUEUE,
-            keys.WORKERS_GROUP,
-            self.name,
-            min_idle_time=int(self.claim_timeout * 1000),
-            start_id="0-0",
-            count=count,
-        )
-        return [QueueEntry(entry_id, fields["task_id"]) for entry_id, fields in reply[1] if fields]
+        return await self.queue.claim_stalled(self.name, count, idle=self.claim_timeout)
 
     async def _promote_retries(self) -> None:
-        await self.store.promote_due_retries()
+        await self.queue.promote_due_retries()
+        if self._drained is not None and not self._in_flight and not await self.queue.backlog():
+            self._drained.set()
         await asyncio.sleep(self.poll_interval)
 
     async def _process(self, entry: QueueEntry) -> None:
@@ -243,12 +288,3 @@ class Worker:
         logger.info(
             "task %s: attempt %d failed (%s); retry in %.1fs", attempt.task_id, n, failure.reason, delay
         )
-
-    @contextlib.asynccontextmanager
-    async def running(self, grace: float = 25.0):  # type: ignore[no-untyped-def]
-        """`async with worker.running():` starts it and stops it on exit."""
-        await self.start()
-        try:
-            yield self
-        finally:
-            await self.stop(grace)

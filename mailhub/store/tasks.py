@@ -19,13 +19,14 @@ from email.utils import make_msgid, parseaddr
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from mailhub import reasons
+from mailhub.clock import iso, now_iso
 from mailhub.errors import IdempotencyConflict
 from mailhub.settings import Settings
 from mailhub.store import keys, scripts
 from mailhub.store.batching import ScriptBatcher
+from mailhub.store.queue import QueueEntry, WorkQueue
 
 if TYPE_CHECKING:
     from mailhub.store.rate_limit import Quota
@@ -103,21 +104,6 @@ class Queued:
     created: bool
 
 
-@dataclass(frozen=True)
-class QueueEntry:
-    entry_id: str
-    task_id: str
-
-
-def iso(moment: datetime) -> str:
-    """A UTC time as the result documents write it: milliseconds and a Z."""
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def now_iso() -> str:
-    return iso(datetime.now(UTC))
-
-
 class TaskStore:
     """Reads and atomic transitions of tasks; takes a Redis client."""
 
@@ -128,20 +114,21 @@ class TaskStore:
         retention: int,
         max_attempts: int,
         message_id_domain: str,
-        max_queue_age: int = 24 * 3600,
-    ):
+        max_queue_age: int = Settings.max_queue_age,
+    ) -> None:
         self.redis = redis
         self.retention = retention
         self.max_attempts = max_attempts
         self.max_queue_age = max_queue_age
         self.message_id_domain = message_id_domain
+        #: The stream and retries set the tasks wait in.
+        self.queue = WorkQueue(redis)
         self._batcher = ScriptBatcher(redis)
         self._enqueue = redis.register_script(scripts.source(scripts.ENQUEUE))
         self._begin = redis.register_script(scripts.source(scripts.BEGIN_ATTEMPT))
         self._succeed = redis.register_script(scripts.source(scripts.SUCCEED))
         self._fail = redis.register_script(scripts.source(scripts.FAIL))
         self._retry = redis.register_script(scripts.source(scripts.RETRY_LATER))
-        self._promote = redis.register_script(scripts.source(scripts.PROMOTE_DUE))
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> TaskStore:
@@ -219,13 +206,6 @@ class TaskStore:
         """The task's result document as JSON text, or None if unknown or expired."""
         doc = await self.redis.hget(keys.task(task_id), "doc")
         return doc.decode() if isinstance(doc, bytes) else doc
-
-    async def ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(keys.QUEUE, keys.WORKERS_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
     async def begin_attempt(self, entry: QueueEntry) -> Attempt | None:
         """Count a new attempt for the entry's task, or None if there is nothing to send.
@@ -306,29 +286,6 @@ class TaskStore:
                 detail,
             ],
         )
-
-    async def promote_due_retries(self, batch: int = 500) -> int:
-        """Queue the retries whose time has come; returns how many."""
-        return int(
-            await self._promote(keys=[keys.RETRIES, keys.QUEUE], args=[int(time.time() * 1000), batch])
-        )
-
-    async def forget_idle_consumers(self, idle_seconds: float, keep: str) -> int:
-        """Drop consumers of the group that hold nothing and were silent this long.
-
-        Every worker process joins under a new name; without this the group
-        would list every worker that ever ran. A live worker that was merely
-        idle joins again with its next read.
-        """
-        consumers = await self.redis.xinfo_consumers(keys.QUEUE, keys.WORKERS_GROUP)
-        stale = [
-            c["name"]
-            for c in consumers
-            if c["name"] != keep and c["pending"] == 0 and c["idle"] >= idle_seconds * 1000
-        ]
-        for name in stale:
-            await self.redis.xgroup_delconsumer(keys.QUEUE, keys.WORKERS_GROUP, name)
-        return len(stale)
 
 
 def _digest(text: str) -> str:

@@ -6,7 +6,7 @@ from html import escape
 
 from aiohttp import web
 
-from mailhub.delivery import capture
+from mailhub.store import inbox
 from mailhub.web import appkeys
 
 _PAGE = """<!doctype html>
@@ -25,11 +25,11 @@ _ITEM = """<article class="mail"><header><strong>{subject}</strong>
 
 
 async def messages(request: web.Request) -> web.Response:
-    return web.json_response(await capture.inbox(request.app[appkeys.REDIS]))
+    return web.json_response(await inbox.mails(request.app[appkeys.REDIS]))
 
 
 async def page(request: web.Request) -> web.Response:
-    mails = await capture.inbox(request.app[appkeys.REDIS])
+    mails = await inbox.mails(request.app[appkeys.REDIS])
     items = (
         "\n".join(
             _ITEM.format(

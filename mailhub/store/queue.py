@@ -1,0 +1,123 @@
+"""The work queue: the stream of tasks ready for an attempt, its worker group, the retries set.
+
+Workers share the stream through one consumer group. An entry a worker
+read stays pending on it until the task's outcome script acknowledges and
+deletes it, so an entry held by a worker that died is found again by
+`claim_stalled`. A failed attempt's task waits in the retries set, scored
+by its due time, until `promote_due_retries` puts it back on the stream.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from mailhub.store import keys, scripts
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One stream entry: the task it asks an attempt for."""
+
+    entry_id: str
+    task_id: str
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """What waits: entries on the stream, tasks in the retries set, the oldest entry's age."""
+
+    queued: int
+    retrying: int
+    oldest_seconds: float
+
+
+class WorkQueue:
+    """Every Redis command on the queue stream and the retries set; takes a Redis client."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._promote = redis.register_script(scripts.source(scripts.PROMOTE_DUE))
+
+    async def ensure_group(self) -> None:
+        """Create the worker group (and the stream) unless they exist."""
+        try:
+            await self.redis.xgroup_create(keys.QUEUE, keys.WORKERS_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read_new(self, consumer: str, count: int, *, block: float | None) -> list[QueueEntry]:
+        """Up to `count` entries no worker has read yet, for `consumer`.
+
+        With none there, waits up to `block` seconds for one (None: answers at once).
+        """
+        wait_ms = None if block is None else max(1, int(block * 1000))  # BLOCK 0 would wait forever
+        reply: Any = await self.redis.xreadgroup(
+            keys.WORKERS_GROUP, consumer, {keys.QUEUE: ">"}, count=count, block=wait_ms
+        )
+        return [
+            QueueEntry(entry_id, fields["task_id"])
+            for _, entries in reply or []
+            for entry_id, fields in entries
+        ]
+
+    async def claim_stalled(self, consumer: str, count: int, *, idle: float) -> list[QueueEntry]:
+        """Take over up to `count` entries another worker has held for `idle` seconds or more."""
+        reply: Any = await self.redis.xautoclaim(
+            keys.QUEUE,
+            keys.WORKERS_GROUP,
+            consumer,
+            min_idle_time=int(idle * 1000),
+            start_id="0-0",
+            count=count,
+        )
+        # An entry deleted while it was pending comes back without fields.
+        return [QueueEntry(entry_id, fields["task_id"]) for entry_id, fields in reply[1] if fields]
+
+    async def promote_due_retries(self, batch: int = 500) -> int:
+        """Queue the retries whose time has come; returns how many."""
+        return int(
+            await self._promote(keys=[keys.RETRIES, keys.QUEUE], args=[int(time.time() * 1000), batch])
+        )
+
+    async def depth(self) -> QueueDepth:
+        """Entries on the stream and in the retries set, and the age of the oldest entry."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(keys.QUEUE)
+            pipe.zcard(keys.RETRIES)
+            pipe.xrange(keys.QUEUE, count=1)
+            queued, retrying, first = await pipe.execute()
+        # A stream entry id starts with its creation time in milliseconds.
+        oldest_ms = int(first[0][0].split("-")[0]) if first else None
+        oldest = max(0.0, time.time() - oldest_ms / 1000) if oldest_ms else 0.0
+        return QueueDepth(int(queued), int(retrying), oldest)
+
+    async def backlog(self) -> int:
+        """Tasks waiting for an attempt or its outcome: stream entries plus retries.
+
+        Zero means every task queued so far has reached success or failed.
+        """
+        depth = await self.depth()
+        return depth.queued + depth.retrying
+
+    async def forget_idle_consumers(self, idle_seconds: float, keep: str) -> int:
+        """Drop consumers of the group that hold nothing and were silent this long.
+
+        Every worker process joins under a new name; without this the group
+        would list every worker that ever ran. A live worker that was merely
+        idle joins again with its next read.
+        """
+        consumers = await self.redis.xinfo_consumers(keys.QUEUE, keys.WORKERS_GROUP)
+        stale = [
+            c["name"]
+            for c in consumers
+            if c["name"] != keep and c["pending"] == 0 and c["idle"] >= idle_seconds * 1000
+        ]
+        for name in stale:
+            await self.redis.xgroup_delconsumer(keys.QUEUE, keys.WORKERS_GROUP, name)
+        return len(stale)
