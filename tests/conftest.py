@@ -131,5 +131,16 @@ async def client(aiohttp_client: Any, settings: Settings) -> Any:
     return await aiohttp_client(create_app(settings))
 
 
+@pytest.fixture
+def make_client(aiohttp_client: Any, settings: Settings, redis: Redis) -> Callable[..., Awaitable[Any]]:
+    """`await make_client(**changes)`: a test client of an app with these settings changed."""
+
+    # `redis` flushes: rate-limit counters are per client and window, whatever the amount.
+    async def make(**changes: Any) -> Any:
+        return await aiohttp_client(create_app(replace(settings, **changes)))
+
+    return make
+
+
 def with_settings(settings: Settings, **changes: Any) -> Settings:
     return replace(settings, **changes)

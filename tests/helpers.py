@@ -29,6 +29,8 @@ MAIL = EmailRequest(
 MAIL_JSON = {"to": MAIL.to, "subject": MAIL.subject, "body": MAIL.body, "username": MAIL.username}
 #: The body `MAIL` arrives with.
 MAIL_TEXT = "홍길동님 안녕하세요!"
+#: The Idempotency-Key scope of aiohttp's test client (no API key, from 127.0.0.1).
+LOCAL_CLIENT = "client:127.0.0.1"
 
 
 def free_port() -> int:

@@ -11,9 +11,7 @@ from mailhub.store import keys
 from mailhub.web.app import create_app
 from mailhub.web.guard import SubmitGuard
 from tests.conftest import with_settings
-
-SUBMIT = "/api/v1/email/received"
-MAIL = {"to": "owner@example.com", "subject": "Hello", "body": "Hi"}
+from tests.helpers import MAIL_JSON, SUBMIT
 
 
 @pytest.fixture
@@ -29,7 +27,7 @@ def behind_proxy(aiohttp_client, settings, redis):
 
 async def _post(client, *forwarded: str) -> int:
     headers = CIMultiDict(("X-Forwarded-For", line) for line in forwarded)
-    response = await client.post(SUBMIT, json=MAIL, headers=headers)
+    response = await client.post(SUBMIT, json=MAIL_JSON, headers=headers)
     return response.status
 
 
@@ -66,7 +64,7 @@ async def test_an_ipv4_mapped_address_is_the_ipv4_address(behind_proxy):
 async def test_a_hop_that_is_not_an_address_is_refused(behind_proxy, redis, forwarded):
     client = await behind_proxy("100/hour")
     headers = CIMultiDict(("X-Forwarded-For", line) for line in forwarded)
-    response = await client.post(SUBMIT, json=MAIL, headers=headers)
+    response = await client.post(SUBMIT, json=MAIL_JSON, headers=headers)
     assert response.status == 400
     assert (await response.json())["error"]["code"] == "bad_request"
     assert await redis.xlen(keys.QUEUE) == 0
@@ -107,3 +105,19 @@ async def test_a_trusted_ipv4_mapped_peer_is_a_trusted_proxy(settings, redis):
     assert client.address == "198.51.100.1"
     with pytest.raises(InvalidRequest):
         guard.client("10.1.2.3", CIMultiDict({"X-Forwarded-For": "not-an-address"}))
+
+
+async def test_forwarded_for_is_ignored_from_untrusted_peers(make_client):
+    client = await make_client(rate_limit="1/hour")
+    assert (await client.post(SUBMIT, json=MAIL_JSON, headers={"X-Forwarded-For": "1.1.1.1"})).status == 200
+    spoofed = await client.post(SUBMIT, json=MAIL_JSON, headers={"X-Forwarded-For": "2.2.2.2"})
+    assert spoofed.status == 429
+
+
+async def test_forwarded_for_from_a_trusted_proxy_names_the_client(make_client):
+    client = await make_client(rate_limit="1/hour", trusted_proxies=("127.0.0.1/32",))
+    for address in ("1.1.1.1", "2.2.2.2"):
+        response = await client.post(SUBMIT, json=MAIL_JSON, headers={"X-Forwarded-For": address})
+        assert response.status == 200
+    again = await client.post(SUBMIT, json=MAIL_JSON, headers={"X-Forwarded-For": "9.9.9.9, 1.1.1.1"})
+    assert again.status == 429

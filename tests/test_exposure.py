@@ -19,13 +19,11 @@ from mailhub import reasons
 from mailhub.store import keys
 from mailhub.web.security_headers import PAGE_POLICY
 from tests.conftest import running_worker, with_settings
-from tests.helpers import free_port, wait_for_status
+from tests.helpers import MAIL_JSON, SUBMIT, free_port, wait_for_status
 from tests.live_server import Live, serving
 from tests.smtp_server import Fault
 from tests.sse import SseReader
 
-SUBMIT = "/api/v1/email/received"
-MAIL = {"to": "user@example.com", "subject": "Hello", "body": "Hi"}
 TOKEN = "metrics-secret-token"
 
 
@@ -42,7 +40,7 @@ async def http(site: Live) -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def submit(http: aiohttp.ClientSession) -> str:
-    async with http.post(SUBMIT, json=MAIL) as response:
+    async with http.post(SUBMIT, json=MAIL_JSON) as response:
         assert response.status == 200
         return (await response.json())["task_id"]
 

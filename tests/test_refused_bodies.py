@@ -9,9 +9,9 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.helpers import SUBMIT
 from tests.processes import MailhubProcess
 
-SUBMIT = "/api/v1/email/received"
 #: The issue's acceptance: back within this much of the RSS before the burst.
 ALLOWED_GROWTH_MIB = 100
 CONNECTIONS, REQUESTS = 8, 40

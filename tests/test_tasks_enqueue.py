@@ -9,9 +9,9 @@ import pytest
 from mailhub.errors import RateLimited
 from mailhub.store import keys, tasks
 from mailhub.store.rate_limit import Quota, rate_windows
-from mailhub.store.tasks import EmailRequest, IdempotencyKey
+from mailhub.store.tasks import IdempotencyKey
+from tests.helpers import MAIL
 
-MAIL = EmailRequest(to="owner@example.com", subject="Hello", body="Hi")
 CLIENT = "203.0.113.7"
 
 

@@ -9,10 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from mailhub.delivery import smtp_status
 from mailhub.delivery.sender import SmtpSender
 from mailhub.delivery.worker import Worker, backoff_delay
-from mailhub.store import keys
+from mailhub.store import keys, smtp_status
 from mailhub.store.tasks import EmailRequest
 from tests.conftest import running_worker, settings_for, worker_for
 from tests.helpers import (

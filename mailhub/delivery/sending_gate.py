@@ -17,8 +17,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from mailhub import metrics
-from mailhub.delivery import smtp_status
 from mailhub.errors import ConfigurationFailure, DeliveryError
+from mailhub.store import smtp_status
 from mailhub.store.tasks import Attempt
 
 logger = logging.getLogger(__name__)

@@ -19,9 +19,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from mailhub import metrics
-from mailhub.delivery import smtp_status
 from mailhub.errors import Unauthorized
 from mailhub.settings import Settings
+from mailhub.store import smtp_status
 from mailhub.web import appkeys
 
 logger = logging.getLogger(__name__)

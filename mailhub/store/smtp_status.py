@@ -20,6 +20,8 @@ STATUS_TTL = 300
 
 @dataclass(frozen=True)
 class SmtpStatus:
+    """What a worker last found of the SMTP login."""
+
     paused: bool
     reason: str
     checked_at: str
@@ -27,10 +29,12 @@ class SmtpStatus:
 
 
 async def record(redis: Redis, worker: str, *, paused: bool, reason: str = "") -> None:
+    """Write what `worker` found now; it replaces any other worker's record."""
     status = SmtpStatus(paused=paused, reason=reason, checked_at=now_iso(), worker=worker)
     await redis.set(keys.SMTP_STATUS, json.dumps(asdict(status)), ex=STATUS_TTL)
 
 
 async def read(redis: Redis) -> SmtpStatus | None:
+    """The last record written, or None if none was written in the last `STATUS_TTL` s."""
     raw = await redis.get(keys.SMTP_STATUS)
     return SmtpStatus(**json.loads(raw)) if raw else None
