@@ -11,6 +11,7 @@ MailhubError
  │    ├── TaskNotFound      404: unknown or expired task id
  │    ├── FormNotFound      404: no form with that id
  │    ├── IdempotencyConflict 409: key reused with another body
+ │    ├── TooLarge          413: a form post with too many fields
  │    ├── ValidationFailed  422: per-field messages
  │    ├── RateLimited       429: too many submits from one client
  │    └── ServiceUnavailable 503: Redis is unreachable
@@ -102,6 +103,11 @@ class FormNotFound(ApiError):
 class IdempotencyConflict(ApiError):
     status = 409
     code = "idempotency_conflict"
+
+
+class TooLarge(ApiError):
+    status = 413
+    code = "too_large"
 
 
 class RateLimited(ApiError):

@@ -16,11 +16,12 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from mailhub.errors import ApiError, CaptchaRefused, FormNotFound, OriginRefused
-from mailhub.forms.compose import compose
+from mailhub.forms.compose import compose, compose_confirmation
 from mailhub.forms.definitions import FormDefinition
 from mailhub.forms.fields import clean_values
+from mailhub.store.form_ledger import FormLedger
 from mailhub.store.rate_limit import Quota, RateCounter
-from mailhub.store.tasks import IdempotencyKey, TaskStore
+from mailhub.store.tasks import EmailRequest, IdempotencyKey, TaskStore
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +63,13 @@ class FormIntake:
         forms: Mapping[str, FormDefinition],
         store: TaskStore,
         counter: RateCounter,
+        ledger: FormLedger,
         verifier: Verifier | None = None,
     ) -> None:
         self.forms = forms
         self.store = store
         self.counter = counter
+        self.ledger = ledger
         self.verifier = verifier
 
     def form(self, form_id: str) -> FormDefinition:
@@ -77,7 +80,7 @@ class FormIntake:
         return form
 
     async def submit(self, post: Post, quota: Quota) -> Outcome:
-        """Queue the post's mail; raise the `ApiError` that refuses it.
+        """Queue the post's mail (and its confirmation); raise the `ApiError` that refuses it.
 
         `quota` is the client's RATE_LIMIT: every post counts against it, as
         on the contract endpoint, and against the form's own `rate_limit`.
@@ -90,7 +93,12 @@ class FormIntake:
                 logger.warning("form %s: honeypot filled by %s: dropped quietly", form.form_id, post.client)
                 await self.counter.count(quota)
                 return Outcome(form, str(uuid.uuid4()), "honeypot")
-            mail = compose(form, clean_values(form, post.values))
+            values = clean_values(form, post.values)
+            mail = compose(form, values)
+            earlier = await self._repeat(post, mail)
+            if earlier is not None:
+                await self.counter.count(quota)
+                return Outcome(form, earlier, "duplicate")
             await self._check_captcha(form, post)
         except ApiError:
             await self.counter.count(quota)
@@ -100,7 +108,18 @@ class FormIntake:
             logger.info("task %s: repeated post to form %s", queued.task_id, form.form_id)
             return Outcome(form, queued.task_id, "duplicate")
         logger.info("task %s: queued from form %s", queued.task_id, form.form_id)
+        await self._confirm(form, values, queued.task_id)
         return Outcome(form, queued.task_id, "accepted")
+
+    async def _repeat(self, post: Post, mail: EmailRequest) -> str | None:
+        """The task of an earlier identical post under the same Idempotency-Key.
+
+        Its CAPTCHA was verified then; a resend (a lost answer, a reload)
+        must not need a new token, which the visitor no longer has.
+        """
+        if post.idempotency_key is None:
+            return None
+        return await self.store.repeat_of(post.idempotency_key, mail)
 
     async def _check_captcha(self, form: FormDefinition, post: Post) -> None:
         if not form.captcha:
@@ -111,6 +130,21 @@ class FormIntake:
         if self.verifier is None:  # fail closed
             raise CaptchaRefused("The CAPTCHA cannot be checked right now.", "captcha_unverifiable")
         await self.verifier.verify(form.captcha, token.strip(), post.client)
+
+    async def _confirm(self, form: FormDefinition, values: dict[str, str], task_id: str) -> None:
+        """Queue the visitor's confirmation, unless their address had its share today."""
+        confirmation = compose_confirmation(form, values)
+        if confirmation is None or form.confirmation is None:
+            return
+        if not await self.ledger.count_confirmation(confirmation.to, form.confirmation.per_day):
+            logger.warning(
+                "task %s: no confirmation: its address already got %d today",
+                task_id,
+                form.confirmation.per_day,
+            )
+            return
+        queued = await self.store.accept(confirmation)
+        logger.info("task %s: confirmation of task %s queued", queued.task_id, task_id)
 
 
 def check_origin(form: FormDefinition, origin: str | None, referer: str | None) -> None:

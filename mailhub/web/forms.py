@@ -16,7 +16,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from aiohttp import web
 
 from mailhub import metrics
-from mailhub.errors import ApiError, FormNotFound, InvalidRequest, TaskNotFound, ValidationFailed
+from mailhub.errors import ApiError, FormNotFound, InvalidRequest, TaskNotFound, TooLarge, ValidationFailed
 from mailhub.forms.fields import FieldsInvalid, Problem
 from mailhub.forms.intake import Outcome, Post
 from mailhub.store.tasks import IdempotencyKey
@@ -80,7 +80,7 @@ async def read_values(request: web.Request) -> dict[str, object]:
             reason="Send the fields as a form (urlencoded or multipart) or as JSON."
         )
     if len(items) > MAX_POSTED_FIELDS:
-        raise InvalidRequest(f"Too many fields: at most {MAX_POSTED_FIELDS}.")
+        raise TooLarge(f"Too many fields: at most {MAX_POSTED_FIELDS}.")
     values: dict[str, object] = {}
     for name, value in items:
         values.setdefault(name, value)
