@@ -279,3 +279,41 @@ def _escaped(value: str) -> str:
     import html
 
     return html.escape(value)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (
+            b'--b\r\nContent-Disposition: form-data; name="\x13[A{\x1f="\r\n\r\n{}\r\n--b--\r\n',
+            "multipart/form-data; boundary=b",
+        ),
+        (b"--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n--b--\r\n", "multipart/form-data; boundary=b"),
+        (b'--b\r\nContent-Disposition: form-data; name="name"\r\n\r\nx', "multipart/form-data; boundary=b"),
+        (b"whatever", "multipart/form-data"),
+        (b"whatever", "multipart/form-data; boundary=" + "x" * 100),
+        (
+            b'--b\r\nContent-Disposition: form-data; name="name"\r\n'
+            b"Content-Transfer-Encoding: base64\r\n\r\n@@@\r\n--b--\r\n",
+            "multipart/form-data; boundary=b",
+        ),
+        (
+            b'--b\r\nContent-Disposition: form-data; name="name"\r\n'
+            b"Content-Type: text/plain; charset=nope\r\n\r\nx\r\n--b--\r\n",
+            "multipart/form-data; boundary=b",
+        ),
+        (
+            b'--b\r\nContent-Disposition: form-data; name="name"\r\n\r\n\xff\xfe\r\n--b--\r\n',
+            "multipart/form-data; boundary=b",
+        ),
+    ],
+)
+async def test_malformed_multipart_is_a_clear_4xx(aiohttp_client, settings, body, content_type):
+    client = await _client(aiohttp_client, settings, capture_contact_form("owner@example.com"))
+    response = await client.post(
+        FORM,
+        data=body,
+        headers={"Content-Type": content_type},
+    )
+    assert 400 <= response.status < 500
+    assert "error" in await response.json()

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from mailhub import metrics
 from mailhub.errors import ApiError, FormNotFound, InvalidRequest, TaskNotFound, TooLarge, ValidationFailed
@@ -91,8 +92,11 @@ async def _read_form(request: web.Request) -> list[tuple[str, object]]:
     try:
         # Bounded by the app's client_max_size (413 beyond it).
         data = await request.post()
-    except (UnicodeDecodeError, ValueError):
+    except UnicodeDecodeError:
         raise InvalidRequest("The form data is not valid UTF-8 text.") from None
+    except (ValueError, LookupError, AssertionError, HttpProcessingError):
+        # aiohttp's multipart reader refuses malformed parts with these (LookupError: a charset).
+        raise InvalidRequest("The form data is malformed.") from None
     items: list[tuple[str, object]] = []
     for name, value in data.items():
         if isinstance(value, web.FileField):
