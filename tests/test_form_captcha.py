@@ -13,11 +13,11 @@ from mailhub.errors import CaptchaRefused
 from mailhub.forms.captcha import CaptchaVerifier
 from mailhub.forms.definitions import capture_contact_form
 from mailhub.store import keys
-from mailhub.store.embedded_valkey import free_port
 from mailhub.store.form_ledger import FormLedger
 from mailhub.web import appkeys
 from mailhub.web.app import create_app
-from tests.conftest import wait_for_result, with_settings
+from tests.conftest import with_settings
+from tests.helpers import free_port, wait_for_status
 from tests.verify_server import verify_server
 
 FORM = "/api/v1/forms/contact"
@@ -104,7 +104,7 @@ async def captcha_client(aiohttp_client: Any, settings, verify):
 async def test_the_form_sends_with_a_good_token(captcha_client, store, worker, smtp, verify):
     response = await captcha_client.post(FORM, data={**GOOD, "cf-turnstile-response": "good-form"})
     assert response.status == 200
-    await wait_for_result(store, (await response.json())["task_id"])
+    await wait_for_status(store, (await response.json())["task_id"])
     [mail] = await smtp.handler.wait_for_count(1)
     assert "cf-turnstile-response" not in mail.data.decode()
     assert verify.requests[0]["response"] == "good-form"

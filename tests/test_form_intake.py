@@ -13,7 +13,8 @@ import pytest
 from mailhub.forms.definitions import Confirmation, FieldRule, FormDefinition, capture_contact_form
 from mailhub.store import keys
 from mailhub.web.app import create_app
-from tests.conftest import wait_for_result, with_settings
+from tests.conftest import with_settings
+from tests.helpers import wait_for_status
 from tests.verify_server import verify_server
 
 FORM = "/api/v1/forms/contact"
@@ -109,7 +110,7 @@ async def test_the_visitor_gets_one_confirmation(aiohttp_client, settings, store
         )
         response = await client.post(FORM, json={**GOOD, "cf-turnstile-response": "good-1"})
         assert response.status == 200
-        await wait_for_result(store, (await response.json())["task_id"])
+        await wait_for_status(store, (await response.json())["task_id"])
         mails = await smtp.handler.wait_for_count(2)
     by_rcpt = {tuple(mail.rcpt_tos): mail for mail in mails}
     assert set(by_rcpt) == {("owner@example.com",), ("kim@example.org",)}
@@ -133,7 +134,7 @@ async def test_over_the_daily_limit_the_main_mail_goes_without_confirmation(
         for token in ("good-a", "good-b"):
             response = await client.post(FORM, json={**GOOD, "cf-turnstile-response": token})
             assert response.status == 200
-            await wait_for_result(store, (await response.json())["task_id"])
+            await wait_for_status(store, (await response.json())["task_id"])
     mails = await smtp.handler.wait_for_count(3)
     rcpts = sorted(mail.rcpt_tos[0] for mail in mails)
     assert rcpts == ["kim@example.org", "owner@example.com", "owner@example.com"]
@@ -161,7 +162,7 @@ async def test_hostile_names_are_refused_or_kept_literally(
         assert set((await response.json())["error"]["fields"]) == {"name"}
         return
     assert response.status == 200
-    await wait_for_result(store, (await response.json())["task_id"])
+    await wait_for_status(store, (await response.json())["task_id"])
     [mail] = await smtp.handler.wait_for_count(1)
     assert mail.rcpt_tos == ["owner@example.com"]
     assert mail.message["Subject"] == f"Contact: {value}"
@@ -180,7 +181,7 @@ async def test_a_multiline_field_keeps_line_breaks_and_braces(
     client = await _client(aiohttp_client, settings, capture_contact_form("owner@example.com"))
     response = await client.post(FORM, data={**GOOD, "message": value})
     assert response.status == 200
-    await wait_for_result(store, (await response.json())["task_id"])
+    await wait_for_status(store, (await response.json())["task_id"])
     [mail] = await smtp.handler.wait_for_count(1)
     text = mail.message.get_content().replace("\r\n", "\n")
     assert value.replace("\r\n", "\n") in text
@@ -193,7 +194,7 @@ async def test_posted_recipients_are_ignored(aiohttp_client, settings, store, wo
     client = await _client(aiohttp_client, settings, capture_contact_form("owner@example.com"))
     response = await client.post(FORM, json={**GOOD, **extra})
     assert response.status == 200
-    await wait_for_result(store, (await response.json())["task_id"])
+    await wait_for_status(store, (await response.json())["task_id"])
     [mail] = await smtp.handler.wait_for_count(1)
     assert mail.rcpt_tos == ["owner@example.com"]
     assert b"victim" not in mail.data
@@ -202,7 +203,7 @@ async def test_posted_recipients_are_ignored(aiohttp_client, settings, store, wo
 async def test_a_visitor_typing_username_keeps_it(aiohttp_client, settings, store, worker, smtp):
     client = await _client(aiohttp_client, settings, capture_contact_form("owner@example.com"))
     response = await client.post(FORM, json={**GOOD, "message": "hi {username}"})
-    await wait_for_result(store, (await response.json())["task_id"])
+    await wait_for_status(store, (await response.json())["task_id"])
     [mail] = await smtp.handler.wait_for_count(1)
     assert "hi {username}" in mail.message.get_content()
 

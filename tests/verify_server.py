@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
-from mailhub.store.embedded_valkey import free_port
+from tests.helpers import free_port
 
 
 class VerifyServer:

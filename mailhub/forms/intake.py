@@ -9,7 +9,6 @@ the request into a `Post` and renders the `Outcome` or the refusal.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,10 +32,12 @@ class Post:
     form_id: str
     #: Everything posted, by name (first value of a repeated name).
     values: Mapping[str, object]
-    #: The client's address, as the guard determined it.
+    #: The client's address, as the guard determined it (for the CAPTCHA check and the log).
     client: str
     origin: str | None = None
     referer: str | None = None
+    #: What rate limits count: the address, or its /64 for IPv6 (the guard's client group).
+    client_group: str = ""
     #: The Idempotency-Key, scoped to the client by the guard.
     idempotency_key: IdempotencyKey | None = None
 
@@ -84,15 +85,14 @@ class FormIntake:
 
         `quota` is the client's RATE_LIMIT: every post counts against it, as
         on the contract endpoint, and against the form's own `rate_limit`.
+        A filled honeypot goes through every check and gets the same answer
+        as a real post (a decoy task that never sends).
         """
         try:
             form = self.form(post.form_id)
             check_origin(form, post.origin, post.referer)
-            await self.counter.count(Quota(f"form:{form.form_id}:{post.client}", form.rate_windows))
-            if form.honeypot and post.values.get(form.honeypot):
-                logger.warning("form %s: honeypot filled by %s: dropped quietly", form.form_id, post.client)
-                await self.counter.count(quota)
-                return Outcome(form, str(uuid.uuid4()), "honeypot")
+            group = post.client_group or post.client
+            await self.counter.count(Quota(f"form:{form.form_id}:{group}", form.rate_windows))
             values = clean_values(form, post.values)
             mail = compose(form, values)
             earlier = await self._repeat(post, mail)
@@ -103,7 +103,13 @@ class FormIntake:
         except ApiError:
             await self.counter.count(quota)
             raise
-        queued = await self.store.accept(mail, post.idempotency_key, quota)
+        decoy = bool(form.honeypot and post.values.get(form.honeypot))
+        queued = await self.store.accept(mail, post.idempotency_key, quota, decoy=decoy)
+        if decoy:
+            logger.warning(
+                "task %s: form %s honeypot filled by %s: a decoy", queued.task_id, form.form_id, post.client
+            )
+            return Outcome(form, queued.task_id, "honeypot")
         if not queued.created:
             logger.info("task %s: repeated post to form %s", queued.task_id, form.form_id)
             return Outcome(form, queued.task_id, "duplicate")

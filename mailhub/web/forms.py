@@ -154,6 +154,7 @@ async def _take(request: web.Request, posted: dict[str, object]) -> Outcome:
         form_id=request.match_info["form_id"],
         values=posted,
         client=client.address,
+        client_group=client.group,
         origin=request.headers.get("Origin"),
         referer=request.headers.get("Referer"),
         idempotency_key=IdempotencyKey(guard.idempotency_scope(client, None), key) if key else None,
