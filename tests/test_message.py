@@ -87,9 +87,49 @@ def test_prepare_gives_the_envelope_and_checked_bytes():
     assert flatten_message(mail.message) == mail.data
 
 
+def form_parts(**changes: str) -> MessageParts:
+    """A form's mail: several recipients, Reply-To, a From name, an HTML alternative."""
+    values = dict(
+        mail_from="Site <noreply@example.com>",
+        to="owner@example.com, sales@example.com",
+        subject="Contact form",
+        message_id="<form@example.com>",
+        text="Hello",
+        html="<p>Hello</p>",
+        reply_to="visitor@example.org",
+        from_name="홍길동 via Site",
+    )
+    return MessageParts(**{**values, **changes})
+
+
+def test_a_forms_mail_passes_the_header_check_with_every_header_it_has():
+    mail = prepare(build_message(form_parts()))
+    assert mail.recipients == ("owner@example.com", "sales@example.com")
+    assert mail.sender == "noreply@example.com"
+    head = mail.data.split(b"\r\n\r\n", 1)[0]
+    assert b"\r\nReply-To: visitor@example.org\r\n" in head
+    assert b"multipart/alternative" in head
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"reply_to": "victim%evil.com@example.org"},
+        {"reply_to": "=?utf-8?q?x=0D=0ABcc:_v@evil.com?= <visitor@example.org>"},
+        {"from_name": "=?utf-8?q?Kim=0D=0ABcc:_v@evil.com?="},
+        {"from_name": "Kim\u2029Bcc: v@evil.com"},
+        {"to": "owner@example.com, evil.com!victim@example.org"},
+    ],
+)
+def test_a_forms_header_values_are_checked_at_build(change):
+    with pytest.raises(UnsendableMessage, match="cannot be built"):
+        build_message(form_parts(**change))
+
+
 #: What the interpreter makes of encoded words (CVE-2024-6923 before 3.11.10 /
 #: 3.12.5): on this machine the flattened headers hold a line mailhub never wrote.
 CVE_VALUES = [
+    ("Reply-To", "=?utf-8?q?a=2C_victim=40evil.com=2C_b?=@example.org"),
     ("Subject", "=?utf-8?q?hi=0D=0ABcc:_victim@evil.com?="),
     ("Subject", "=?utf-8?b?" + base64.b64encode(b"hi\r\nFrom: boss@example.com").decode() + "?="),
     ("Subject", "=?utf-8?b?" + base64.b64encode(b"x\r\nContent-Type: text/html\r\n\r\n<b>").decode() + "?="),
@@ -104,6 +144,7 @@ def test_the_header_check_catches_what_the_interpreter_folds_wrongly(name, value
     message["From"] = "Site <noreply@example.com>"
     message["To"] = "user@example.com"
     message["Subject"] = "Hello"
+    message["Reply-To"] = "visitor@example.org"
     message.replace_header(name, value)
     message.set_content("body")
     with pytest.raises(UnsendableMessage, match=r"header check failed|cannot be flattened"):

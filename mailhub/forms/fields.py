@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from email_validator import EmailNotValidError, validate_email
 
+from mailhub import header_safety
 from mailhub.errors import ValidationFailed
 from mailhub.forms.definitions import FieldRule, FormDefinition
-from mailhub import header_safety
 from mailhub.header_safety import header_value_problem
 
 #: Control characters a multiline value may not hold (tab and line feed it may).
