@@ -167,6 +167,8 @@ async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: Embed
         RETRY_BASE_DELAY="0.2",
         RETRY_MAX_DELAY="0.4",
         WORKER_CONCURRENCY="64",
+        # Every subscriber connects from this one address.
+        MAX_STREAMS_PER_CLIENT="100000",
     )
     redis = Redis.from_url(valkey.url, decode_responses=True, client_name=REFERENCE_NAME)
     web = MailhubServer("web", env=env, log_dir=tmp)

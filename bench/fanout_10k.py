@@ -242,6 +242,8 @@ class Bench:
             RETRY_BASE_DELAY="0.2",
             RETRY_MAX_DELAY="0.4",
             WORKER_CONCURRENCY="64",
+            # Every subscriber connects from this one address.
+            MAX_STREAMS_PER_CLIENT="100000",
         )
         self.redis = Redis.from_url(valkey.url, decode_responses=True, client_name="bench-fanout")
         self.store = TaskStore(self.redis, retention=3600, max_attempts=3, message_id_domain="example.com")

@@ -16,7 +16,7 @@ from aiohttp import web
 from pythonjsonlogger.json import JsonFormatter
 from redis.asyncio import Redis
 
-from mailhub import check, metrics
+from mailhub import check, metrics, process
 from mailhub.delivery.capture import start_capture_server
 from mailhub.delivery.sender import SmtpSender
 from mailhub.delivery.worker import Worker
@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
 async def serve(settings: Settings, *, web_app: bool, worker: bool) -> None:
     """Run the chosen parts until SIGINT or SIGTERM, then stop them gracefully."""
+    process.raise_file_limit()
+    process.AcceptErrorLog(asyncio.get_running_loop()).install()
     async with contextlib.AsyncExitStack() as stack:
         if not settings.redis_url:
             embedded = EmbeddedRedis(settings.data_dir / "valkey")

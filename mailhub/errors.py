@@ -6,20 +6,19 @@ MailhubError
  │    ├── InvalidRequest    400: not JSON, not UTF-8, bad header
  │    ├── Unauthorized      401: API key missing or wrong
  │    ├── RecipientRefused  403: address outside ALLOWED_RECIPIENTS
- │    ├── OriginRefused     403: a form posted from a page outside its origins
+ │    ├── OriginRefused     403: a form posted, or a WebSocket opened, from another origin
  │    ├── CaptchaRefused    403: a form's CAPTCHA token missing, bad, reused or unverifiable
  │    ├── TaskNotFound      404: unknown or expired task id
  │    ├── FormNotFound      404: no form with that id
+ │    ├── RequestTimeout    408: the body came too slowly
  │    ├── IdempotencyConflict 409: key reused with another body
- │    ├── TooLarge          413: a form post with too many fields
  │    ├── ValidationFailed  422: per-field messages
  │    ├── RateLimited       429: too many submits from one client
+ │    ├── TooManyStreams    429: too many open streams from one client
  │    └── ServiceUnavailable 503: Redis is unreachable
  └── DeliveryError          one SMTP attempt failed
       ├── TransientFailure  try again later (4xx, connection trouble)
       ├── PermanentFailure  the mail can never go (5xx)
-      │    └── UnsendableMessage  mailhub cannot build it safely (a value
-      │                           it refuses, a header it did not write)
       └── ConfigurationFailure  the owner's setup is wrong (login, TLS);
                                 no mail can go until it is fixed
 """
@@ -102,19 +101,24 @@ class FormNotFound(ApiError):
     code = "form_not_found"
 
 
+class RequestTimeout(ApiError):
+    status = 408
+    code = "request_timeout"
+
+
 class IdempotencyConflict(ApiError):
     status = 409
     code = "idempotency_conflict"
 
 
-class TooLarge(ApiError):
-    status = 413
-    code = "too_large"
-
-
 class RateLimited(ApiError):
     status = 429
     code = "rate_limited"
+
+
+class TooManyStreams(ApiError):
+    status = 429
+    code = "too_many_streams"
 
 
 class ServiceUnavailable(ApiError):
@@ -141,10 +145,6 @@ class TransientFailure(DeliveryError):
 
 class PermanentFailure(DeliveryError):
     """Another attempt would get the same answer."""
-
-
-class UnsendableMessage(PermanentFailure):
-    """The mail cannot be built, or its flattened headers are not the ones mailhub wrote."""
 
 
 class ConfigurationFailure(DeliveryError):

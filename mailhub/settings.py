@@ -91,6 +91,12 @@ class Settings:
     captcha_secrets: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
     #: Empty: each provider's own siteverify URL; set, every CAPTCHA is verified there.
     captcha_verify_url: str = ""
+    #: Open SSE streams plus WebSockets one client address may hold on one web process.
+    max_streams_per_client: int = 20
+    #: Seconds an idle connection stays open; also the time a client has to send a request's headers.
+    keepalive_timeout: float = 5.0
+    #: Seconds a client has to send a request's body once its headers arrived.
+    body_timeout: float = 10.0
 
     @property
     def capture_mode(self) -> bool:
@@ -270,6 +276,9 @@ def _parse(env: _Reader) -> Settings:
             name: secret for name in CAPTCHAS if (secret := env.get(f"{name.upper()}_SECRET", str, ""))
         },
         captcha_verify_url=env.get("CAPTCHA_VERIFY_URL", _http_url, d.captcha_verify_url),
+        max_streams_per_client=env.get("MAX_STREAMS_PER_CLIENT", _positive(int), d.max_streams_per_client),
+        keepalive_timeout=env.get("KEEPALIVE_TIMEOUT", _positive(float), d.keepalive_timeout),
+        body_timeout=env.get("BODY_TIMEOUT", _positive(float), d.body_timeout),
     )
     settings = replace(settings, forms=_forms(settings))
     _check_abuse_settings(settings)

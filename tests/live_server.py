@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from mailhub.live.events import EventHub
+from mailhub.live.hub import EventHub
 from mailhub.settings import Settings
 from mailhub.store.embedded_valkey import free_port
 from mailhub.web import appkeys

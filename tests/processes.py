@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -56,7 +57,15 @@ def clean_env(**env: str) -> dict[str, str]:
 class MailhubProcess:
     """`python run.py <command>` in `cwd`; `url` is set when the web part listens."""
 
-    def __init__(self, *args: str, cwd: Path, env: dict[str, str], web: bool = True):
+    def __init__(
+        self,
+        *args: str,
+        cwd: Path,
+        env: dict[str, str],
+        web: bool = True,
+        file_limit: tuple[int, int] | None = None,
+    ):
+        """`file_limit`: the (soft, hard) RLIMIT_NOFILE the process starts with."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.web = web
@@ -68,6 +77,7 @@ class MailhubProcess:
                 env=clean_env(**env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=None if file_limit is None else lambda: _limit_files(file_limit),
             )
 
     @property
@@ -103,6 +113,10 @@ class MailhubProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def _limit_files(limit: tuple[int, int]) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, limit)
 
 
 def _answers(url: str) -> bool:

@@ -1,21 +1,24 @@
-"""The event hub, `follow` and `relay` against a real Valkey: order, races, resync, cleanup.
+"""The event hub and its subscriptions against a real Valkey: order, races, resync, cleanup.
 
-The contract tests run twice: through `follow` (the async generator of the
-WebSocket) and through `relay` (the hub writing to a synchronous writer, as
-for SSE)."""
+The contract tests run twice, once per writer mode: `Queued` (the
+subscription's loop sends each event, as for a WebSocket) and `Direct` (the
+hub writes each event itself as it dispatches it, as for SSE)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from mailhub.live.events import Event, EventHub, Signal, Subscription, follow, relay
+from mailhub.live.event import Event
+from mailhub.live.hub import EventHub
+from mailhub.live.subscription import Direct, Queued, Subscription, Writer
 from mailhub.store import keys
 from mailhub.store.embedded_valkey import EmbeddedRedis, free_port
 from mailhub.store.redis_client import connect
@@ -28,8 +31,6 @@ from tests.smtp_server import Fault
 @contextlib.asynccontextmanager
 async def running_hub(store: TaskStore, **options) -> AsyncIterator[EventHub]:  # type: ignore[no-untyped-def]
     hub = EventHub(store, **options)
-    await hub.start()
-    assert await hub.wait_ready(5.0)
     try:
         yield hub
     finally:
@@ -42,20 +43,15 @@ async def hub(store: TaskStore) -> AsyncIterator[EventHub]:
         yield running
 
 
-async def current(store: TaskStore, task_id: str) -> Event:
-    event = await EventHub(store).current(task_id)
+async def current(hub: EventHub, task_id: str) -> Event:
+    """The stored state, read as a stream reads it: once the hub's channel is subscribed."""
+    event = await hub.current(task_id)
     assert event is not None
     return event
 
 
-def queued_seqs(subscription: Subscription) -> list[int | Signal]:
-    """What waits in the subscription's queue, without taking it."""
-    items = list(subscription._queue)
-    return [item.seq if isinstance(item, Event) else item for item in items]
-
-
 class Recorder:
-    """A `relay` writer: keeps each event it is given and the asyncio task that gave it."""
+    """A writer's client: keeps each event it is given and the asyncio task that gave it."""
 
     def __init__(self, refuse: int = 0) -> None:
         self.events: list[Event] = []
@@ -74,30 +70,48 @@ class Recorder:
         self.writers.append(task.get_name() if task else "")
         return True
 
+    async def send(self, event: Event) -> None:
+        self(event)
+
+    def writer(self, how: str) -> Writer:
+        return Direct(self) if how == "direct" else Queued(self.send)
+
     @property
     def seqs(self) -> list[int]:
         return [event.seq for event in self.events]
 
 
-@pytest.fixture(params=["follow", "relay"])
+@pytest.fixture(params=["queued", "direct"])
 def how(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-async def collect(subscription: Subscription, first: Event, how: str = "follow", **options) -> list[dict]:  # type: ignore[no-untyped-def]
-    if how == "relay":
-        recorder = Recorder()
-        assert await relay(subscription, first, recorder, **options)
-        return [json.loads(event.data) for event in recorder.events]
-    async with contextlib.aclosing(follow(subscription, first, **options)) as events:
-        return [json.loads(event.data) async for event in events]
+async def collect(subscription: Subscription, first: Event, how: str = "queued", **options) -> list[dict]:  # type: ignore[no-untyped-def]
+    recorder = Recorder()
+    assert await subscription.run(first, recorder.writer(how), **options)
+    return [json.loads(event.data) for event in recorder.events]
+
+
+@contextlib.asynccontextmanager
+async def witness(hub: EventHub, task_id: str) -> AsyncIterator[Recorder]:
+    """A second, live subscription to the task: the hub hands each event to every
+    subscription of the task at once, so when the witness has an event, so has every other."""
+    recorder = Recorder()
+    with hub.subscribe(task_id) as subscription:
+        running = asyncio.create_task(subscription.run(await current(hub, task_id), Direct(recorder)))
+        await until(lambda: subscription.live, what="the witness live")
+        try:
+            yield recorder
+        finally:
+            subscription.close()
+            await running
 
 
 async def test_one_retry_gives_exactly_queued_attempt_retry_attempt_success(hub, store, settings, smtp, how):
     task_id = await store.enqueue(REQUEST)
     smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
     with hub.subscribe(task_id) as subscription:
-        first = await current(store, task_id)
+        first = await current(hub, task_id)
         async with running_worker(store, settings):
             docs = await asyncio.wait_for(collect(subscription, first, how), 10)
     assert [(d["event"], d["status"], d["attempts"]) for d in docs] == [
@@ -117,19 +131,19 @@ async def test_transitions_between_subscribe_and_read_are_sent_once(hub, store, 
     driver = TaskDriver(store)
     task_id = await driver.enqueue()
     subscription = hub.subscribe(task_id)
-    await driver.begin_attempt()
-    await driver.retry()
-    # Events 2 and 3 are in the subscription's queue and in the stored state.
-    await until(lambda: 3 in queued_seqs(subscription), what="event 3 queued")
-    first = await current(store, task_id)
+    async with witness(hub, task_id) as seen:
+        await driver.begin_attempt()
+        await driver.retry()
+        # Events 2 and 3 reached the subscription, and are in the stored state.
+        await until(lambda: seen.seqs == [1, 2, 3], what="event 3 dispatched")
+    first = await current(hub, task_id)
     assert first.seq == 3
     feed = asyncio.create_task(collect(subscription, first, how))
     await driver.begin_attempt()
     await driver.succeed()
     docs = await asyncio.wait_for(feed, 5)
     assert [d["seq"] for d in docs] == [3, 4, 5]
-    assert hub.subscription_count == 1  # closing is the caller's job
-    subscription.close()
+    assert subscription.closed  # a feed that ended closes its subscription
     assert (hub.subscription_count, hub.task_count) == (0, 0)
 
 
@@ -140,7 +154,7 @@ async def test_racing_the_real_worker_misses_nothing_and_repeats_nothing(hub, st
         for _ in range(delay_rounds):
             await asyncio.sleep(0)  # join at a different point of the task's life
         with hub.subscribe(task_id) as subscription:
-            first = await current(store, task_id)
+            first = await current(hub, task_id)
             return [d["seq"] for d in await collect(subscription, first, how)]
 
     async with running_worker(store, settings):
@@ -160,7 +174,7 @@ async def test_after_skips_what_the_client_already_has(hub, store, how):
     await driver.begin_attempt()
     await driver.retry()
     with hub.subscribe(task_id) as subscription:
-        first = await current(store, task_id)
+        first = await current(hub, task_id)
         feed = asyncio.create_task(collect(subscription, first, how, after=3))
         await driver.begin_attempt()
         await driver.succeed()
@@ -174,7 +188,7 @@ async def test_a_late_subscriber_gets_the_final_state_and_the_feed_ends(hub, sto
     await driver.begin_attempt()
     await driver.fail()
     with hub.subscribe(task_id) as subscription:
-        docs = await asyncio.wait_for(collect(subscription, await current(store, task_id), how), 5)
+        docs = await asyncio.wait_for(collect(subscription, await current(hub, task_id), how), 5)
     assert [(d["seq"], d["status"]) for d in docs] == [(3, "failed")]
     assert docs[0]["reason"] == "the receiving server refused the message"
 
@@ -183,15 +197,25 @@ async def test_closing_a_subscription_ends_its_feed_and_forgets_it(hub, store, h
     task_id = await TaskDriver(store).enqueue()
     subscriptions = [hub.subscribe(task_id) for _ in range(3)]
     assert (hub.subscription_count, hub.task_count) == (3, 1)
-    first = await current(store, task_id)
-    feed = asyncio.create_task(collect(subscriptions[0], first, how))
-    await until(lambda: subscriptions[0]._waiter is not None, what="the feed waiting")
+    first = await current(hub, task_id)
+    recorder = Recorder()
+    feed = asyncio.create_task(subscriptions[0].run(first, recorder.writer(how)))
+    await until(lambda: recorder.seqs == [1], what="the feed started")
     subscriptions[0].close()
-    assert [d["seq"] for d in await asyncio.wait_for(feed, 5)] == [1]
+    assert await asyncio.wait_for(feed, 5) is True
     assert hub.subscription_count == 2
     for subscription in subscriptions:
         subscription.close()
     assert (hub.subscription_count, hub.task_count) == (0, 0)
+
+
+async def test_a_subscription_closed_before_it_runs_is_forgotten_and_gives_nothing(hub, store, how):
+    task_id = await TaskDriver(store).enqueue()
+    subscription = hub.subscribe(task_id)
+    first = await current(hub, task_id)
+    subscription.close()  # e.g. a WebSocket unsubscribed before the task running it started
+    assert (hub.subscription_count, hub.task_count) == (0, 0)
+    assert await asyncio.wait_for(collect(subscription, first, how), 5) == []
 
 
 async def test_alive_ends_a_quiet_feed(hub, store, how):
@@ -199,7 +223,7 @@ async def test_alive_ends_a_quiet_feed(hub, store, how):
     connected = True
     with hub.subscribe(task_id) as subscription:
         feed = asyncio.create_task(
-            collect(subscription, await current(store, task_id), how, alive=lambda: connected, idle=0.01)
+            collect(subscription, await current(hub, task_id), how, alive=lambda: connected, idle=0.01)
         )
         await asyncio.sleep(0.05)
         assert not feed.done()
@@ -211,152 +235,37 @@ async def test_a_subscriber_that_falls_behind_resyncs_from_the_stored_state(redi
     async with running_hub(store, queue_size=2) as small_hub:
         driver = TaskDriver(store)
         task_id = await driver.enqueue()
-        with small_hub.subscribe(task_id) as slow, small_hub.subscribe(task_id) as witness:
-            first = await current(store, task_id)
-            await driver.run_to_success_after_one_retry()  # 4 events into a queue of 2
-            # The hub hands each event to every subscription at once: when the
-            # witness has event 5, the slow one has had its chance too.
-            seen = [await witness.get(timeout=5) for _ in range(2)]
-            assert Signal.RESYNC in seen
-            assert queued_seqs(slow)[0] is Signal.RESYNC
+        with small_hub.subscribe(task_id) as slow:
+            first = await current(small_hub, task_id)
+            async with witness(small_hub, task_id) as seen:
+                await driver.run_to_success_after_one_retry()  # 4 events into a queue of 2
+                await until(lambda: seen.seqs == [1, 2, 3, 4, 5], what="every event dispatched")
             docs = await asyncio.wait_for(collect(slow, first, how), 5)
     assert [d["seq"] for d in docs] == [1, 5]
 
 
 async def test_malformed_messages_on_the_channel_are_ignored(hub, store, redis, caplog):
     task_id = await TaskDriver(store).enqueue()
-    with hub.subscribe(task_id) as subscription:
+    async with witness(hub, task_id) as seen:
         await redis.publish(keys.EVENTS, "not json")
         await redis.publish(keys.EVENTS, json.dumps({"task_id": task_id}))
         await redis.publish(keys.EVENTS, json.dumps({"task_id": task_id, "seq": 9, "status": "x"}))
-        items = [await subscription.get(timeout=5) for _ in range(2)]
-    # The queued event may still be in flight when the test subscribes.
-    assert [item.seq for item in items if isinstance(item, Event)][-1] == 9
+        await until(lambda: seen.seqs == [1, 9], what="the well-formed event")
     assert caplog.text.count("ignoring a malformed message") == 2
 
 
-async def test_a_killed_pubsub_connection_is_replaced_and_subscribers_resync(hub, store, redis):
-    driver = TaskDriver(store)
-    task_id = await driver.enqueue()
-    with hub.subscribe(task_id) as subscription:
-        events = follow(subscription, await current(store, task_id))
-        async with contextlib.aclosing(events):
-            assert (await anext(events)).seq == 1
-            assert len(await redis.client_list(_type="pubsub")) == 1
-            await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-            await until(lambda: hub.connections == 2, what="the hub resubscribing")
-            assert Signal.RESYNC in queued_seqs(subscription)
-            await driver.begin_attempt()
-            assert (await asyncio.wait_for(anext(events), 5)).seq == 2
-            await driver.succeed()
-            assert (await asyncio.wait_for(anext(events), 5)).seq == 3
-    assert len(await redis.client_list(_type="pubsub")) == 1
-
-
-async def test_a_redis_restart_is_survived_with_backoff(tmp_path: Path, caplog):
-    server = EmbeddedRedis(tmp_path, port=free_port(), persist=True)
-    server.start()
-    redis = connect(server.url)
-    try:
-        store = TaskStore(redis, retention=60, max_attempts=3, message_id_domain="example.com")
-        driver = TaskDriver(store)
-        task_id = await driver.enqueue()
-        async with running_hub(store, backoff_base=0.05, backoff_cap=0.2) as hub:
-            with hub.subscribe(task_id) as subscription:
-                events = follow(subscription, await current(store, task_id))
-                async with contextlib.aclosing(events):
-                    assert (await anext(events)).seq == 1
-                    await asyncio.to_thread(server.stop)
-                    await until(lambda: not hub._ready.is_set(), what="the hub noticing the outage")
-                    await asyncio.to_thread(server.start)
-                    # Published before or after the hub is back: an event, or found
-                    # by the resync that follows the resubscription; either way once.
-                    await driver.begin_attempt()
-                    assert (await asyncio.wait_for(anext(events), 5)).seq == 2
-                    await until(lambda: hub.connections == 2, what="the hub resubscribing")
-                    await driver.succeed()
-                    assert (await asyncio.wait_for(anext(events), 5)).seq == 3
-                    with pytest.raises(StopAsyncIteration):
-                        await asyncio.wait_for(anext(events), 5)
-        assert "event hub lost Redis" in caplog.text
-    finally:
-        await redis.aclose()
-        server.stop()
-
-
-async def test_stop_closes_every_subscription(redis, store):
-    task_id = await TaskDriver(store).enqueue()
-    async with running_hub(store) as hub:
-        subscription = hub.subscribe(task_id)
-        waiting = asyncio.create_task(subscription.get())
-        await asyncio.sleep(0)
-    assert await asyncio.wait_for(waiting, 5) is Signal.CLOSED
-    assert subscription.closed and hub.subscription_count == 0
-
-
-async def test_relay_events_are_written_by_the_hub_as_it_dispatches(hub, store):
-    driver = TaskDriver(store)
-    task_id = await driver.enqueue()
-    recorders = [Recorder() for _ in range(3)]
-    with contextlib.ExitStack() as stack:
-        subscriptions = [stack.enter_context(hub.subscribe(task_id)) for _ in recorders]
-        first = await current(store, task_id)
-        relays = [
-            asyncio.create_task(relay(s, first, r), name=f"relay-{n}")
-            for n, (s, r) in enumerate(zip(subscriptions, recorders))
-        ]
-        await until(lambda: all(s._writer is not None for s in subscriptions), what="relays live")
-        await driver.begin_attempt()
-        await driver.retry()
-        await driver.begin_attempt()
-        await driver.succeed()
-        assert await asyncio.wait_for(asyncio.gather(*relays), 5) == [True] * 3
-    for n, recorder in enumerate(recorders):
-        assert recorder.seqs == [1, 2, 3, 4, 5]
-        # The stored state comes from the relay; every transition from the hub's own task.
-        assert recorder.writers == [f"relay-{n}"] + ["event-hub"] * 4
-    assert hub.subscription_count == 0
-
-
-async def test_relay_resyncs_a_writer_that_took_no_more_and_goes_on(hub, store):
-    driver = TaskDriver(store)
-    task_id = await driver.enqueue()
-    recorder = Recorder(refuse=1)
-    with hub.subscribe(task_id) as subscription:
-        first = await current(store, task_id)
-        feed = asyncio.create_task(relay(subscription, first, recorder))
-        await until(lambda: subscription._writer is not None, what="the relay live")
-        await driver.begin_attempt()  # refused, then written again from the stored state
-        await until(lambda: recorder.seqs == [1, 2], what="event 2 after the resync")
-        await until(lambda: subscription._writer is not None, what="the relay live again")
-        await driver.succeed()
-        assert await asyncio.wait_for(feed, 5) is True
-    assert recorder.refused == [2]
-    assert recorder.seqs == [1, 2, 3]
-
-
-async def test_relay_gives_up_on_a_writer_that_takes_no_more_after_the_resync(hub, store):
-    driver = TaskDriver(store)
-    task_id = await driver.enqueue()
-    recorder = Recorder(refuse=2)
-    with hub.subscribe(task_id) as subscription:
-        feed = asyncio.create_task(relay(subscription, await current(store, task_id), recorder))
-        await until(lambda: subscription._writer is not None, what="the relay live")
-        await driver.begin_attempt()
-        assert await asyncio.wait_for(feed, 5) is False
-        assert subscription._writer is None
-    assert (recorder.seqs, recorder.refused) == ([1], [2, 2])
-
-
-async def test_relay_resyncs_after_the_pubsub_connection_is_killed(hub, store, redis):
+async def test_a_killed_pubsub_connection_is_replaced_and_subscribers_resync(hub, store, redis, caplog, how):
+    caplog.set_level(logging.INFO, logger="mailhub.live.hub")
     driver = TaskDriver(store)
     task_id = await driver.enqueue()
     recorder = Recorder()
     with hub.subscribe(task_id) as subscription:
-        feed = asyncio.create_task(relay(subscription, await current(store, task_id), recorder))
-        await until(lambda: subscription._writer is not None, what="the relay live")
+        feed = asyncio.create_task(subscription.run(await current(hub, task_id), recorder.writer(how)))
+        await until(lambda: recorder.seqs == [1], what="the first event")
+        assert len(await redis.client_list(_type="pubsub")) == 1
         await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
         await until(lambda: hub.connections == 2, what="the hub resubscribing")
+        assert "event hub resubscribed; 1 clients resync" in caplog.text
         await driver.begin_attempt()
         await until(lambda: recorder.seqs == [1, 2], what="event 2")
         await driver.succeed()
@@ -365,7 +274,118 @@ async def test_relay_resyncs_after_the_pubsub_connection_is_killed(hub, store, r
     assert len(await redis.client_list(_type="pubsub")) == 1
 
 
-async def test_relay_ends_without_a_read_when_a_refused_client_is_gone(hub, store, monkeypatch):
+async def test_a_redis_restart_is_survived_with_backoff(tmp_path: Path, caplog, how):
+    server = EmbeddedRedis(tmp_path, port=free_port(), persist=True)
+    server.start()
+    redis = connect(server.url)
+    try:
+        store = TaskStore(redis, retention=60, max_attempts=3, message_id_domain="example.com")
+        driver = TaskDriver(store)
+        task_id = await driver.enqueue()
+        recorder = Recorder()
+        async with running_hub(store, backoff_base=0.05, backoff_cap=0.2) as hub:
+            with hub.subscribe(task_id) as subscription:
+                first = await current(hub, task_id)
+                feed = asyncio.create_task(subscription.run(first, recorder.writer(how)))
+                await until(lambda: recorder.seqs == [1], what="the first event")
+                await asyncio.to_thread(server.stop)
+                await until(lambda: not hub.ready, what="the hub noticing the outage")
+                await asyncio.to_thread(server.start)
+                # Published before or after the hub is back: an event, or found
+                # by the resync that follows the resubscription; either way once.
+                await driver.begin_attempt()
+                await until(lambda: recorder.seqs == [1, 2], what="event 2")
+                await until(lambda: hub.connections == 2, what="the hub resubscribing")
+                await driver.succeed()
+                assert await asyncio.wait_for(feed, 5) is True
+        assert recorder.seqs == [1, 2, 3]
+        assert "event hub lost Redis" in caplog.text
+    finally:
+        await redis.aclose()
+        server.stop()
+
+
+async def test_stop_closes_every_subscription(redis, store, how):
+    task_id = await TaskDriver(store).enqueue()
+    recorder = Recorder()
+    async with running_hub(store) as hub:
+        subscription = hub.subscribe(task_id)
+        feed = asyncio.create_task(subscription.run(await current(hub, task_id), recorder.writer(how)))
+        await until(lambda: recorder.seqs == [1], what="the feed started")
+    assert await asyncio.wait_for(feed, 5) is True
+    assert subscription.closed and hub.subscription_count == 0
+
+
+async def test_direct_events_are_written_by_the_hub_as_it_dispatches(hub, store):
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    recorders = [Recorder() for _ in range(3)]
+    with contextlib.ExitStack() as stack:
+        subscriptions = [stack.enter_context(hub.subscribe(task_id)) for _ in recorders]
+        first = await current(hub, task_id)
+        feeds = [
+            asyncio.create_task(s.run(first, Direct(r)), name=f"feed-{n}")
+            for n, (s, r) in enumerate(zip(subscriptions, recorders))
+        ]
+        await until(lambda: all(s.live for s in subscriptions), what="the feeds live")
+        await driver.begin_attempt()
+        await driver.retry()
+        await driver.begin_attempt()
+        await driver.succeed()
+        assert await asyncio.wait_for(asyncio.gather(*feeds), 5) == [True] * 3
+    for n, recorder in enumerate(recorders):
+        assert recorder.seqs == [1, 2, 3, 4, 5]
+        # The stored state comes from the feed's loop; every transition from the hub's own task.
+        assert recorder.writers == [f"feed-{n}"] + ["event-hub"] * 4
+    assert hub.subscription_count == 0
+
+
+async def test_queued_events_are_sent_by_the_subscription_loop(hub, store):
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    recorder = Recorder()
+    with hub.subscribe(task_id) as subscription:
+        feed = asyncio.create_task(
+            subscription.run(await current(hub, task_id), Queued(recorder.send)), name="feed"
+        )
+        await driver.run_to_success_after_one_retry()
+        assert await asyncio.wait_for(feed, 5) is True
+        assert not subscription.live  # a Queued writer never lets the hub write
+    assert recorder.seqs == [1, 2, 3, 4, 5]
+    assert recorder.writers == ["feed"] * 5
+
+
+async def test_direct_resyncs_a_writer_that_took_no_more_and_goes_on(hub, store):
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    recorder = Recorder(refuse=1)
+    with hub.subscribe(task_id) as subscription:
+        first = await current(hub, task_id)
+        feed = asyncio.create_task(subscription.run(first, Direct(recorder)))
+        await until(lambda: subscription.live, what="the feed live")
+        await driver.begin_attempt()  # refused, then written again from the stored state
+        await until(lambda: recorder.seqs == [1, 2], what="event 2 after the resync")
+        await until(lambda: subscription.live, what="the feed live again")
+        await driver.succeed()
+        assert await asyncio.wait_for(feed, 5) is True
+    assert recorder.refused == [2]
+    assert recorder.seqs == [1, 2, 3]
+
+
+async def test_direct_gives_up_on_a_writer_that_takes_no_more_after_the_resync(hub, store):
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    recorder = Recorder(refuse=2)
+    with hub.subscribe(task_id) as subscription:
+        feed = asyncio.create_task(subscription.run(await current(hub, task_id), Direct(recorder)))
+        await until(lambda: subscription.live, what="the feed live")
+        await driver.begin_attempt()
+        assert await asyncio.wait_for(feed, 5) is False
+        assert not subscription.live
+    assert (recorder.seqs, recorder.refused) == ([1], [2, 2])
+
+
+async def test_direct_ends_without_a_read_when_a_refused_client_is_gone(hub, store, monkeypatch):
     driver = TaskDriver(store)
     task_id = await driver.enqueue()
     recorder, connected, reads = Recorder(refuse=1), True, []
@@ -377,9 +397,9 @@ async def test_relay_ends_without_a_read_when_a_refused_client_is_gone(hub, stor
 
     with hub.subscribe(task_id) as subscription:
         feed = asyncio.create_task(
-            relay(subscription, await current(store, task_id), recorder, alive=lambda: connected, idle=60)
+            subscription.run(await current(hub, task_id), Direct(recorder), alive=lambda: connected, idle=60)
         )
-        await until(lambda: subscription._writer is not None, what="the relay live")
+        await until(lambda: subscription.live, what="the feed live")
         monkeypatch.setattr(store, "result", counted_read)
         connected = False  # the socket closed: the next write is refused
         await driver.begin_attempt()
@@ -387,28 +407,31 @@ async def test_relay_ends_without_a_read_when_a_refused_client_is_gone(hub, stor
     assert (recorder.seqs, recorder.refused, reads) == ([1], [2], [])
 
 
-async def test_the_hub_listens_only_while_someone_follows(store, redis):
+async def test_the_hub_listens_only_while_someone_follows(store, redis, how):
     driver = TaskDriver(store)
     task_id = await driver.enqueue()
     hub = EventHub(store, linger=0.05)
     try:
         assert await redis.client_list(_type="pubsub") == []  # nobody follows: no subscription
+        recorder = Recorder()
         with hub.subscribe(task_id) as subscription:
-            events = follow(subscription, await hub.current(task_id))  # waits for the subscription
-            async with contextlib.aclosing(events):
-                assert (await anext(events)).seq == 1
-                assert len(await redis.client_list(_type="pubsub")) == 1
-                await driver.begin_attempt()
-                assert (await asyncio.wait_for(anext(events), 5)).seq == 2
+            # `current` waits for the channel's subscription.
+            feed = asyncio.create_task(subscription.run(await hub.current(task_id), recorder.writer(how)))
+            await until(lambda: recorder.seqs == [1], what="the first event")
+            assert len(await redis.client_list(_type="pubsub")) == 1
+            await driver.begin_attempt()
+            await until(lambda: recorder.seqs == [1, 2], what="event 2")
+        assert await asyncio.wait_for(feed, 5) is True
         deadline = time.monotonic() + 5
         while await redis.client_list(_type="pubsub"):  # `linger` after the last follower left
             assert time.monotonic() < deadline, "the hub kept its subscription"
             await asyncio.sleep(0.01)
+        recorder = Recorder()
         with hub.subscribe(task_id) as subscription:  # listens again for the next follower
-            events = follow(subscription, await hub.current(task_id))
-            async with contextlib.aclosing(events):
-                assert (await anext(events)).seq == 2
-                await driver.succeed()
-                assert (await asyncio.wait_for(anext(events), 5)).seq == 3
+            feed = asyncio.create_task(subscription.run(await hub.current(task_id), recorder.writer(how)))
+            await until(lambda: recorder.seqs == [2], what="the stored state")
+            await driver.succeed()
+            assert await asyncio.wait_for(feed, 5) is True
+        assert recorder.seqs == [2, 3]
     finally:
         await hub.stop()

@@ -49,6 +49,10 @@ def test_tls_mode_follows_the_port(tmp_path, port, tls):
         ({"SMTP_USER": "me@example.com"}, "SMTP_PASS"),
         ({"CLAIM_TIMEOUT": "10", "SMTP_TIMEOUT": "30"}, "CLAIM_TIMEOUT"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"MAX_STREAMS_PER_CLIENT": "0"}, "MAX_STREAMS_PER_CLIENT"),
+        ({"MAX_STREAMS_PER_CLIENT": "many"}, "MAX_STREAMS_PER_CLIENT"),
+        ({"KEEPALIVE_TIMEOUT": "-5"}, "KEEPALIVE_TIMEOUT"),
+        ({"BODY_TIMEOUT": "soon"}, "BODY_TIMEOUT"),
     ],
 )
 def test_bad_value_names_the_variable(env, variable):
@@ -57,6 +61,23 @@ def test_bad_value_names_the_variable(env, variable):
     message = str(raised.value)
     assert variable in message
     assert "\n" not in message
+
+
+def test_connection_limits_are_read_from_the_environment():
+    settings = load_settings(
+        {"MAX_STREAMS_PER_CLIENT": "5", "KEEPALIVE_TIMEOUT": "2.5", "BODY_TIMEOUT": "3"}, env_file=None
+    )
+    assert (settings.max_streams_per_client, settings.keepalive_timeout, settings.body_timeout) == (
+        5,
+        2.5,
+        3.0,
+    )
+    defaults = load_settings({}, env_file=None)
+    assert (defaults.max_streams_per_client, defaults.keepalive_timeout, defaults.body_timeout) == (
+        20,
+        5.0,
+        10.0,
+    )
 
 
 REAL_SMTP = {"SMTP_HOST": "smtp.example.com", "SMTP_USER": "me@example.com", "SMTP_PASS": "pw"}

@@ -17,7 +17,7 @@ from aiohttp import WSCloseCode
 from aiohttp.http_writer import StreamWriter
 from aiohttp_sse import EventSourceResponse
 
-from mailhub.live.events import Event
+from mailhub.live.event import Event
 from mailhub.settings import Settings
 from mailhub.store import keys
 from mailhub.store.embedded_valkey import EmbeddedRedis
@@ -181,39 +181,45 @@ async def test_keepalive_comments_come_at_the_configured_interval(settings, sess
 
 
 async def test_200_clients_on_one_task_get_the_same_events_over_one_pubsub_connection(
-    live, session, store, settings, smtp, redis
+    session, store, settings, smtp, redis
 ):
     task_id = await store.enqueue(REQUEST)
     smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
-    async with contextlib.AsyncExitStack() as stack:
-        readers = await asyncio.gather(
-            *(stack.enter_async_context(stream(session, live, task_id)) for _ in range(200))
-        )
-        firsts = await asyncio.gather(*(reader.next() for reader in readers))
-        assert live.hub.subscription_count == 200
-        assert len(await redis.client_list(_type="pubsub")) == 1
-        async with running_worker(store, settings):
-            rests = await asyncio.wait_for(asyncio.gather(*(r.rest() for r in readers)), 20)
-        assert len(await redis.client_list(_type="pubsub")) == 1
-    sequences = {tuple((m.id, m.data) for m in [first, *rest]) for first, rest in zip(firsts, rests)}
-    [sequence] = sequences
-    assert [seq for seq, _ in sequence] == ["1", "2", "3", "4", "5"]
-    await until(lambda: live.hub.subscription_count == 0, what="every subscription to close")
+    # All 200 come from one address here: lift the per-client cap.
+    async with serving(with_settings(settings, max_streams_per_client=200)) as live:
+        async with contextlib.AsyncExitStack() as stack:
+            readers = await asyncio.gather(
+                *(stack.enter_async_context(stream(session, live, task_id)) for _ in range(200))
+            )
+            firsts = await asyncio.gather(*(reader.next() for reader in readers))
+            assert live.hub.subscription_count == 200
+            assert len(await redis.client_list(_type="pubsub")) == 1
+            async with running_worker(store, settings):
+                rests = await asyncio.wait_for(asyncio.gather(*(r.rest() for r in readers)), 20)
+            assert len(await redis.client_list(_type="pubsub")) == 1
+        sequences = {tuple((m.id, m.data) for m in [first, *rest]) for first, rest in zip(firsts, rests)}
+        [sequence] = sequences
+        assert [seq for seq, _ in sequence] == ["1", "2", "3", "4", "5"]
+        await until(lambda: live.hub.subscription_count == 0, what="every subscription to close")
 
 
-async def test_clients_that_drop_leave_no_subscription_or_task_behind(live, session, store):
+async def test_clients_that_drop_leave_no_subscription_or_task_behind(settings, session, store):
     task_id = await TaskDriver(store).enqueue()
-    await live.hub.start()  # its listener lingers after the last client by design
-    baseline = len(asyncio.all_tasks())
-    responses = [await session.get(live.url + SSE_PATH, params={"task_id": task_id}) for _ in range(100)]
-    for response in responses:
-        assert (await SseReader(response).next()).id == "1"  # type: ignore[union-attr]
-    assert live.hub.subscription_count == 100
-    for response in responses:
-        response.close()  # drops the connection, as a closed browser tab does
-    await until(lambda: live.hub.subscription_count == 0, what="the subscriptions to go")
-    assert live.hub.task_count == 0
-    await until(lambda: len(asyncio.all_tasks()) <= baseline, what="the server tasks to end")
+    async with serving(with_settings(settings, max_streams_per_client=100)) as live:
+        async with stream(session, live, task_id) as reader:
+            assert (await reader.next()).id == "1"  # type: ignore[union-attr]
+        # The hub's listener lingers after the last client by design: it is in the baseline.
+        await until(lambda: live.hub.subscription_count == 0, what="the first client to go")
+        baseline = len(asyncio.all_tasks())
+        responses = [await session.get(live.url + SSE_PATH, params={"task_id": task_id}) for _ in range(100)]
+        for response in responses:
+            assert (await SseReader(response).next()).id == "1"  # type: ignore[union-attr]
+        assert live.hub.subscription_count == 100
+        for response in responses:
+            response.close()  # drops the connection, as a closed browser tab does
+        await until(lambda: live.hub.subscription_count == 0, what="the subscriptions to go")
+        assert live.hub.task_count == 0
+        await until(lambda: len(asyncio.all_tasks()) <= baseline, what="the server tasks to end")
 
 
 async def test_shutdown_closes_open_streams_promptly(settings, session, store):
@@ -431,3 +437,60 @@ async def test_a_client_that_stops_reading_is_dropped_while_the_others_get_every
     finally:
         slow_writer.close()
     await until(lambda: live.hub.subscription_count == 0, what="every subscription to close")
+
+
+async def subscriber_gauge(session: aiohttp.ClientSession, live: Live) -> float:
+    """`mailhub_stream_subscribers` as /metrics reports it."""
+    async with session.get(live.url + "/metrics") as response:
+        text = await response.text()
+    [value] = [
+        line.split()[1] for line in text.splitlines() if line.startswith("mailhub_stream_subscribers ")
+    ]
+    return float(value)
+
+
+async def answered(ws: aiohttp.ClientWebSocketResponse) -> list[dict]:
+    """Send a marker (a subscribe the server refuses) and read until its error: the server
+    handles a socket's messages in order, so every message before it has been handled."""
+    await ws.send_json({"subscribe": UNKNOWN})
+    messages = []
+    while True:
+        message = await ws.receive_json(timeout=30)
+        if message.get("error", {}).get("task_id") == UNKNOWN:
+            return messages
+        messages.append(message)
+
+
+async def test_a_ws_subscribe_unsubscribe_flood_leaves_no_subscription_behind(live, session, store):
+    task_id = await TaskDriver(store).enqueue()
+    subscribe, unsubscribe = json.dumps({"subscribe": task_id}), json.dumps({"unsubscribe": task_id})
+    async with session.ws_connect(live.url + WS_PATH) as ws:
+        for _ in range(10_000):
+            await ws.send_str(subscribe)
+            await ws.send_str(unsubscribe)
+        messages = await answered(ws)
+        # Each subscribe may have sent the state before its unsubscribe stopped it.
+        assert all(m["seq"] == 1 for m in messages) and len(messages) <= 10_000
+        assert await subscriber_gauge(session, live) == 0
+    assert await subscriber_gauge(session, live) == 0
+    assert live.hub.subscription_count == live.hub.task_count == 0
+
+
+async def test_the_ws_cap_of_100_tasks_holds_under_a_flood(live, session, store):
+    task_ids = [await TaskDriver(store).enqueue() for _ in range(101)]
+    async with session.ws_connect(live.url + WS_PATH) as ws:
+        for task_id in task_ids[:100]:
+            await ws.send_json({"subscribe": task_id})
+        for n in range(3_000):  # free a slot and take it again, twice, 3,000 times
+            for action in ("unsubscribe", "subscribe", "unsubscribe", "subscribe"):
+                await ws.send_json({action: task_ids[n % 100]})
+        await ws.send_json({"subscribe": task_ids[100]})
+        messages = await answered(ws)
+        [refused] = [m["error"] for m in messages if "error" in m]
+        assert (refused["task_id"], refused["message"]) == (
+            task_ids[100],
+            "At most 100 tasks per connection.",
+        )
+        assert await subscriber_gauge(session, live) == 100
+    await until(lambda: live.hub.subscription_count == 0, what="the socket's subscriptions to go")
+    assert await subscriber_gauge(session, live) == 0

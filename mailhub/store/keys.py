@@ -43,13 +43,3 @@ def idempotency(scope: str, key: str) -> str:
     # The key is printable: a line break cannot occur in it, so the pair is unambiguous.
     digest = hashlib.sha256(f"{scope}\n{key}".encode()).hexdigest()
     return f"{PREFIX}idempotency:{digest}"
-
-
-def captcha_token(token_digest: str) -> str:
-    """String marking a CAPTCHA token as used, for as long as a token can be valid."""
-    return f"{PREFIX}captcha:{token_digest}"
-
-
-def confirmations(address_digest: str) -> str:
-    """Counter of confirmation mails sent to one address; expires a day after the first."""
-    return f"{PREFIX}confirmations:{address_digest}"

@@ -6,19 +6,17 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
-from mailhub.forms.captcha import VERIFY_TIMEOUT, CaptchaVerifier
 from mailhub.forms.intake import FormIntake
 from mailhub.settings import Settings
-from mailhub.store.form_ledger import FormLedger
 from mailhub.store.rate_limit import RateCounter
 from mailhub.store.redis_client import connect
 from mailhub.store.tasks import TaskStore
 from mailhub.web import (
     appkeys,
     cors,
+    deadlines,
     demo,
     form_pages,
     forms,
@@ -52,25 +50,9 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
     app[appkeys.REDIS] = redis
     app[appkeys.STORE] = TaskStore.from_settings(redis, settings)
     app[appkeys.GUARD] = SubmitGuard(settings, redis)
+    app[appkeys.FORMS] = FormIntake(settings.forms, app[appkeys.STORE], RateCounter(redis))
     yield
     await redis.aclose()
-
-
-async def _forms_context(app: web.Application) -> AsyncIterator[None]:
-    """The forms' intake, with one HTTP client session for CAPTCHA checks if any form has one."""
-    settings, redis = app[appkeys.SETTINGS], app[appkeys.REDIS]
-    ledger = FormLedger(redis)
-    session = None
-    verifier = None
-    if any(form.captcha for form in settings.forms.values()):
-        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=VERIFY_TIMEOUT))
-        verifier = CaptchaVerifier(
-            session, settings.captcha_secrets, ledger, verify_url=settings.captcha_verify_url
-        )
-    app[appkeys.FORMS] = FormIntake(settings.forms, app[appkeys.STORE], RateCounter(redis), ledger, verifier)
-    yield
-    if session is not None:
-        await session.close()
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -78,14 +60,16 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=MAX_REQUEST_BYTES)
+    app = web.Application(
+        middlewares=[json_errors, deadlines.body_deadline(settings.body_timeout)],
+        client_max_size=MAX_REQUEST_BYTES,
+    )
     cors.setup(app, settings.cors_origins)
     security_headers.setup(app)
     app[appkeys.SETTINGS] = settings
     app[appkeys.LOCALES] = Locales(STATIC_DIR / "locales")
     app.cleanup_ctx.append(_redis_context)
-    app.cleanup_ctx.append(_forms_context)
-    app.cleanup_ctx.append(streams.hub_context)
+    app.cleanup_ctx.append(streams.live_context)
     app.on_shutdown.append(streams.close_streams)
     app.router.add_post("/api/v1/email/received", views.submit)
     app.router.add_get(views.RESULT_PATH, views.result)
@@ -110,9 +94,16 @@ def create_runner(settings: Settings) -> web.AppRunner:
     """The runner every web process uses.
 
     handler_cancellation: a client that hangs up stops its handler, and so
-    its stream, at once.
+    its stream, at once. keepalive_timeout: an idle connection, or one that
+    is slow to send its headers, is closed (see `deadlines`); aiohttp's
+    default keeps it an hour.
     """
-    return Runner(create_app(settings), access_log=None, handler_cancellation=True)
+    return Runner(
+        create_app(settings),
+        access_log=None,
+        handler_cancellation=True,
+        keepalive_timeout=settings.keepalive_timeout,
+    )
 
 
 def create_worker_runner(settings: Settings) -> web.AppRunner:
@@ -124,4 +115,4 @@ def create_worker_runner(settings: Settings) -> web.AppRunner:
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.prometheus)
-    return Runner(app, access_log=None)
+    return Runner(app, access_log=None, keepalive_timeout=settings.keepalive_timeout)

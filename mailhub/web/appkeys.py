@@ -8,9 +8,10 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from mailhub.forms.intake import FormIntake
-from mailhub.live.events import EventHub
+from mailhub.live.hub import EventHub
 from mailhub.settings import Settings
 from mailhub.store.tasks import TaskStore
+from mailhub.web.admission import StreamSlots
 from mailhub.web.guard import SubmitGuard
 from mailhub.web.locales import Locales
 
@@ -23,3 +24,5 @@ LOCALES = web.AppKey("locales", Locales)
 EVENT_HUB = web.AppKey("event_hub", EventHub)
 #: Open SSE and WebSocket responses, closed on shutdown.
 STREAMS: web.AppKey[weakref.WeakSet[web.StreamResponse]] = web.AppKey("streams")
+#: Each client's open streams in this process, against MAX_STREAMS_PER_CLIENT.
+STREAM_SLOTS = web.AppKey("stream_slots", StreamSlots)

@@ -3,11 +3,14 @@
 Both endpoints send the documents of `GET /api/v1/email/result` (plus `seq`,
 `event`, `at`) as they change, through the process's one `EventHub`.
 
-SSE streams are written by the hub itself as it dispatches an event (see
-`events.relay`): the event is framed once, and the same bytes go to each
+SSE streams are written by the hub itself as it dispatches an event (a
+`Direct` writer): the event is framed once, and the same bytes go to each
 stream's socket without waiting. aiohttp-sse still runs the response: the
 headers, the keep-alive pings and their liveness check, the kernel's
-TCP_USER_TIMEOUT, stop_streaming().
+TCP_USER_TIMEOUT, stop_streaming(). A WebSocket sends through a `Queued`
+writer, one subscription per task it follows.
+
+Each stream holds one of its client's slots (`admission`) while it is open.
 """
 
 from __future__ import annotations
@@ -25,9 +28,18 @@ from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 from aiohttp_sse import EventSourceResponse, sse_response
 from redis.exceptions import RedisError
 
-from mailhub.errors import ApiError, InvalidRequest, ServiceUnavailable, TaskNotFound
-from mailhub.live.events import Event, EventHub, Subscription, Writer, follow, relay
-from mailhub.web import appkeys
+from mailhub.errors import (
+    ApiError,
+    InvalidRequest,
+    OriginRefused,
+    ServiceUnavailable,
+    TaskNotFound,
+    TooManyStreams,
+)
+from mailhub.live.event import Event
+from mailhub.live.hub import EventHub
+from mailhub.live.subscription import Direct, Queued, Subscription
+from mailhub.web import admission, appkeys
 from mailhub.web.views import task_id_from_query
 
 logger = logging.getLogger(__name__)
@@ -42,11 +54,13 @@ MAX_WS_MESSAGE = 4096
 SSE_BUFFER_LIMIT = 64 * 1024
 
 
-async def hub_context(app: web.Application) -> AsyncIterator[None]:
-    """The process's event hub (after the Redis context; it listens once a client follows)."""
+async def live_context(app: web.Application) -> AsyncIterator[None]:
+    """The process's event hub (after the Redis context; it listens once a client follows),
+    its open streams, and their per-client slots."""
     hub = EventHub(app[appkeys.STORE])
     app[appkeys.EVENT_HUB] = hub
     app[appkeys.STREAMS] = weakref.WeakSet()
+    app[appkeys.STREAM_SLOTS] = admission.StreamSlots(app[appkeys.SETTINGS].max_streams_per_client)
     yield
     await hub.stop()
 
@@ -104,7 +118,7 @@ def sse_frame(event: Event, chunked: bool) -> bytes:
     return b"%x\r\n%b\r\n" % (len(frame), frame) if chunked else frame
 
 
-def _sse_writer(request: web.Request, stream: EventSourceResponse) -> Writer:
+def _sse_writer(request: web.Request, stream: EventSourceResponse) -> Direct:
     """Write events straight to the stream's socket (after the headers, between pings)."""
     transport = request.transport
     chunked = stream.headers.get(hdrs.TRANSFER_ENCODING) == "chunked"
@@ -119,72 +133,96 @@ def _sse_writer(request: web.Request, stream: EventSourceResponse) -> Writer:
         transport.write(sse_frame(event, chunked))
         return True
 
-    return write
+    return Direct(write)
+
+
+def _take_slot(request: web.Request) -> admission.Slot:
+    """One of the client's stream slots; the client is counted as the rate limit counts it
+    (its address through trusted proxies; an IPv6 address by its /64)."""
+    client = request.app[appkeys.GUARD].client(request.remote, request.headers)
+    return request.app[appkeys.STREAM_SLOTS].take(client.group)
 
 
 async def task_events(request: web.Request) -> web.StreamResponse:
     """SSE: the task's current state, then each transition (`id:` = seq) until a terminal one."""
     task_id = task_id_from_query(request)
-    hub = request.app[appkeys.EVENT_HUB]
+    try:
+        slot = _take_slot(request)
+    except TooManyStreams as exc:
+        return admission.refusal(exc)
+    with slot, request.app[appkeys.EVENT_HUB].subscribe(task_id) as subscription:
+        return await _stream_events(request, subscription)
+
+
+async def _stream_events(request: web.Request, subscription: Subscription) -> web.StreamResponse:
+    hub, task_id = request.app[appkeys.EVENT_HUB], subscription.task_id
     after = _last_event_id(request)
-    with hub.subscribe(task_id) as subscription:
-        first = await _current(hub, task_id)
-        if first.terminal and first.seq <= after:
-            # Everything was seen: 204 tells EventSource to stop reconnecting.
-            return web.Response(status=204)
-        keepalive = request.app[appkeys.SETTINGS].sse_keepalive
-        async with sse_response(request, ping_interval=keepalive, response_cls=_TaskEventSource) as stream:
-            stream.subscription = subscription
-            request.app[appkeys.STREAMS].add(stream)
-            try:
-                kept_up = await relay(
-                    subscription,
-                    first,
-                    _sse_writer(request, stream),
-                    after=after,
-                    # A quiet stream checks its client at each keep-alive; the
-                    # server's handler cancellation usually ends it sooner.
-                    alive=lambda: _connected(request, stream),
-                    idle=keepalive,
-                )
-            except RedisError as exc:
-                # Headers are sent: end the stream; the client's reconnect resumes it.
-                logger.warning("task %s: SSE stream ended, Redis unavailable: %s", task_id, exc)
-            else:
-                if not kept_up and request.transport is not None:
-                    # Too much unsent even after a resync: drop the client, as aiohttp-sse
-                    # does on a send timeout (a graceful close would wait on its reads).
-                    # Its EventSource reconnects and resumes with Last-Event-ID.
-                    logger.info("task %s: SSE client too slow, disconnected", task_id)
-                    request.transport.abort()
+    first = await _current(hub, task_id)
+    if first.terminal and first.seq <= after:
+        # Everything was seen: 204 tells EventSource to stop reconnecting.
+        return web.Response(status=204)
+    keepalive = request.app[appkeys.SETTINGS].sse_keepalive
+    async with sse_response(request, ping_interval=keepalive, response_cls=_TaskEventSource) as stream:
+        stream.subscription = subscription
+        request.app[appkeys.STREAMS].add(stream)
+        try:
+            kept_up = await subscription.run(
+                first,
+                _sse_writer(request, stream),
+                after=after,
+                # A quiet stream checks its client at each keep-alive; the
+                # server's handler cancellation usually ends it sooner.
+                alive=lambda: _connected(request, stream),
+                idle=keepalive,
+            )
+        except RedisError as exc:
+            # Headers are sent: end the stream; the client's reconnect resumes it.
+            logger.warning("task %s: SSE stream ended, Redis unavailable: %s", task_id, exc)
+        else:
+            if not kept_up and request.transport is not None:
+                # Too much unsent even after a resync: drop the client, as aiohttp-sse
+                # does on a send timeout (a graceful close would wait on its reads).
+                # Its EventSource reconnects and resumes with Last-Event-ID.
+                logger.info("task %s: SSE client too slow, disconnected", task_id)
+                request.transport.abort()
     return stream
 
 
-async def task_events_ws(request: web.Request) -> web.WebSocketResponse:
+async def task_events_ws(request: web.Request) -> web.StreamResponse:
     """WebSocket: `{"subscribe": id}` / `{"unsubscribe": id}` in, result documents out."""
-    keepalive = request.app[appkeys.SETTINGS].sse_keepalive
-    ws = web.WebSocketResponse(heartbeat=keepalive, max_msg_size=MAX_WS_MESSAGE)
-    await ws.prepare(request)
-    request.app[appkeys.STREAMS].add(ws)
-    session = _WsSession(ws, request.app[appkeys.EVENT_HUB])
+    settings = request.app[appkeys.SETTINGS]
     try:
-        async for message in ws:
-            if message.type == WSMsgType.TEXT:
-                await session.handle(message.data)
-            else:
-                await session.error(InvalidRequest("Send JSON text messages."))
-    finally:
-        await session.close()
-    return ws
+        admission.check_websocket_origin(request, settings.cors_origins)
+        slot = _take_slot(request)
+    except (OriginRefused, TooManyStreams) as exc:
+        return admission.refusal(exc)
+    with slot:
+        ws = web.WebSocketResponse(heartbeat=settings.sse_keepalive, max_msg_size=MAX_WS_MESSAGE)
+        await ws.prepare(request)
+        request.app[appkeys.STREAMS].add(ws)
+        session = _WsSession(ws, request.app[appkeys.EVENT_HUB])
+        try:
+            async for message in ws:
+                if message.type == WSMsgType.TEXT:
+                    await session.handle(message.data)
+                else:
+                    await session.error(InvalidRequest("Send JSON text messages."))
+        finally:
+            await session.close()
+        return ws
 
 
 class _WsSession:
-    """One socket's followed tasks: one `follow` loop per task id."""
+    """One socket's followed tasks: a subscription, and the task running it, per task id.
+
+    The session owns each subscription: unsubscribing, or the socket closing,
+    closes it at once, even if the task that would run it has not started.
+    """
 
     def __init__(self, ws: web.WebSocketResponse, hub: EventHub) -> None:
         self.ws = ws
         self.hub = hub
-        self.followers: dict[str, asyncio.Task[None]] = {}
+        self.followed: dict[str, tuple[Subscription, asyncio.Task[None]]] = {}
 
     async def handle(self, text: str) -> None:
         """Act on one client message; anything wrong is answered with an error message."""
@@ -203,9 +241,9 @@ class _WsSession:
 
     async def subscribe(self, task_id: str) -> None:
         """Send the task's current state, then its transitions; ApiError if unknown."""
-        if task_id in self.followers:
+        if task_id in self.followed:
             return
-        if len(self.followers) >= MAX_WS_SUBSCRIPTIONS:
+        if len(self.followed) >= MAX_WS_SUBSCRIPTIONS:
             raise InvalidRequest(f"At most {MAX_WS_SUBSCRIPTIONS} tasks per connection.")
         subscription = self.hub.subscribe(task_id)
         try:
@@ -213,21 +251,17 @@ class _WsSession:
         except BaseException:
             subscription.close()
             raise
-        self.followers[task_id] = asyncio.create_task(self._forward(subscription, first))
+        self.followed[task_id] = (subscription, asyncio.create_task(self._forward(subscription, first)))
 
     async def unsubscribe(self, task_id: str) -> None:
         """Stop following the task (nothing happens if it was not followed)."""
-        follower = self.followers.pop(task_id, None)
-        if follower is not None:
-            follower.cancel()
-            await asyncio.gather(follower, return_exceptions=True)
+        followed = self.followed.pop(task_id, None)
+        if followed is not None:
+            await _stop(*followed)
 
     async def _forward(self, subscription: Subscription, first: Event) -> None:
         try:
-            with subscription:
-                async with contextlib.aclosing(follow(subscription, first)) as events:
-                    async for event in events:
-                        await self.ws.send_str(event.data)
+            await subscription.run(first, Queued(lambda event: self.ws.send_str(event.data)))
         except ConnectionError:
             pass  # the socket closed under us; the reader loop ends the session
         except Exception:
@@ -236,8 +270,9 @@ class _WsSession:
                 ServiceUnavailable("Live updates stopped; read the result instead."), subscription.task_id
             )
         finally:
-            if self.followers.get(subscription.task_id) is asyncio.current_task():
-                del self.followers[subscription.task_id]
+            followed = self.followed.get(subscription.task_id)
+            if followed is not None and followed[0] is subscription:
+                del self.followed[subscription.task_id]
 
     async def error(self, exc: ApiError, task_id: str | None = None) -> None:
         document = exc.document()
@@ -248,11 +283,20 @@ class _WsSession:
                 await self.ws.send_json(document)
 
     async def close(self) -> None:
-        followers = list(self.followers.values())
-        self.followers.clear()
-        for follower in followers:
-            follower.cancel()
-        await asyncio.gather(*followers, return_exceptions=True)
+        followed = list(self.followed.values())
+        self.followed.clear()
+        # Synchronously, before any await: a handler cancelled while it waits
+        # below would otherwise leave subscriptions behind.
+        for subscription, task in followed:
+            subscription.close()
+            task.cancel()
+        await asyncio.gather(*(task for _, task in followed), return_exceptions=True)
+
+
+async def _stop(subscription: Subscription, task: asyncio.Task[None]) -> None:
+    subscription.close()  # the hub forgets it now, whether or not its task ever ran
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def _parse_command(text: str) -> tuple[str, str]:
