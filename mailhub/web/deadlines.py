@@ -7,7 +7,9 @@ Two clocks bound that:
 - aiohttp's `keepalive_timeout` (the `KEEPALIVE_TIMEOUT` setting, given to
   the runner): a connection is closed when it has not delivered a request's
   complete headers this long after it opened or after its last response.
-  One timer serves as both the header deadline and the idle keep-alive.
+  One timer serves as both the header deadline and the idle keep-alive
+  (armed at connect since aiohttp 3.14.5; before, a connection that never
+  sent a request stayed open).
 - `body_deadline` (`BODY_TIMEOUT`): once the headers are in, the body must
   follow within this many seconds, or the answer is 408 and the connection
   closes.
