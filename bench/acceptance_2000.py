@@ -40,8 +40,8 @@ from bench.support import (
     sink_env,
     submit_all,
     wait_for_results,
-    wait_until,
 )
+from tests.helpers import eventually
 
 COUNT, KILL_AFTER = 2000, 300
 
@@ -72,7 +72,9 @@ async def normal(sink: Sink, work: Path, count: int) -> int:
         if submitted.errors:
             raise RuntimeError(f"{len(submitted.errors)} submits failed: {submitted.errors[:3]}")
         task_ids = [t for t in submitted.task_ids if t]
-        await wait_until(lambda: sink.handler.delivered >= count, 300, "deliveries")
+        await eventually(
+            lambda: sink.handler.delivered >= count, timeout=300, what="deliveries", interval=0.05
+        )
         documents = await wait_for_results(server.url, task_ids, timeout=60)
     finally:
         server.stop()
@@ -99,8 +101,11 @@ async def post_until_killed(
     """Post everything while a watcher SIGKILLs the server after KILL_AFTER deliveries."""
 
     async def killer() -> int:
-        await wait_until(
-            lambda: sink.handler.delivered >= KILL_AFTER, 300, "deliveries before the kill", interval=0.002
+        await eventually(
+            lambda: sink.handler.delivered >= KILL_AFTER,
+            timeout=300,
+            what="deliveries before the kill",
+            interval=0.002,
         )
         server.kill()
         return sink.handler.delivered

@@ -22,7 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.delivery_postfix import SMTP_SINK
-from bench.support import ROOT, clean_env
+from bench.support import ROOT
+from tests.processes import clean_env
 
 BENCHMARKS: dict[str, list[str]] = {
     "enqueue": ["bench.enqueue"],

@@ -9,18 +9,19 @@ ALLOWED_RECIPIENTS=@example.com, SMTP_POOL_SIZE=--pool, other settings at
 their defaults), delivering to the aiosmtpd sink of `bench.sink` in this
 process: STARTTLS + AUTH, counting every Message-ID.
 
-1. The mails are queued through `TaskStore.enqueue` (the submit path's Lua
+1. The mails are queued through `TaskStore.accept` (the submit path's Lua
    script, without HTTP), 1,000 calls in flight at a time; `INFO memory`
    used_memory before and after gives Redis bytes per queued mail.
-2. One worker starts; every `--sample` seconds the mails still to do (queue
-   stream length + scheduled retries) are sampled. The drain rate is the
-   count over the time from the worker's start to the last `delivered_at`
-   (and, without start-up, from the first to the last `delivered_at`).
+2. One worker starts; every `--sample` seconds the mails still to do (the
+   queue's backlog: stream entries + scheduled retries) are sampled. The
+   drain rate is the count over the time from the worker's start to the last
+   delivery (the `at` of each `success`; without start-up, from the first to
+   the last).
    With `--profile FILE`, py-spy samples the worker for `--profile-seconds`
    from the first progress sample on, and the top frames are printed.
-3. Nothing lost: every task `success` after 1 attempt, and the sink got
-   exactly `--count` messages with `--count` distinct Message-IDs, the same
-   set as the tasks'.
+3. Nothing lost: every task's result `success` after 1 attempt, and the sink
+   got exactly `--count` messages with `--count` distinct Message-IDs, one
+   for each task.
 
 Baseline, in the same run: the sink's own capacity, a bare aiosmtplib client
 process (`bench.smtp_client`, as in `bench.delivery`) with `--pool` reused
@@ -36,192 +37,212 @@ import os
 import sys
 import tempfile
 import time
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 from redis.asyncio import Redis
 
 from bench.delivery import raw_client_rate
-from bench.fanout import rss_mib
 from bench.profiling import cpu_seconds, py_spy, stop_py_spy, summarize_profile
+from bench.queued import outcomes, queue_mails, start_worker, task_id_in
 from bench.sink import Sink
-from bench.support import ROOT, Process, Row, mail, print_table, run, sink_env
+from bench.support import Process, Row, event_time, print_table, run, sink_env
 from mailhub.settings import load_settings
 from mailhub.store import keys
 from mailhub.store.embedded_valkey import EmbeddedRedis
 from mailhub.store.redis_client import connect
-from mailhub.store.tasks import EmailRequest, TaskStore
+from mailhub.store.tasks import TaskStore
+from tests.processes import rss_mib
 
 
 async def used_memory(redis: Redis) -> int:
     return int((await redis.info("memory"))["used_memory"])
 
 
-async def remaining(redis: Redis) -> int:
-    """Mails not yet in a terminal state: queue entries (new or in flight) + scheduled retries."""
-    async with redis.pipeline(transaction=False) as pipe:
-        length, retries = await pipe.xlen(keys.QUEUE).zcard(keys.RETRIES).execute()
-    return int(length) + int(retries)
+@dataclass
+class Backlog:
+    """The queued mails and what Redis holds for them."""
+
+    task_ids: list[str]
+    seconds: float
+    memory_before: int
+    memory_queued: int
+    hash_bytes: int
+    stream_bytes: int
 
 
-async def fields_of(redis: Redis, task_ids: list[str], *names: str) -> list[list[str | None]]:
-    """HMGET `names` of every task, 1,000 per pipeline."""
-    rows: list[list[str | None]] = []
-    for start in range(0, len(task_ids), 1000):
-        async with redis.pipeline(transaction=False) as pipe:
-            for task_id in task_ids[start : start + 1000]:
-                pipe.hmget(keys.task(task_id), *names)
-            rows += await pipe.execute()
-    return rows
+@dataclass
+class Drain:
+    """One worker's run through the backlog."""
+
+    started: float
+    worker_rss: float
+    #: Share of a core each process was busy during the drain.
+    busy: dict[str, float]
 
 
-def epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+@dataclass
+class Verdict:
+    """What the drain left behind."""
+
+    not_success: int
+    not_once: int
+    #: Epoch seconds of every delivery, sorted.
+    delivered: list[float]
+    lost: bool
+    memory_drained: int
 
 
-async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: EmbeddedRedis) -> int:
-    env = sink_env(sink, tmp / "data", REDIS_URL=valkey.url, SMTP_POOL_SIZE=str(args.pool))
-    redis = connect(valkey.url)
-    store = TaskStore.from_settings(redis, load_settings(env, env_file=None))
-    rows: list[Row] = []
-    worker: Process | None = None
+async def queue_backlog(store: TaskStore, redis: Redis, count: int) -> Backlog:
+    """Queue `count` mails while no worker runs; Redis memory before and after."""
+    memory_before = await used_memory(redis)
+    started = time.monotonic()
+    task_ids = await queue_mails(store, count, "backlog")
+    seconds = time.monotonic() - started
+    if (waiting := await store.queue.backlog()) != count:
+        raise RuntimeError(f"queued {waiting} of {count}")
+    # Measurements of storage: the bench reads what the store keeps, key by key.
+    hash_bytes = int(await redis.memory_usage(keys.task(task_ids[0]), samples=0) or 0)
+    stream_bytes = int(await redis.memory_usage(keys.QUEUE, samples=0) or 0)
+    backlog = Backlog(task_ids, seconds, memory_before, await used_memory(redis), hash_bytes, stream_bytes)
+    print(
+        f"queued {count:,} mails in {seconds:.1f} s; Redis used_memory "
+        f"{memory_before / 2**20:.1f} -> {backlog.memory_queued / 2**20:.1f} MiB",
+        flush=True,
+    )
+    return backlog
+
+
+async def drain_with_one_worker(
+    args: argparse.Namespace, env: dict[str, str], tmp: Path, sink: Sink, store: TaskStore, valkey_pid: int
+) -> Drain:
+    """Start one worker, print its progress every `--sample` s until the queue is empty, stop it."""
+    started = time.time()
+    pids = {"bench process (the sink)": os.getpid(), "Valkey": valkey_pid}
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    worker = start_worker(env, tmp / "worker.log")
     profiler: Process | None = None
     try:
-        capacity = await raw_client_rate(sink, args.raw_count, args.pool)
-        sink.handler.reset()
-
-        # 1. the backlog
-        await store.queue.ensure_group()
-        memory_before = await used_memory(redis)
-        started = time.monotonic()
-        task_ids: list[str] = []
-        for start in range(0, args.count, 1000):
-            batch = range(start, min(start + 1000, args.count))
-            task_ids += await asyncio.gather(
-                *(store.enqueue(EmailRequest(**mail(n, "backlog"))) for n in batch)
-            )
-        enqueue_seconds = time.monotonic() - started
-        memory_queued = await used_memory(redis)
-        if await remaining(redis) != args.count:
-            raise RuntimeError(f"queued {await remaining(redis)} of {args.count}")
-        sample_hash = int(await redis.memory_usage(keys.task(task_ids[0]), samples=0) or 0)
-        stream_bytes = int(await redis.memory_usage(keys.QUEUE, samples=0) or 0)
-        print(
-            f"queued {args.count:,} mails in {enqueue_seconds:.1f} s; Redis used_memory "
-            f"{memory_before / 2**20:.1f} -> {memory_queued / 2**20:.1f} MiB",
-            flush=True,
-        )
-
-        # 2. one worker drains it
-        worker_started = time.time()
-        pids = {"bench process (the sink)": os.getpid(), "Valkey": valkey.process.pid}
-        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        worker = Process(
-            [sys.executable, str(ROOT / "run.py"), "worker"], env=env, log_path=tmp / "worker.log"
-        )
         print(
             "| s since worker start | mails done | mails/s in the interval | delivered (sink) "
             "| worker RSS MiB |\n|---:|---:|---:|---:|---:|",
             flush=True,
         )
         deadline = time.monotonic() + args.timeout
-        last_t, last_done = 0.0, 0
-        while True:
+        last = (0.0, 0)
+        while last[1] < args.count:
             await asyncio.sleep(args.sample)
             if worker.popen.poll() is not None:
                 raise RuntimeError(f"the worker exited:\n{worker.log[-3000:]}")
             if args.profile and profiler is None:  # once the interpreter is up
                 profiler = py_spy(worker.pid, args.profile, duration=args.profile_seconds)
-            t, done = time.time() - worker_started, args.count - await remaining(redis)
-            print(
-                f"| {t:.0f} | {done:,} | {(done - last_done) / (t - last_t):,.0f} "
-                f"| {sink.handler.delivered:,} | {rss_mib(worker.pid):.0f} |",
-                flush=True,
-            )
-            last_t, last_done = t, done
-            if done == args.count:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{args.count - done:,} mails not done after {args.timeout:g} s "
-                    f"(rate so far {done / t:,.0f} mails/s)"
-                )
-        worker_rss = rss_mib(worker.pid)
-        busy = {
-            "worker": cpu_seconds(worker.pid) / (time.time() - worker_started),
-            **{
-                name: (cpu_seconds(pid) - cpu0[name]) / (time.time() - worker_started)
-                for name, pid in pids.items()
-            },
-        }
-        worker.stop()
-        worker = None
-
-        # 3. nothing lost
-        states = await fields_of(redis, task_ids, "state", "attempts", "delivered_at", "message_id")
-        memory_drained = await used_memory(redis)
-        not_success = sum(state != "success" for state, *_ in states)
-        not_once = sum(attempts != "1" for _, attempts, *_ in states)
-        delivered = sorted(epoch(at) for _, _, at, _ in states if at)
-        task_message_ids = {message_id for *_, message_id in states}
-        with sink.handler.lock:
-            sink_ids = dict(sink.handler.message_ids)
-        distinct, total = len(sink_ids), sum(sink_ids.values())
-        same_ids = set(sink_ids) == task_message_ids
-        lost = not_success or distinct != args.count or total != args.count or not same_ids
-        print(
-            f"\nnothing lost: {'NO' if lost else 'yes'} - tasks not success: {not_success}, "
-            f"attempts != 1: {not_once}, sink: {total:,} messages, {distinct:,} distinct "
-            f"Message-IDs, same set as the tasks': {'yes' if same_ids else 'NO'}"
-        )
-
-        capacity = max(capacity, await raw_client_rate(sink, args.raw_count, args.pool))
+            last = await _progress(args.count, started, last, store, sink, worker.pid)
+            if last[1] < args.count and time.monotonic() > deadline:
+                raise TimeoutError(f"{args.count - last[1]:,} mails not done after {args.timeout:g} s")
+        elapsed = time.time() - started
+        busy = {name: (cpu_seconds(pid) - cpu0[name]) / elapsed for name, pid in pids.items()}
+        return Drain(started, rss_mib(worker.pid), {"worker": cpu_seconds(worker.pid) / elapsed, **busy})
     finally:
         if profiler is not None:
             stop_py_spy(profiler)
-        if worker is not None:
-            worker.stop()
-        await redis.aclose()
+        worker.stop()
 
-    drain = args.count / (delivered[-1] - worker_started)
-    steady = (len(delivered) - 1) / (delivered[-1] - delivered[0])
+
+async def _progress(
+    count: int, started: float, last: tuple[float, int], store: TaskStore, sink: Sink, worker_pid: int
+) -> tuple[float, int]:
+    """Print one row of the drain's progress; (seconds since the start, mails done)."""
+    t, done = time.time() - started, count - await store.queue.backlog()
+    print(
+        f"| {t:.0f} | {done:,} | {(done - last[1]) / (t - last[0]):,.0f} "
+        f"| {sink.handler.delivered:,} | {rss_mib(worker_pid):.0f} |",
+        flush=True,
+    )
+    return t, done
+
+
+async def check_nothing_lost(store: TaskStore, redis: Redis, task_ids: list[str], sink: Sink) -> Verdict:
+    """Every task `success` once, and the sink got one message for each, no more."""
+    documents = await outcomes(store, task_ids)
+    not_success = sum(doc.get("status") != "success" for doc in documents)
+    not_once = sum(doc.get("attempts") != 1 for doc in documents)
+    delivered = sorted(event_time(doc) for doc in documents if doc.get("status") == "success")
+    with sink.handler.lock:
+        sink_ids = dict(sink.handler.message_ids)
+    distinct, total = len(sink_ids), sum(sink_ids.values())
+    same_ids = {task_id_in(message_id) for message_id in sink_ids} == set(task_ids)
+    lost = bool(not_success) or distinct != len(task_ids) or total != len(task_ids) or not same_ids
+    print(
+        f"\nnothing lost: {'NO' if lost else 'yes'} - tasks not success: {not_success}, "
+        f"attempts != 1: {not_once}, sink: {total:,} messages, {distinct:,} distinct "
+        f"Message-IDs, one for each task: {'yes' if same_ids else 'NO'}"
+    )
+    return Verdict(not_success, not_once, delivered, lost, await used_memory(redis))
+
+
+def rows(
+    args: argparse.Namespace, capacity: float, backlog: Backlog, drain: Drain, verdict: Verdict
+) -> list[Row]:
+    delivered = verdict.delivered
     raw = f"raw aiosmtplib, {args.pool} reused connections, {args.raw_count:,} mails"
-    per_mail = (memory_queued - memory_before) / args.count
-    rows = [
+    per_mail = (backlog.memory_queued - backlog.memory_before) / args.count
+    return [
         Row(
             f"drain: {args.count:,} queued -> all success, one worker (from its start)",
-            drain,
+            args.count / (delivered[-1] - drain.started),
             "mails/s",
             capacity,
             raw,
         ),
-        Row("drain, first -> last delivery (start-up excluded)", steady, "mails/s", capacity, raw),
-        Row("worker start -> first delivery", delivered[0] - worker_started, "s"),
-        Row("enqueue through TaskStore.enqueue, 1,000 in flight", args.count / enqueue_seconds, "mails/s"),
+        Row(
+            "drain, first -> last delivery (start-up excluded)",
+            (len(delivered) - 1) / (delivered[-1] - delivered[0]),
+            "mails/s",
+            capacity,
+            raw,
+        ),
+        Row("worker start -> first delivery", delivered[0] - drain.started, "s"),
+        Row("enqueue through TaskStore.accept, 1,000 in flight", args.count / backlog.seconds, "mails/s"),
         Row("Redis used_memory per queued mail", per_mail, "bytes"),
-        Row("MEMORY USAGE of one queued task hash", sample_hash, "bytes"),
-        Row("MEMORY USAGE of the queue stream, per entry", stream_bytes / args.count, "bytes"),
+        Row("MEMORY USAGE of one queued task hash", backlog.hash_bytes, "bytes"),
+        Row("MEMORY USAGE of the queue stream, per entry", backlog.stream_bytes / args.count, "bytes"),
         Row(
             "Redis used_memory per mail after the drain (results kept RESULT_RETENTION)",
-            (memory_drained - memory_before) / args.count,
+            (verdict.memory_drained - backlog.memory_before) / args.count,
             "bytes",
         ),
-        Row("Redis used_memory with the backlog queued", memory_queued / 2**20, "MiB"),
-        Row("worker RSS at the end of the drain", worker_rss, "MiB"),
+        Row("Redis used_memory with the backlog queued", backlog.memory_queued / 2**20, "MiB"),
+        Row("worker RSS at the end of the drain", drain.worker_rss, "MiB"),
         *(
             Row(f"CPU of the {name} during the drain", share * 100, "% of a core")
-            for name, share in busy.items()
+            for name, share in drain.busy.items()
         ),
-        Row("tasks not success / sent more than once", not_success + not_once, "", goal="0"),
+        Row("tasks not success / sent more than once", verdict.not_success + verdict.not_once, "", goal="0"),
     ]
+
+
+async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: EmbeddedRedis) -> int:
+    env = sink_env(sink, tmp / "data", REDIS_URL=valkey.url, SMTP_POOL_SIZE=str(args.pool))
+    redis = connect(valkey.url)
+    store = TaskStore.from_settings(redis, load_settings(env, env_file=None))
+    assert valkey.process is not None
+    try:
+        capacity = await raw_client_rate(sink, args.raw_count, args.pool)
+        sink.handler.reset()
+        backlog = await queue_backlog(store, redis, args.count)
+        drain = await drain_with_one_worker(args, env, tmp, sink, store, valkey.process.pid)
+        verdict = await check_nothing_lost(store, redis, backlog.task_ids, sink)
+        capacity = max(capacity, await raw_client_rate(sink, args.raw_count, args.pool))
+    finally:
+        await redis.aclose()
     print_table(
         f"Backlog: {args.count:,} mails queued, then one worker (aiosmtpd STARTTLS + AUTH sink)",
-        rows,
+        rows(args, capacity, backlog, drain, verdict),
         "python -m bench.backlog " + " ".join(sys.argv[1:]),
     )
     if args.profile:
         summarize_profile(args.profile)
-    return 1 if lost or not_once else 0
+    return 1 if verdict.lost or verdict.not_once else 0
 
 
 async def main() -> int:

@@ -11,19 +11,28 @@ from __future__ import annotations
 
 import argparse
 import uuid
+from collections.abc import AsyncIterator
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from mailhub.store.redis_client import connect
 
-REDIS = web.AppKey("redis", object)
+REDIS = web.AppKey("redis", Redis)
+#: The stream the baseline queues to.
+QUEUE = "bench:queue"
+
+
+async def baseline_queued(redis: Redis) -> int:
+    """Entries the baseline queued."""
+    return int(await redis.xlen(QUEUE))
 
 
 async def submit(request: web.Request) -> web.Response:
     data = await request.json()
     task_id = str(uuid.uuid4())
     key = f"bench:task:{task_id}"
-    async with request.app[REDIS].pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
+    async with request.app[REDIS].pipeline(transaction=False) as pipe:
         pipe.hset(
             key,
             mapping={
@@ -34,7 +43,7 @@ async def submit(request: web.Request) -> web.Response:
                 "state": "queued",
             },
         )
-        pipe.xadd("bench:queue", {"task_id": task_id})
+        pipe.xadd(QUEUE, {"task_id": task_id})
         pipe.expire(key, 7 * 24 * 3600)
         await pipe.execute()
     return web.json_response({"task_id": task_id, "status": "queued"})
@@ -53,10 +62,10 @@ def main() -> None:
     args = parser.parse_args()
     app = web.Application()
 
-    async def redis_context(app: web.Application):  # type: ignore[no-untyped-def]
+    async def redis_context(app: web.Application) -> AsyncIterator[None]:
         app[REDIS] = connect(args.redis_url)
         yield
-        await app[REDIS].aclose()  # type: ignore[attr-defined]
+        await app[REDIS].aclose()
 
     app.cleanup_ctx.append(redis_context)
     app.router.add_post("/api/v1/email/received", bare if args.bare else submit)

@@ -33,7 +33,6 @@ from bench.sink import Sink
 from bench.support import (
     MailhubServer,
     Row,
-    clean_env,
     event_time,
     mail,
     print_table,
@@ -42,12 +41,12 @@ from bench.support import (
     sink_env,
     submit_all,
     wait_for_results,
-    wait_until,
-    wait_until_async,
 )
-from mailhub.store import keys
 from mailhub.store.embedded_valkey import EmbeddedRedis
+from mailhub.store.queue import WorkQueue
 from mailhub.store.redis_client import connect
+from tests.helpers import eventually
+from tests.processes import clean_env
 
 
 async def raw_client_rate(sink: Sink, count: int, connections: int, *, fresh: bool = False) -> float:
@@ -106,7 +105,7 @@ async def mailhub_rate(sink: Sink, count: int, pool: int, work: Path) -> tuple[f
         submitted = await submit_all(server.url, [mail(n, "delivery") for n in range(count)])
         if submitted.errors:
             raise RuntimeError(f"{len(submitted.errors)} submits failed: {submitted.errors[:3]}")
-        await wait_until(lambda: sink.handler.delivered >= count, 300, "delivery")
+        await eventually(lambda: sink.handler.delivered >= count, timeout=300, what="delivery", interval=0.05)
         task_ids = [t for t in submitted.task_ids if t]
         documents = await wait_for_results(server.url, task_ids, timeout=60)
         mailhub_cpu, bench_cpu = cpu_seconds(server.pid) - mailhub0, time.process_time() - bench0
@@ -127,9 +126,13 @@ async def split_rate(sink: Sink, count: int, pool: int, workers: int, work: Path
         redis = connect(valkey.url)
         try:
             web.wait_ready()
-            await wait_until_async(lambda: _consumers(redis, workers), 30, "workers reading")
+            await eventually(
+                lambda: _consumers(redis, workers), timeout=30, what="workers reading", interval=0.05
+            )
             submitted = await submit_all(web.url, [mail(n, f"split{workers}") for n in range(count)])
-            await wait_until(lambda: sink.handler.delivered >= count, 300, "delivery")
+            await eventually(
+                lambda: sink.handler.delivered >= count, timeout=300, what="delivery", interval=0.05
+            )
             documents = await wait_for_results(web.url, [t for t in submitted.task_ids if t], timeout=60)
         finally:
             await redis.aclose()
@@ -141,8 +144,7 @@ async def split_rate(sink: Sink, count: int, pool: int, workers: int, work: Path
 
 
 async def _consumers(redis: Redis, wanted: int) -> bool:
-    groups = await redis.xinfo_groups(keys.QUEUE) if await redis.exists(keys.QUEUE) else []
-    return any(group["consumers"] >= wanted for group in groups)
+    return len(await WorkQueue(redis).consumers()) >= wanted
 
 
 async def main() -> int:

@@ -9,11 +9,11 @@ costs almost nothing, so the figure is mailhub's own ceiling.
 Processes (children of this script, stopped by PID): smtp-sink on
 127.0.0.1, an embedded Valkey (append-only file on), and one
 `python run.py worker` (SMTP_TLS=none, no AUTH, SMTP_POOL_SIZE=--pool).
-The mails are queued first through `TaskStore.enqueue` (the submit path's
+The mails are queued first through `TaskStore.accept` (the submit path's
 Lua script, without HTTP), then the worker starts; the rate is the count
-over the time from the worker's start to the last `delivered_at` (and, to
-leave start-up out, from the first to the last). Every task must end
-`success` after 1 attempt.
+over the time from the worker's start to the last delivery (the `at` of each
+`success`; to leave start-up out, from the first to the last). Every task
+must end `success` after 1 attempt.
 
 Baseline, in the same run: a bare aiosmtplib client process
 (`bench.smtp_client --plain`) with --pool reused connections and the same
@@ -33,13 +33,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.backlog import epoch, fields_of, remaining
 from bench.profiling import cpu_seconds, py_spy, stop_py_spy, summarize_profile
-from bench.support import ROOT, Process, Row, clean_env, mail, print_table, run
+from bench.queued import outcomes, queue_mails, start_worker
+from bench.support import Process, Row, event_time, print_table, run
 from mailhub.settings import load_settings
-from mailhub.store.embedded_valkey import EmbeddedRedis, free_port
+from mailhub.store.embedded_valkey import EmbeddedRedis
 from mailhub.store.redis_client import connect
-from mailhub.store.tasks import EmailRequest, TaskStore
+from mailhub.store.tasks import TaskStore
+from tests.helpers import eventually, free_port
+from tests.processes import clean_env
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 
@@ -73,87 +75,104 @@ async def raw_rate(port: int, count: int, connections: int) -> float:
     return count / json.loads(done.stdout)["seconds"]
 
 
+async def accepts(port: int) -> bool:
+    """True once something listens on 127.0.0.1:`port`."""
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+def worker_env(port: int, work: Path, redis_url: str, pool: int) -> dict[str, str]:
+    """A worker delivering to smtp-sink: plain SMTP, no AUTH."""
+    return clean_env(
+        REDIS_URL=redis_url,
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT=str(port),
+        SMTP_TLS="none",
+        SMTP_POOL_SIZE=str(pool),
+        MAIL_FROM="Bench <noreply@example.com>",
+        DATA_DIR=str(work / "data"),
+        ALLOWED_RECIPIENTS="@example.com",
+        RATE_LIMIT="off",
+        LOG_LEVEL="warning",
+    )
+
+
+async def drain(
+    args: argparse.Namespace, env: dict[str, str], work: Path, store: TaskStore
+) -> tuple[float, float]:
+    """Start one worker, wait until the queue is empty, stop it: (its start, its CPU seconds)."""
+    started = time.time()
+    worker = start_worker(env, work / "worker.log")
+    profiler: Process | None = None
+    try:
+        deadline = time.monotonic() + args.timeout
+        while waiting := await store.queue.backlog():
+            if args.profile and profiler is None and time.time() - started > 1:
+                profiler = py_spy(worker.pid, args.profile)  # once the interpreter is up
+            if worker.popen.poll() is not None:
+                raise RuntimeError(f"the worker exited:\n{worker.log[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{waiting:,} mails left after {args.timeout:g} s")
+            await asyncio.sleep(0.2)
+        return started, cpu_seconds(worker.pid)
+    finally:
+        if profiler is not None:
+            stop_py_spy(profiler)
+        worker.stop()
+
+
 async def measure(args: argparse.Namespace, work: Path) -> int:
     port = free_port()
     sink = start_smtp_sink(port, work)
-    worker: Process | None = None
-    profiler: Process | None = None
     try:
-        await asyncio.sleep(0.5)
-        if sink.popen.poll() is not None:
-            raise RuntimeError(f"smtp-sink exited:\n{sink.log}")
+        await eventually(lambda: accepts(port), timeout=10, interval=0.05, what="smtp-sink listening")
         capacity = await raw_rate(port, args.count, args.pool)
         with EmbeddedRedis(work / "valkey", persist=True) as valkey:
-            env = clean_env(
-                REDIS_URL=valkey.url,
-                SMTP_HOST="127.0.0.1",
-                SMTP_PORT=str(port),
-                SMTP_TLS="none",
-                SMTP_POOL_SIZE=str(args.pool),
-                MAIL_FROM="Bench <noreply@example.com>",
-                DATA_DIR=str(work / "data"),
-                ALLOWED_RECIPIENTS="@example.com",
-                RATE_LIMIT="off",
-                LOG_LEVEL="warning",
-            )
+            env = worker_env(port, work, valkey.url, args.pool)
             redis = connect(valkey.url)
             try:
                 store = TaskStore.from_settings(redis, load_settings(env, env_file=None))
-                await store.queue.ensure_group()
-                task_ids: list[str] = []
-                for start in range(0, args.count, 1000):
-                    task_ids += await asyncio.gather(
-                        *(
-                            store.enqueue(EmailRequest(**mail(n, "postfix")))
-                            for n in range(start, min(start + 1000, args.count))
-                        )
-                    )
-                started = time.time()
-                worker = Process(
-                    [sys.executable, str(ROOT / "run.py"), "worker"], env=env, log_path=work / "worker.log"
-                )
-                deadline = time.monotonic() + args.timeout
-                while await remaining(redis):
-                    if args.profile and profiler is None and time.time() - started > 1:
-                        profiler = py_spy(worker.pid, args.profile)  # once the interpreter is up
-                    if worker.popen.poll() is not None:
-                        raise RuntimeError(f"the worker exited:\n{worker.log[-3000:]}")
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"{await remaining(redis):,} mails left after {args.timeout:g} s")
-                    await asyncio.sleep(0.2)
-                if profiler is not None:
-                    stop_py_spy(profiler)
-                worker_cpu = cpu_seconds(worker.pid)
-                worker.stop()
-                worker = None
-                states = await fields_of(redis, task_ids, "state", "attempts", "delivered_at")
+                task_ids = await queue_mails(store, args.count, "postfix")
+                started, worker_cpu = await drain(args, env, work, store)
+                documents = await outcomes(store, task_ids)
             finally:
                 await redis.aclose()
         capacity = max(capacity, await raw_rate(port, args.count, args.pool))
     finally:
-        if profiler is not None:
-            stop_py_spy(profiler)
-        if worker is not None:
-            worker.stop()
         sink.stop()
+    return report(args, capacity, started, worker_cpu, documents)
 
-    not_done = sum(state != "success" or attempts != "1" for state, attempts, _ in states)
-    delivered = sorted(epoch(at) for *_, at in states if at)
-    drain = args.count / (delivered[-1] - started)
-    steady = (len(delivered) - 1) / (delivered[-1] - delivered[0])
+
+def report(
+    args: argparse.Namespace, capacity: float, started: float, worker_cpu: float, documents: list[dict]
+) -> int:
+    """Print the table; 1 if a task did not end `success` after exactly 1 attempt."""
+    not_done = sum(doc.get("status") != "success" or doc.get("attempts") != 1 for doc in documents)
+    delivered = sorted(event_time(doc) for doc in documents if doc.get("status") == "success")
     raw = f"raw aiosmtplib, {args.pool} reused connections"
     print_table(
         f"Delivery to Postfix smtp-sink: {args.count:,} queued mails, one worker",
         [
             Row(
                 "one worker: worker start -> last success",
-                drain,
+                args.count / (delivered[-1] - started),
                 "mails/s",
                 capacity,
                 raw,
                 ">= 1,500 mails/s",
             ),
-            Row("one worker: first -> last delivery", steady, "mails/s", capacity, raw),
+            Row(
+                "one worker: first -> last delivery",
+                (len(delivered) - 1) / (delivered[-1] - delivered[0]),
+                "mails/s",
+                capacity,
+                raw,
+            ),
             Row("worker CPU per mail", worker_cpu / args.count * 1e6, "µs"),
             Row("tasks not success after exactly 1 attempt", not_done, "", goal="0"),
         ],

@@ -25,22 +25,29 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from redis.asyncio import Redis
+
+from bench.baseline_app import baseline_queued
 from bench.profiling import py_spy, stop_py_spy, summarize_profile
 from bench.support import (
     SUBMIT_PATH,
     MailhubServer,
     Process,
     Row,
-    clean_env,
     print_table,
     run,
     running,
     wait_for_http,
 )
-from mailhub.store.embedded_valkey import EmbeddedRedis, free_port
+from mailhub.store.embedded_valkey import EmbeddedRedis
+from mailhub.store.queue import WorkQueue
 from mailhub.store.redis_client import connect
+from tests.helpers import free_port
+from tests.processes import clean_env
 
 WRK_SCRIPT = r"""
 local counter = 0
@@ -99,36 +106,81 @@ def load(url: str, *, seconds: float, connections: int, generator: str, work: Pa
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@dataclass
+class Target:
+    """A server under load: its process, the URL posted to, and how to count what it queued."""
+
+    process: Process
+    url: str
+    #: Entries the target queued in Redis; None: it queues nothing (the bare handler).
+    queued: Callable[[Redis], Awaitable[int]] | None
+
+
 async def measure(
-    target: Process,
-    url: str,
-    redis_url: str,
-    queue: str,
-    args: argparse.Namespace,
-    work: Path,
-    profile: Path | None = None,
+    target: Target, redis_url: str, args: argparse.Namespace, work: Path, profile: Path | None = None
 ) -> dict[str, float]:
     """Flush, measure one round; check every accepted POST left a queue entry."""
     redis = connect(redis_url)
     try:
         await redis.flushall()
-        profiler = py_spy(target.pid, profile, duration=args.duration) if profile else None
+        profiler = py_spy(target.process.pid, profile, duration=args.duration) if profile else None
         result = load(
-            url, seconds=args.duration, connections=args.connections, generator=args.loadgen, work=work
+            target.url, seconds=args.duration, connections=args.connections, generator=args.loadgen, work=work
         )
         if profiler is not None:
             stop_py_spy(profiler)
-        queued = await redis.xlen(queue) if queue else None
+        queued = await target.queued(redis) if target.queued else None
     finally:
         await redis.aclose()
     ok = result["requests"] - result["non2xx"]
     if result["non2xx"] or result["errors"] or (queued is not None and queued < ok):
-        raise RuntimeError(f"{target.popen.args}: {result}, {queued} queued")
+        raise RuntimeError(f"{target.process.popen.args}: {result}, {queued} queued")
     return {
         "rate": ok / (result["duration_us"] / 1e6),
         "p50": result["p50_us"] / 1000,
         "p99": result["p99_us"] / 1000,
     }
+
+
+async def _mailhub_queued(redis: Redis) -> int:
+    return (await WorkQueue(redis).depth()).queued
+
+
+def start_targets(stack: contextlib.ExitStack, redis_url: str, work: Path) -> dict[str, Target]:
+    """The baseline, the bare handler and mailhub's web process, each stopped when `stack` closes."""
+    targets: dict[str, Target] = {}
+    for name, bare in (("baseline", False), ("bare", True)):
+        port = free_port()
+        command = [sys.executable, "-m", "bench.baseline_app", "--port", str(port), "--redis-url", redis_url]
+        process = Process(command + ["--bare"] * bare, env=clean_env(), log_path=work / f"{name}.log")
+        stack.enter_context(running(process))
+        queued = None if bare else baseline_queued
+        targets[name] = Target(process, f"http://127.0.0.1:{port}{SUBMIT_PATH}", queued)
+    env = clean_env(
+        REDIS_URL=redis_url,
+        RATE_LIMIT="1000000/minute",
+        ALLOWED_RECIPIENTS="@example.com",
+        LOG_LEVEL="warning",
+    )
+    server = stack.enter_context(running(MailhubServer("web", env=env, log_dir=work)))
+    targets["mailhub"] = Target(server, server.url + SUBMIT_PATH, _mailhub_queued)
+    return targets
+
+
+async def interleaved_rounds(
+    targets: dict[str, Target], redis_url: str, args: argparse.Namespace, work: Path
+) -> dict[str, list[dict[str, float]]]:
+    """Warm every target up, then measure `--rounds` rounds, one target after another in each."""
+    for target in targets.values():
+        wait_for_http(target.url.rsplit("/api", 1)[0] + "/openapi.json", target.process, 30)
+        load(target.url, seconds=2, connections=args.connections, generator=args.loadgen, work=work)
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+    for n in range(args.rounds):
+        # Interleaved, so a noisy moment of the machine hits every target alike.
+        for name, target in targets.items():
+            profile = args.profile if name == "mailhub" and n == 0 else None
+            rounds[name].append(await measure(target, redis_url, args, work, profile))
+    return rounds
 
 
 async def main() -> int:
@@ -148,46 +200,8 @@ async def main() -> int:
         EmbeddedRedis(Path(tmp) / "valkey") as valkey,
         contextlib.ExitStack() as stack,
     ):
-        work = Path(tmp)
-        targets: dict[str, tuple[Process, str, str]] = {}
-        for name, queue, bare in (("baseline", "bench:queue", False), ("bare", "", True)):
-            port = free_port()
-            app = stack.enter_context(
-                running(
-                    Process(
-                        [
-                            sys.executable,
-                            "-m",
-                            "bench.baseline_app",
-                            "--port",
-                            str(port),
-                            "--redis-url",
-                            valkey.url,
-                        ]
-                        + ["--bare"] * bare,
-                        env=clean_env(),
-                        log_path=work / f"{name}.log",
-                    )
-                )
-            )
-            targets[name] = (app, f"http://127.0.0.1:{port}{SUBMIT_PATH}", queue)
-        env = clean_env(
-            REDIS_URL=valkey.url,
-            RATE_LIMIT="1000000/minute",
-            ALLOWED_RECIPIENTS="@example.com",
-            LOG_LEVEL="warning",
-        )
-        server = stack.enter_context(running(MailhubServer("web", env=env, log_dir=work)))
-        targets["mailhub"] = (server, server.url + SUBMIT_PATH, "mailhub:queue")
-        for process, url, _ in targets.values():
-            wait_for_http(url.rsplit("/api", 1)[0] + "/openapi.json", process, 30)
-            load(url, seconds=2, connections=args.connections, generator=args.loadgen, work=work)
-        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
-        for n in range(args.rounds):
-            # Interleaved, so a noisy moment of the machine hits every target alike.
-            for name, (process, url, queue) in targets.items():
-                profile = args.profile if name == "mailhub" and n == 0 else None
-                rounds[name].append(await measure(process, url, valkey.url, queue, args, work, profile))
+        targets = start_targets(stack, valkey.url, Path(tmp))
+        rounds = await interleaved_rounds(targets, valkey.url, args, Path(tmp))
     results = {
         name: {figure: statistics.median(r[figure] for r in runs) for figure in runs[0]}
         for name, runs in rounds.items()

@@ -48,9 +48,10 @@ from bench.support import (
     run,
     sink_env,
     submit_all,
-    wait_until,
 )
 from mailhub.store.embedded_valkey import EmbeddedRedis
+from tests.helpers import eventually
+from tests.processes import rss_mib
 
 EVENTS_PATH = "/api/v1/email/events"
 EXPECTED = ["queued", "attempt", "retry", "attempt", "success"]
@@ -77,13 +78,6 @@ def raise_fd_limit() -> int:
     wanted = hard if hard != resource.RLIM_INFINITY else 65536
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(wanted, 65536)), hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def local_ports(pid: int) -> set[int]:
@@ -196,10 +190,11 @@ async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: Embed
             readers = [
                 asyncio.create_task(subscribe(session, web.url, s, gate, connected)) for s in subscribers
             ]
-            await wait_until(
+            await eventually(
                 lambda: connected[0] + sum(bool(s.error) for s in subscribers) >= total,
-                30,
-                "every subscriber connected",
+                timeout=30,
+                what="every subscriber connected",
+                interval=0.05,
             )
             connect_seconds = time.monotonic() - started
             rss_peak = rss_mib(web.pid)

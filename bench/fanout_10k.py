@@ -57,7 +57,6 @@ from bench.fanout import (
     raise_fd_limit,
     redis_connections,
     reference,
-    rss_mib,
 )
 from bench.profiling import cpu_seconds, py_spy, stop_py_spy, summarize_profile
 from bench.sink import Sink
@@ -66,17 +65,17 @@ from bench.support import (
     MailhubServer,
     Process,
     Row,
-    clean_env,
     event_time,
     mail,
     print_table,
     run,
     sink_env,
     wait_for_http,
-    wait_until,
 )
-from mailhub.store.embedded_valkey import EmbeddedRedis, free_port
+from mailhub.store.embedded_valkey import EmbeddedRedis
 from mailhub.store.tasks import EmailRequest, TaskStore
+from tests.helpers import eventually, free_port
+from tests.processes import clean_env, rss_mib
 
 # --- the client process ------------------------------------------------------------------------
 
@@ -152,10 +151,11 @@ async def _client(args: argparse.Namespace) -> None:
     readers = [asyncio.create_task(one(task_id)) for task_id in spec["task_ids"]]
     total = len(readers)
     with contextlib.suppress(TimeoutError):
-        await wait_until(
+        await eventually(
             lambda: connected[0] + sum(bool(s.error) for s in streams) >= total,
-            args.connect_timeout,
-            "connected",
+            timeout=args.connect_timeout,
+            what="connected",
+            interval=0.05,
         )
     Path(args.out + ".ready").write_text(
         json.dumps({"connected": connected[0], "seconds": time.monotonic() - started})
@@ -292,13 +292,14 @@ class Bench:
         worker: Process | None = None
         profiler: Process | None = None
         try:
-            await wait_until(
+            await eventually(
                 lambda: (
                     all(Path(str(o) + ".ready").exists() for o in outs)
                     or any(p.popen.poll() is not None for p in clients)
                 ),
-                120,
-                "client processes connected",
+                timeout=120,
+                what="client processes connected",
+                interval=0.05,
             )
             ready = [json.loads(Path(str(o) + ".ready").read_text()) for o in outs]
             result.connect_seconds = max(r["seconds"] for r in ready)
@@ -331,7 +332,9 @@ class Bench:
                             clients_cpu[p.pid] = cpu_seconds(p.pid)
                 return all(p.popen.poll() is not None for p in clients)
 
-            await wait_until(all_ended, args.timeout + 30, "client processes done", 0.02)
+            await eventually(
+                all_ended, timeout=args.timeout + 30, what="client processes done", interval=0.02
+            )
             result.delivery_seconds = time.monotonic() - started
             result.delivery_cpu = cpu_seconds(server.pid) - cpu0
             result.clients_cpu = sum(clients_cpu.values()) - clients_cpu0
@@ -486,10 +489,11 @@ async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: Embed
     )
     phases: dict[str, Phase] = {}
     try:
-        await wait_until(
+        await eventually(
             lambda: Path(f"{published}.ready").exists() or watcher.popen.poll() is not None,
-            30,
-            "reference subscribed",
+            timeout=30,
+            what="reference subscribed",
+            interval=0.05,
         )
         await bench.store.queue.ensure_group()
         if not args.skip_baseline:

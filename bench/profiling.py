@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.support import ROOT, Process, clean_env
+from bench.support import ROOT, Process
+from tests.processes import clean_env
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

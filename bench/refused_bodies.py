@@ -23,8 +23,8 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.fanout import rss_mib
-from bench.support import SUBMIT_PATH, MailhubServer, Row, clean_env, print_table, run, running
+from bench.support import SUBMIT_PATH, MailhubServer, Row, print_table, run, running
+from tests.processes import clean_env, rss_mib
 
 SETTLE_TIMEOUT = 20.0
 

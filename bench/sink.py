@@ -1,4 +1,4 @@
-"""The benchmarks' SMTP server: aiosmtpd with STARTTLS and AUTH, counting what arrives.
+"""The benchmarks' SMTP server: the tests' server (STARTTLS + AUTH) with a handler that only counts.
 
 It keeps only what the checks need (how often each Message-ID and each
 Subject arrived), so its own cost stays close to a bare aiosmtpd's.
@@ -7,19 +7,15 @@ Subject arrived), so its own cost stays close to a bare aiosmtpd's.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 from collections import Counter
 from email.parser import BytesHeaderParser
 from email.policy import default
 from pathlib import Path
-from typing import Any
 
-import trustme
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mailhub.store.embedded_valkey import free_port
+from tests.smtp_server import SmtpServer, make_tls_material
 
 USER, PASSWORD = "bench", "bench-secret"
 _headers = BytesHeaderParser(policy=default)
@@ -63,40 +59,12 @@ class CountingHandler:
         return "250 2.0.0 OK"
 
 
-class Sink(Controller):
-    """A STARTTLS + AUTH SMTP server on 127.0.0.1 in a thread; `ca_file` is its CA."""
+class Sink(SmtpServer):
+    """A STARTTLS + AUTH SMTP server on 127.0.0.1 in a thread, counting; `ca_file` is its CA."""
+
+    handler: CountingHandler
 
     def __init__(self, tls_dir: Path) -> None:
-        ca = trustme.CA()
-        self.ca_file = Path(tls_dir) / "bench-ca.pem"
-        ca.cert_pem.write_to_path(str(self.ca_file))
-        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_context)
-        self.handler = CountingHandler()
-        self.auth_successes = 0
-        super().__init__(
-            self.handler,
-            hostname="127.0.0.1",
-            port=free_port(),
-            server_hostname="localhost",
-            tls_context=server_context,
-            require_starttls=True,
-            auth_require_tls=True,
-            authenticator=self._authenticate,
-        )
+        material = make_tls_material(Path(tls_dir))
+        super().__init__(material, tls="starttls", user=USER, password=PASSWORD, handler=CountingHandler())
         logging.getLogger("mail.log").setLevel(logging.ERROR)
-
-    def _authenticate(
-        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
-    ) -> AuthResult:
-        if auth_data == LoginPassword(USER.encode(), PASSWORD.encode()):
-            self.auth_successes += 1
-            return AuthResult(success=True)
-        return AuthResult(success=False, handled=False)
-
-    def __enter__(self) -> Sink:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()

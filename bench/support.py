@@ -19,50 +19,19 @@ from typing import Any
 
 import aiohttp
 
-from bench.sink import PASSWORD, USER, Sink
-from mailhub.store.embedded_valkey import free_port
+from bench.sink import Sink
+from tests.helpers import free_port, smtp_env
+from tests.processes import clean_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMIT_PATH = "/api/v1/email/received"
 RESULT_PATH = "/api/v1/email/result"
-#: Settings a developer's shell might carry; a benchmark's processes start without them.
-_CLEARED = (
-    "SMTP_",
-    "REDIS_URL",
-    "MAIL_FROM",
-    "HOST",
-    "PORT",
-    "DATA_DIR",
-    "ALLOWED_",
-    "API_KEYS",
-    "RATE_LIMIT",
-    "CLAIM_TIMEOUT",
-    "RETRY_",
-    "WORKER_",
-    "LOG_",
-)
-
-
-def clean_env(**env: str) -> dict[str, str]:
-    """This process's environment without mailhub settings, plus `env`."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(_CLEARED)}
-    return {**base, **env}
 
 
 def sink_env(sink: Sink, data_dir: Path, **extra: str) -> dict[str, str]:
-    """Settings for a mailhub that delivers to `sink` and keeps its data in `data_dir`."""
-    settings = dict(
-        SMTP_HOST=sink.hostname,
-        SMTP_PORT=str(sink.port),
-        SMTP_TLS="starttls",
-        SMTP_USER=USER,
-        SMTP_PASS=PASSWORD,
-        SSL_CERT_FILE=str(sink.ca_file),
-        MAIL_FROM="Bench <noreply@example.com>",
-        DATA_DIR=str(data_dir),
-        ALLOWED_RECIPIENTS="@example.com",
-        RATE_LIMIT="off",
-        LOG_LEVEL="warning",
+    """A clean environment for a mailhub that delivers to `sink` and keeps its data in `data_dir`."""
+    settings = smtp_env(
+        sink, MAIL_FROM="Bench <noreply@example.com>", DATA_DIR=str(data_dir), LOG_LEVEL="warning"
     )
     return clean_env(**{**settings, **extra})
 
@@ -202,26 +171,6 @@ async def fetch_results(url: str, task_ids: list[str], *, concurrency: int = 32)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
         await asyncio.gather(*(lane(session) for _ in range(concurrency)))
     return documents
-
-
-async def wait_until(
-    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
-) -> None:
-    """Poll `condition` until it holds; raise TimeoutError naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not done after {timeout:g}s")
-        await asyncio.sleep(interval)
-
-
-async def wait_until_async(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """`wait_until` for a condition that must ask something over the network."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not done after {timeout:g}s")
-        await asyncio.sleep(0.05)
 
 
 async def wait_for_results(

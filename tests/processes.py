@@ -48,6 +48,14 @@ _CLEARED = (
 )
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of process `pid`, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
 def clean_env(**env: str) -> dict[str, str]:
     """This process's environment without any mailhub setting, plus `env`."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(_CLEARED)}

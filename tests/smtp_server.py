@@ -180,7 +180,9 @@ class SmtpServer(Controller):
     ``tls``: "starttls" (STARTTLS required first; AUTH only after it), "ssl"
     (implicit TLS) or "none"; ``starttls_offered=False`` makes "starttls" plain.
     With ``user`` set, MAIL FROM needs AUTH with the current (``user``,
-    ``password``); assign them at run time to rotate. Each AUTH command counts
+    ``password``); assign them at run time to rotate. ``handler`` is any aiosmtpd
+    handler (bench's counting sink); the default ``RecordingHandler`` records
+    mail, applies faults and enforces that AUTH. Each AUTH command counts
     in ``auth_successes``/``auth_failures`` (aiosmtplib's login() tries PLAIN
     then LOGIN: 2 failures per failed login unless one ``auth_mechanisms``).
     stop() also aborts open client connections (Controller.stop() leaks them).
@@ -195,7 +197,7 @@ class SmtpServer(Controller):
         password: str | None = "secret",
         starttls_offered: bool = True,
         auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN"),
-        handler: RecordingHandler | None = None,
+        handler: Any = None,
         ready_timeout: float = 10.0,
     ) -> None:
         if tls != "none" and tls_material is None:
@@ -203,8 +205,9 @@ class SmtpServer(Controller):
         self.host, self.tls, self.user, self.password = "127.0.0.1", tls, user, password
         self.ca_file: Path | None = tls_material.ca_file if tls_material else None
         self.auth_successes = self.auth_failures = 0
-        self.handler: RecordingHandler = handler or RecordingHandler()
-        self.handler.require_auth = user is not None
+        self.handler = handler or RecordingHandler()
+        if isinstance(self.handler, RecordingHandler):
+            self.handler.require_auth = user is not None
         self._connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
         starttls = tls == "starttls" and starttls_offered
         ctx = tls_material.server_context() if tls_material else None

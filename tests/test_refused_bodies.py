@@ -5,25 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 
 import aiohttp
 
 from tests.helpers import SUBMIT
-from tests.processes import MailhubProcess
+from tests.processes import MailhubProcess, rss_mib
 
 #: The issue's acceptance: back within this much of the RSS before the burst.
 ALLOWED_GROWTH_MIB = 100
 CONNECTIONS, REQUESTS = 8, 40
 #: Valid JSON just under the 512 KiB request limit, refused for its `body` over 64 KiB.
 INVALID = json.dumps({"to": "owner@example.com", "subject": "Hi", "body": "x" * 500_000}).encode()
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 async def _burst(url: str) -> dict[int, int]:

@@ -28,6 +28,15 @@ class QueueEntry:
 
 
 @dataclass(frozen=True)
+class Consumer:
+    """A worker known to the group: its name, entries it holds, seconds since it last read."""
+
+    name: str
+    pending: int
+    idle: float
+
+
+@dataclass(frozen=True)
 class QueueDepth:
     """What waits: entries on the stream, tasks in the retries set, the oldest entry's age."""
 
@@ -105,6 +114,16 @@ class WorkQueue:
         depth = await self.depth()
         return depth.queued + depth.retrying
 
+    async def consumers(self) -> list[Consumer]:
+        """The workers the group knows (none before the group exists)."""
+        try:
+            found = await self.redis.xinfo_consumers(keys.QUEUE, keys.WORKERS_GROUP)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc) or "no such key" in str(exc):
+                return []
+            raise
+        return [Consumer(c["name"], int(c["pending"]), c["idle"] / 1000) for c in found]
+
     async def forget_idle_consumers(self, idle_seconds: float, keep: str) -> int:
         """Drop consumers of the group that hold nothing and were silent this long.
 
@@ -112,11 +131,10 @@ class WorkQueue:
         would list every worker that ever ran. A live worker that was merely
         idle joins again with its next read.
         """
-        consumers = await self.redis.xinfo_consumers(keys.QUEUE, keys.WORKERS_GROUP)
         stale = [
-            c["name"]
-            for c in consumers
-            if c["name"] != keep and c["pending"] == 0 and c["idle"] >= idle_seconds * 1000
+            c.name
+            for c in await self.consumers()
+            if c.name != keep and c.pending == 0 and c.idle >= idle_seconds
         ]
         for name in stale:
             await self.redis.xgroup_delconsumer(keys.QUEUE, keys.WORKERS_GROUP, name)
