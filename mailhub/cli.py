@@ -21,6 +21,7 @@ from mailhub.delivery.capture import start_capture_server
 from mailhub.delivery.sender import SmtpSender
 from mailhub.delivery.worker import Worker
 from mailhub.errors import SettingsError
+from mailhub.notify import notifier
 from mailhub.settings import Settings, load_settings
 from mailhub.store.embedded_valkey import EmbeddedRedis
 from mailhub.store.redis_client import connect
@@ -173,6 +174,7 @@ async def running_worker(settings: Settings) -> AsyncIterator[Settings]:
         metrics.watch_pool(sender.pool)
         worker = Worker.from_settings(TaskStore.from_settings(redis, settings), sender, settings)
         await stack.enter_async_context(worker.running())
+        await stack.enter_async_context(notifier.running(settings))
         yield settings
 
 

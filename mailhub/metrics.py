@@ -13,6 +13,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from redis.asyncio import Redis
 
 from mailhub.store.queue import WorkQueue
+from mailhub.store.webhooks import pending_deliveries
 
 SUBMISSIONS = Counter(
     "mailhub_submissions_total",
@@ -41,6 +42,13 @@ OLDEST_QUEUED_SECONDS = Gauge("mailhub_oldest_queued_seconds", "Age of the oldes
 SUBSCRIBERS = Gauge("mailhub_stream_subscribers", "Open SSE and WebSocket task subscriptions.")
 SMTP_PAUSED = Gauge("mailhub_smtp_paused", "1 while a login or TLS failure pauses sending in this worker.")
 SMTP_CONNECTIONS = Gauge("mailhub_smtp_connections", "Pooled SMTP connections.", ["state"])
+WEBHOOKS = Counter(
+    "mailhub_webhooks_total",
+    "Webhook POSTs by outcome: delivered, failed (an attempt: non-2xx, timeout, connection "
+    "error), dropped (given up after WEBHOOK_MAX_AGE, or 410 Gone).",
+    ["outcome"],
+)
+WEBHOOKS_PENDING = Gauge("mailhub_webhooks_pending", "Webhook deliveries waiting (all URLs, all workers).")
 
 
 class PoolUsage(Protocol):
@@ -58,6 +66,7 @@ async def refresh_queue_gauges(redis: Redis) -> None:
     QUEUE_DEPTH.labels("queue").set(depth.queued)
     QUEUE_DEPTH.labels("retries").set(depth.retrying)
     OLDEST_QUEUED_SECONDS.set(depth.oldest_seconds)
+    WEBHOOKS_PENDING.set(await pending_deliveries(redis))
 
 
 def watch_pool(pool: PoolUsage) -> None:

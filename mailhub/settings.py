@@ -6,6 +6,8 @@ Every value is cast and checked once, at start-up; a bad value raises
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -97,6 +99,20 @@ class Settings:
     keepalive_timeout: float = 5.0
     #: Seconds a client has to send a request's body once its headers arrived.
     body_timeout: float = 10.0
+    #: Where delivered/failed mail and paused/resumed sending are POSTed (Standard Webhooks).
+    webhook_urls: tuple[str, ...] = ()
+    #: `whsec_<base64>`: the key webhooks are signed with (required with `webhook_urls`).
+    webhook_secret: str = field(default="", repr=False)
+    #: Seconds one webhook POST may take before it counts as failed.
+    webhook_timeout: float = 10.0
+    #: The first webhook retry waits about this long; later ones follow `notify.schedule`.
+    webhook_retry_base_delay: float = 5.0
+    #: Seconds a webhook is retried before it is dropped (and counted).
+    webhook_max_age: float = 24 * 3600
+    #: The owner's address: a mail when sending pauses and resumes, digests of failed mail.
+    alert_email: str = ""
+    #: At most one digest of failed mail per this many seconds.
+    alert_interval: float = 3600.0
 
     @property
     def capture_mode(self) -> bool:
@@ -160,6 +176,10 @@ def _address(raw: str) -> str:
     return raw
 
 
+def _bare_address(raw: str) -> str:
+    return parseaddr(_address(raw))[1]
+
+
 def _list(cast: Callable[[str], str]) -> Callable[[str], tuple[str, ...]]:
     def parse(raw: str) -> tuple[str, ...]:
         return tuple(cast(item.strip()) for item in raw.split(",") if item.strip())
@@ -195,6 +215,27 @@ def _http_url(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("must be an http(s) URL")
+    return raw
+
+
+def _webhook_secret(raw: str) -> str:
+    """`whsec_` and the base64 of 24 to 64 random bytes (the Standard Webhooks format).
+
+    The message never repeats the value: it is a secret.
+    """
+    if not raw:
+        return raw
+    try:
+        if not raw.startswith("whsec_"):
+            raise ValueError
+        key = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+    except (ValueError, binascii.Error):
+        raise SettingsError(
+            "WEBHOOK_SECRET is invalid: it must be whsec_ followed by base64, e.g. from "
+            "python -c \"import base64,os;print('whsec_'+base64.b64encode(os.urandom(32)).decode())\""
+        ) from None
+    if not 24 <= len(key) <= 64:
+        raise SettingsError(f"WEBHOOK_SECRET is invalid: it holds {len(key)} bytes; use 24 to 64 random ones")
     return raw
 
 
@@ -279,7 +320,18 @@ def _parse(env: _Reader) -> Settings:
         max_streams_per_client=env.get("MAX_STREAMS_PER_CLIENT", _positive(int), d.max_streams_per_client),
         keepalive_timeout=env.get("KEEPALIVE_TIMEOUT", _positive(float), d.keepalive_timeout),
         body_timeout=env.get("BODY_TIMEOUT", _positive(float), d.body_timeout),
+        webhook_urls=env.get("WEBHOOK_URL", _list(_http_url), ()),
+        webhook_secret=_webhook_secret(env.get("WEBHOOK_SECRET", str, "")),
+        webhook_timeout=env.get("WEBHOOK_TIMEOUT", _positive(float), d.webhook_timeout),
+        webhook_retry_base_delay=env.get(
+            "WEBHOOK_RETRY_BASE_DELAY", _positive(float), d.webhook_retry_base_delay
+        ),
+        webhook_max_age=env.get("WEBHOOK_MAX_AGE", _positive(float), d.webhook_max_age),
+        alert_email=env.get("ALERT_EMAIL", _bare_address, d.alert_email),
+        alert_interval=env.get("ALERT_INTERVAL", _positive(float), d.alert_interval),
     )
+    if settings.webhook_urls and not settings.webhook_secret:
+        raise SettingsError("WEBHOOK_SECRET is missing: WEBHOOK_URL is set, and every webhook is signed")
     settings = replace(settings, forms=_forms(settings))
     _check_abuse_settings(settings)
     # A send can take SMTP_TIMEOUT, plus as long again to reset a refused transaction.

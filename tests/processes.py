@@ -45,6 +45,8 @@ _CLEARED = (
     "TURNSTILE_",
     "HCAPTCHA_",
     "RECAPTCHA_",
+    "WEBHOOK_",
+    "ALERT_",
 )
 
 

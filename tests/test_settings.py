@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from mailhub.errors import SettingsError
@@ -124,3 +126,45 @@ def test_abuse_settings_are_parsed():
     assert settings.allowed_recipients == ("owner@example.com", "@corp.example")
     assert settings.trusted_proxies == ("10.0.0.0/8",)
     assert settings.cors_origins == ("https://www.example.com",)
+
+
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+
+
+def test_notification_settings_are_parsed():
+    settings = load_settings(
+        {
+            "WEBHOOK_URL": "https://hooks.example.com/in, http://127.0.0.1:9000/hook",
+            "WEBHOOK_SECRET": SECRET,
+            "WEBHOOK_RETRY_BASE_DELAY": "0.5",
+            "ALERT_EMAIL": "Owner <owner@example.com>",
+            "ALERT_INTERVAL": "600",
+        },
+        env_file=None,
+    )
+    assert settings.webhook_urls == ("https://hooks.example.com/in", "http://127.0.0.1:9000/hook")
+    assert (settings.webhook_timeout, settings.webhook_retry_base_delay) == (10.0, 0.5)
+    assert settings.webhook_max_age == 24 * 3600
+    assert (settings.alert_email, settings.alert_interval) == ("owner@example.com", 600.0)
+    assert SECRET not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"WEBHOOK_URL": "https://hooks.example.com/in"}, "WEBHOOK_SECRET"),
+        ({"WEBHOOK_URL": "hooks.example.com", "WEBHOOK_SECRET": SECRET}, "WEBHOOK_URL"),
+        ({"WEBHOOK_SECRET": "sekrit-value-not-base64"}, "WEBHOOK_SECRET"),
+        ({"WEBHOOK_SECRET": "whsec_sekrit!value*"}, "WEBHOOK_SECRET"),
+        ({"WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"short").decode()}, "WEBHOOK_SECRET"),
+        ({"WEBHOOK_TIMEOUT": "0"}, "WEBHOOK_TIMEOUT"),
+        ({"ALERT_EMAIL": "owner"}, "ALERT_EMAIL"),
+        ({"ALERT_INTERVAL": "-1"}, "ALERT_INTERVAL"),
+    ],
+)
+def test_bad_notification_settings_name_the_variable_in_one_line(env, variable):
+    with pytest.raises(SettingsError) as raised:
+        load_settings(env, env_file=None)
+    message = str(raised.value)
+    assert variable in message and "\n" not in message
+    assert "sekrit" not in message  # a secret is never repeated

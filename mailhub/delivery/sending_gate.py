@@ -2,8 +2,9 @@
 
 A refused login or a failed TLS handshake is not any mail's fault. Instead
 of burning every queued mail's attempts on it, the worker closes the gate,
-says so loudly (log, `mailhub:smtp-status`, metrics), re-checks the login
-every `recheck_interval` seconds, and opens the gate again once it works.
+says so loudly (log, `mailhub:smtp-status`, metrics, and with notifications
+on, a `sending.paused` event), re-checks the login every `recheck_interval`
+seconds, and opens the gate again once it works (`sending.resumed`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from mailhub import metrics
+from mailhub.clock import now_iso
 from mailhub.errors import ConfigurationFailure, DeliveryError
 from mailhub.store import smtp_status
+from mailhub.store.outbox import Outbox, SendingStatus
 from mailhub.store.tasks import Attempt
 
 logger = logging.getLogger(__name__)
@@ -34,13 +37,26 @@ class Sender(Protocol):
 class SendingGate:
     """Open while sending works; closed by a `ConfigurationFailure` until a login check passes."""
 
-    def __init__(self, sender: Sender, redis: Redis, worker: str, recheck_interval: float) -> None:
+    def __init__(
+        self,
+        sender: Sender,
+        redis: Redis,
+        worker: str,
+        recheck_interval: float,
+        *,
+        outbox: Outbox | None = None,
+    ) -> None:
         self.sender = sender
         self.redis = redis
         self.worker = worker
         self.recheck_interval = recheck_interval
+        #: Where a pause and a resume are announced (webhooks, alert mails), if anywhere.
+        self.outbox = outbox
         self._open = asyncio.Event()
         self._open.set()
+        self._reason = ""
+        #: Whether this gate last announced paused (True), running (False) or nothing yet (None).
+        self._announced: bool | None = None
 
     @property
     def paused(self) -> bool:
@@ -61,7 +77,9 @@ class SendingGate:
             failure.reason,
             self.recheck_interval,
         )
-        await smtp_status.record(self.redis, self.worker, paused=True, reason=failure.reason)
+        self._reason = failure.reason
+        await self._record(paused=True, reason=failure.reason)
+        await self._announce()
 
     async def watch(self) -> None:
         """Check the login at start; while paused, re-check it until it works again."""
@@ -70,22 +88,50 @@ class SendingGate:
             await asyncio.sleep(self.recheck_interval)
             if self.paused:
                 await self._check_login()
+            await self._announce()  # again, if Redis was unreachable when it changed
 
     async def _check_login(self) -> None:
         try:
             await _keeping_cancellation(self.sender.verify())
         except ConfigurationFailure as failure:
             await self.pause(failure)
-            await smtp_status.record(self.redis, self.worker, paused=True, reason=failure.reason)
+            await self._record(paused=True, reason=failure.reason)
             return
         except (DeliveryError, RedisError, OSError) as exc:
             logger.warning("SMTP login check inconclusive: %s", exc)
             return
-        await smtp_status.record(self.redis, self.worker, paused=False)
+        await self._record(paused=False)
         if self.paused:
             logger.warning("SMTP login works again: sending resumed")
             self._open.set()
             metrics.SMTP_PAUSED.set(0)
+        await self._announce()
+
+    async def _record(self, *, paused: bool, reason: str = "") -> None:
+        """Write the shared status; an unreachable Redis must not keep the gate from moving."""
+        try:
+            await smtp_status.record(self.redis, self.worker, paused=paused, reason=reason)
+        except RedisError as exc:
+            logger.warning("could not record the SMTP status (%s)", exc)
+
+    async def _announce(self) -> None:
+        """Queue sending.paused / sending.resumed once per change of this gate's state.
+
+        The outbox compares with the state every worker shares, so only a
+        real change is announced, however many workers find it.
+        """
+        if self.outbox is None or self._announced == self.paused:
+            return
+        status = SendingStatus(
+            paused=self.paused, reason=self._reason if self.paused else "", at=now_iso(), worker=self.worker
+        )
+        try:
+            await self.outbox.sending_changed(status)
+        except RedisError as exc:
+            change = "paused" if self.paused else "works"
+            logger.warning("could not announce that sending %s (%s)", change, exc)
+            return
+        self._announced = self.paused
 
 
 async def _keeping_cancellation(call: Awaitable[None]) -> None:

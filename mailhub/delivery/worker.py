@@ -93,7 +93,7 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.poll_interval = poll_interval
         self.name = consumer_name()
-        self.gate = SendingGate(sender, store.redis, self.name, recheck_interval)
+        self.gate = SendingGate(sender, store.redis, self.name, recheck_interval, outbox=store.outbox)
         self._slots = asyncio.Semaphore(concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []

@@ -43,3 +43,33 @@ def idempotency(scope: str, key: str) -> str:
     # The key is printable: a line break cannot occur in it, so the pair is unambiguous.
     digest = hashlib.sha256(f"{scope}\n{key}".encode()).hexdigest()
     return f"{PREFIX}idempotency:{digest}"
+
+
+# Notifications: webhooks and the owner's alert mails (`store.outbox`, `store.webhooks`).
+
+#: List of events waiting to be fanned out to webhooks and alerts, each "<webhook id> <JSON body>".
+OUTBOX = PREFIX + "outbox"
+#: Sorted set of webhook deliveries (as `webhook` names them) waiting, scored by due time (epoch ms).
+WEBHOOKS = PREFIX + "webhooks"
+#: Hash of webhook totals: delivered, failed_attempts, dropped, last success and failure.
+WEBHOOK_TOTALS = PREFIX + "webhook-totals"
+#: Whether sending was last announced paused or running ("paused" / "running").
+SENDING_ANNOUNCED = PREFIX + "sending-announced"
+#: List of sending.paused / sending.resumed events waiting to become alert mails (outbox entries).
+ALERTS = PREFIX + "alerts"
+#: List of failed mails (JSON) waiting for the next digest to the owner.
+DIGEST = PREFIX + "digest"
+#: Hash about digests: failures left out of a full list (`skipped`), when the last one was queued.
+DIGEST_STATE = PREFIX + "digest-state"
+#: String that exists for ALERT_INTERVAL after a digest was queued: no other one until it expires.
+DIGEST_HOLD = PREFIX + "digest-hold"
+
+
+def webhook(delivery: str) -> str:
+    """Hash of one webhook delivery (one event to one URL): its body, URL, attempts, last error."""
+    return f"{PREFIX}webhook:{delivery}"
+
+
+def webhook_endpoint(url: str) -> str:
+    """Hash of one webhook URL's counts and last outcome, named by the URL's digest."""
+    return f"{PREFIX}webhook-endpoint:{hashlib.sha256(url.encode()).hexdigest()[:16]}"

@@ -16,6 +16,7 @@ round trip to Redis.
 from __future__ import annotations
 
 from mailhub.store import keys, rate_limit
+from mailhub.store import outbox as outbox_scripts
 
 _PRELUDE = """
 local PUBLIC = {queued='pending', sending='pending', retrying='pending',
@@ -35,6 +36,7 @@ local function emit(key, event, at)
   local json = cjson.encode(doc)
   redis.call('HSET', key, 'doc', json)
   redis.call('PUBLISH', '$EVENTS', json)
+  announce(key, event, at, doc)
   return json
 end
 
@@ -56,7 +58,7 @@ end
 #: ARGV: at, body fingerprint, idempotency TTL, decoy retention (0: a real
 #: task), amount and seconds of each window, then the task's values: task_id,
 #: to, subject, body, username, message_id, created_ts, reply_to, html,
-#: from_name, rendered (in this order, without names: fewer arguments).
+#: from_name, rendered, alert (in this order, without names: fewer arguments).
 #: Returns {task id, 1} when queued, {earlier task id, 0} for a repeat of the
 #: same body under the same idempotency key (or of this very call), {earlier
 #: task id, -1} for another body, {seconds until the window resets, -2,
@@ -83,7 +85,7 @@ redis.call('HSET', KEYS[1], 'task_id', task_id, 'to', ARGV[v + 1], 'subject', AR
            'body', ARGV[v + 3], 'username', ARGV[v + 4], 'message_id', ARGV[v + 5],
            'created_ts', ARGV[v + 6], 'created_at', ARGV[1], 'state', 'queued', 'attempts', 0)
 -- A form's parts, only when present: a contract mail's hash stays as it was.
-local optional = {'reply_to', 'html', 'from_name', 'rendered'}
+local optional = {'reply_to', 'html', 'from_name', 'rendered', 'alert'}
 for i, name in ipairs(optional) do
   local value = ARGV[v + 6 + i]
   if value and value ~= '' and value ~= '0' then redis.call('HSET', KEYS[1], name, value) end
@@ -187,7 +189,11 @@ return #due
 """
 
 
-def source(body: str) -> str:
-    """The full script: the shared prelude, then `body`."""
+def source(body: str, *, outbox: bool = False) -> str:
+    """The full script: the shared prelude, then `body`.
+
+    With `outbox`, the end of a task is also queued for webhooks and alerts (`outbox.ANNOUNCE`).
+    """
     prelude = _PRELUDE.replace("$EVENTS", keys.EVENTS).replace("$GROUP", keys.WORKERS_GROUP)
-    return prelude + rate_limit.OVER_LIMIT + body
+    announce = outbox_scripts.ANNOUNCE if outbox else outbox_scripts.SILENT
+    return announce + prelude + rate_limit.OVER_LIMIT + body

@@ -26,6 +26,7 @@ from mailhub.errors import IdempotencyConflict
 from mailhub.settings import Settings
 from mailhub.store import keys, scripts
 from mailhub.store.batching import ScriptBatcher
+from mailhub.store.outbox import Outbox
 from mailhub.store.queue import QueueEntry, WorkQueue
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ class EmailRequest:
     from_name: str = ""
     #: The body is final text (a form's): `{username}` is not replaced at send time.
     rendered: bool = False
+    #: An alert to the owner (`notify.alerts`): its own outcome is announced nowhere.
+    alert: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class TaskStore:
         max_attempts: int,
         message_id_domain: str,
         max_queue_age: int = Settings.max_queue_age,
+        notify: bool = False,
     ) -> None:
         self.redis = redis
         self.retention = retention
@@ -124,11 +128,13 @@ class TaskStore:
         #: The stream and retries set the tasks wait in.
         self.queue = WorkQueue(redis)
         self._batcher = ScriptBatcher(redis)
-        self._enqueue = redis.register_script(scripts.source(scripts.ENQUEUE))
-        self._begin = redis.register_script(scripts.source(scripts.BEGIN_ATTEMPT))
-        self._succeed = redis.register_script(scripts.source(scripts.SUCCEED))
-        self._fail = redis.register_script(scripts.source(scripts.FAIL))
-        self._retry = redis.register_script(scripts.source(scripts.RETRY_LATER))
+        #: With `notify`, the end of each task is queued for webhooks and alerts.
+        self.outbox = Outbox(redis) if notify else None
+        self._enqueue = redis.register_script(scripts.source(scripts.ENQUEUE, outbox=notify))
+        self._begin = redis.register_script(scripts.source(scripts.BEGIN_ATTEMPT, outbox=notify))
+        self._succeed = redis.register_script(scripts.source(scripts.SUCCEED, outbox=notify))
+        self._fail = redis.register_script(scripts.source(scripts.FAIL, outbox=notify))
+        self._retry = redis.register_script(scripts.source(scripts.RETRY_LATER, outbox=notify))
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> TaskStore:
@@ -139,6 +145,7 @@ class TaskStore:
             max_attempts=settings.max_attempts,
             message_id_domain=domain,
             max_queue_age=settings.max_queue_age,
+            notify=bool(settings.webhook_urls or settings.alert_email),
         )
 
     async def enqueue(self, request: EmailRequest) -> str:
@@ -180,6 +187,7 @@ class TaskStore:
             kept.html,
             kept.from_name,
             int(kept.rendered),
+            int(kept.alert),
         ]
         # Without an Idempotency-Key the script neither reads nor keeps a fingerprint.
         once_key, fingerprint = keys.task(task_id), ""
