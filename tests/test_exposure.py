@@ -75,7 +75,8 @@ async def test_a_refused_mail_shows_the_public_reason_and_keeps_the_reply_for_th
     assert (document["status"], document["reason"]) == ("failed", reasons.REFUSED)
     assert streamed[-1]["reason"] == reasons.REFUSED
     for shown in [raw, *map(json.dumps, streamed)]:
-        assert "550" not in shown and "no such user" not in shown
+        # The reply itself: a task id or the milliseconds of a time may hold "550".
+        assert "550 5.1.1" not in shown and "no such user" not in shown
     detail = await redis.hget(keys.task(task_id), "detail")
     assert detail == "failed after 1 attempt: recipient refused: 550 5.1.1 no such user"
     [line] = [r.getMessage() for r in caplog.records if task_id in r.getMessage() and "550" in r.getMessage()]
@@ -89,7 +90,7 @@ async def test_a_retry_shows_temporary_failure_without_the_reply(http, store, re
         streamed = await follow(http, task_id, until="success")
     [retry] = [d for d in streamed if d["event"] == "retry"]
     assert retry["last_error"] == reasons.TEMPORARY
-    assert not any("451" in json.dumps(d) or "10.1.2.3" in json.dumps(d) for d in streamed)
+    assert not any("451 4.7.1" in json.dumps(d) or "10.1.2.3" in json.dumps(d) for d in streamed)
     assert "10.1.2.3" in await redis.hget(keys.task(task_id), "detail")
 
 
@@ -111,7 +112,7 @@ async def test_a_refused_login_shows_sending_is_paused_without_the_535(
     assert (document["event"], document["last_error"]) == ("retry", reasons.PAUSED)
     assert streamed[-1]["last_error"] == "sending is paused"
     for shown in (raw, json.dumps(streamed), ready_public):
-        assert "535" not in shown and "login" not in shown.lower()
+        assert "535 5.7.8" not in shown and "login" not in shown.lower()
     assert (public.status, json.loads(ready_public)["checks"]["smtp"]) == (503, "paused")
     assert "535" in ready_owner["detail"]["smtp"]
     assert "535" in (await redis.hget(keys.task(task_id), "detail"))
