@@ -16,28 +16,24 @@ import asyncio
 import json
 import ssl
 import time
+from email.message import EmailMessage
 
 import aiosmtplib
 
 from bench.sink import PASSWORD, USER
-from mailhub.delivery.sender import build_message
-from mailhub.store.tasks import Attempt
+from mailhub.delivery.message import MessageParts, build_message, render_body
 
 
-def messages(count: int) -> list:  # type: ignore[type-arg]
+def messages(count: int) -> list[EmailMessage]:
     return [
         build_message(
-            Attempt(
-                f"{n}-0",
-                f"raw-{n}",
-                f"user{n % 50}@example.com",
-                f"raw {n:05d} — 안녕하세요  {n}",
-                "{username}님 " + str(n),
-                "홍길동",
-                f"<raw-{n}@example.com>",
-                1,
-            ),
-            "noreply@example.com",
+            MessageParts(
+                mail_from="noreply@example.com",
+                to=f"user{n % 50}@example.com",
+                subject=f"raw {n:05d} — 안녕하세요  {n}",
+                message_id=f"<raw-{n}@example.com>",
+                text=render_body("{username}님 " + str(n), "홍길동"),
+            )
         )
         for n in range(count)
     ]

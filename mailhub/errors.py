@@ -19,6 +19,8 @@ MailhubError
  └── DeliveryError          one SMTP attempt failed
       ├── TransientFailure  try again later (4xx, connection trouble)
       ├── PermanentFailure  the mail can never go (5xx)
+      │    └── UnsendableMessage  mailhub cannot build it safely (a value
+      │                           it refuses, a header it did not write)
       └── ConfigurationFailure  the owner's setup is wrong (login, TLS);
                                 no mail can go until it is fixed
 """
@@ -145,6 +147,10 @@ class TransientFailure(DeliveryError):
 
 class PermanentFailure(DeliveryError):
     """Another attempt would get the same answer."""
+
+
+class UnsendableMessage(PermanentFailure):
+    """The mail cannot be built, or its flattened headers are not the ones mailhub wrote."""
 
 
 class ConfigurationFailure(DeliveryError):

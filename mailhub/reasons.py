@@ -10,7 +10,7 @@ failure class (never raw text) in `/metrics`.
 
 from __future__ import annotations
 
-from mailhub.errors import ConfigurationFailure, DeliveryError, PermanentFailure
+from mailhub.errors import ConfigurationFailure, DeliveryError, PermanentFailure, UnsendableMessage
 
 #: `last_error` while a retry waits.
 TEMPORARY = "temporary failure, retrying"
@@ -19,6 +19,8 @@ PAUSED = "sending is paused"
 REFUSED = "the receiving server refused the message"
 OUT_OF_ATTEMPTS = "temporary failure, no attempts left"
 INTERRUPTED = "the last attempt was interrupted"
+#: A header value mailhub will not send (the detail says which header).
+UNSENDABLE = "the message was not sent: a header value is not allowed"
 
 
 def too_old(max_queue_age: int) -> str:
@@ -47,4 +49,6 @@ def failed(failure: DeliveryError) -> str:
     """The public `reason` of a mail failed by this failure (its last attempt, or a permanent one)."""
     if failure.public_reason:
         return failure.public_reason
+    if isinstance(failure, UnsendableMessage):
+        return UNSENDABLE
     return REFUSED if isinstance(failure, PermanentFailure) else OUT_OF_ATTEMPTS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from dataclasses import replace
@@ -10,7 +11,7 @@ import pytest
 
 from mailhub.store import inbox, keys
 from mailhub.web.app import create_app
-from tests.helpers import MAIL_JSON, RESULT, SUBMIT
+from tests.helpers import MAIL_JSON, RESULT, SUBMIT, wait_for_status
 from tests.smtp_server import Fault
 
 
@@ -198,3 +199,98 @@ async def test_dev_inbox_exists_only_in_capture_mode(client, aiohttp_client, set
     page = await capturing.get("/dev/inbox")
     assert page.status == 200
     assert "&lt;Hi&gt;" in await page.text()
+
+
+def b_word(text: str) -> str:
+    """An RFC 2047 base64 encoded word carrying `text`."""
+    return "=?utf-8?b?" + base64.b64encode(text.encode()).decode() + "?="
+
+
+#: Encoded words that Python before 3.11.10 / 3.12.5 (CVE-2024-6923) folds into
+#: header lines of their own: a Bcc, a second From, a Reply-To, an HTML body.
+ENCODED_INJECTIONS = [
+    "=?utf-8?q?hi=0D=0ABcc:_victim@evil.com?=",
+    "=?UTF-8*en?Q?hi=0D=0ABcc:_victim@evil.com?=",
+    "=?utf-8?q?hi=0D=0A Bcc: victim@evil.com?=",
+    b_word("hi\r\nFrom: boss@example.com\r\nReply-To: thief@evil.com"),
+    b_word("hi\r\nContent-Type: text/html\r\n\r\n<b>pay</b>"),
+]
+#: The same in an address: a local part that becomes three recipients, a display name.
+ADDRESS_INJECTIONS = [
+    "=?utf-8?q?a=2C_victim=40evil.com=2C_b?=@example.org",
+    b_word("x\r\nBcc: victim@evil.com") + "@example.org",
+    "=?utf-8?q?Kim=0D=0ABcc:_victim@evil.com?= <user@example.com>",
+    b_word("Kim\r\nReply-To: thief@evil.com") + " <user@example.com>",
+]
+#: Line breaks outside ASCII's control characters, and C1 controls.
+UNICODE_BREAKS = ["\u2028", "\u2029", "\x85", "\x80", "\x9f", "\x0b", "\x0c", "\x1c"]
+HEADER_TRICKS = [
+    *[("subject", value) for value in ENCODED_INJECTIONS],
+    *[("username", value) for value in ENCODED_INJECTIONS],
+    *[("to", value) for value in ADDRESS_INJECTIONS],
+    *[("subject", f"Hello{c}Bcc: victim@evil.com") for c in UNICODE_BREAKS],
+    *[("username", f"Kim{c}Bcc: victim@evil.com") for c in UNICODE_BREAKS],
+    *[("to", f"user{c}@example.com") for c in UNICODE_BREAKS],
+    *[("to", f"user@example.com{c}Bcc: victim@evil.com") for c in UNICODE_BREAKS],
+    ("to", "victim%evil.com@example.org"),
+    ("to", "evil.com!victim@example.org"),
+    ("to", '"victim%evil.com"@example.org'),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), HEADER_TRICKS)
+async def test_header_tricks_are_422_naming_the_field_and_nothing_queued(client, redis, field, value):
+    response = await client.post(SUBMIT, json={**MAIL_JSON, field: value})
+    assert response.status == 422
+    error = (await response.json())["error"]
+    assert error["code"] == "validation_failed"
+    assert set(error["fields"]) == {field}
+    assert await redis.xlen(keys.QUEUE) == 0
+
+
+def header_names(raw: bytes) -> list[str]:
+    """The field names of a raw message's header block, continuation lines unfolded."""
+    head = raw.split(b"\r\n\r\n", 1)[0].decode()
+    return sorted(line.split(":", 1)[0] for line in head.split("\r\n") if line[:1] not in (" ", "\t"))
+
+
+MAILHUB_HEADERS = sorted(
+    [
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+    ]
+)
+
+
+async def test_no_header_trick_reaches_the_smtp_server(client, store, worker, smtp):
+    for field, value in HEADER_TRICKS:
+        assert (await client.post(SUBMIT, json={**MAIL_JSON, field: value})).status == 422
+    task_id = (await (await client.post(SUBMIT, json=MAIL_JSON)).json())["task_id"]
+    assert (await wait_for_status(store, task_id))["status"] == "success"
+    [mail] = await smtp.handler.wait_for_count(1)
+    assert header_names(mail.data) == MAILHUB_HEADERS
+    assert mail.rcpt_tos == [MAIL_JSON["to"]]
+
+
+async def test_look_alike_values_arrive_with_only_the_headers_mailhub_wrote(client, store, worker, smtp):
+    subject = "Re: 100% =? sure ?= 안녕하세요, 홍길동 님 — " + "긴 제목 " * 30
+    mail_request = {
+        **MAIL_JSON,
+        "to": "o'brien+tag@example.com",
+        "subject": subject,
+        "username": "Kim ?= =?x",
+    }
+    task_id = (await (await client.post(SUBMIT, json=mail_request)).json())["task_id"]
+    assert (await wait_for_status(store, task_id))["status"] == "success"
+    [mail] = await smtp.handler.wait_for_count(1)
+    assert header_names(mail.data) == MAILHUB_HEADERS
+    assert b"\r\n " in mail.data.split(b"\r\n\r\n", 1)[0]  # the long subject was folded
+    assert mail.message["Subject"] == subject
+    assert mail.message["To"] == "o'brien+tag@example.com"
+    assert mail.rcpt_tos == ["o'brien+tag@example.com"]

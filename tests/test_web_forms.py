@@ -129,3 +129,22 @@ async def test_contract_endpoint_refuses_every_recipient_without_an_allowlist(fo
 def body_of(mail: Any, subtype: str = "plain") -> str:
     """The message's text part as typed (the SMTP transfer turns line ends into CRLF)."""
     return mail.message.get_body(preferencelist=(subtype,)).get_content().replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("email", "victim%evil.com@example.org"),
+        ("email", "evil.com!victim@example.org"),
+        ("email", "=?utf-8?q?a=2C_victim=40evil.com=2C_b?=@example.org"),
+        ("name", "=?utf-8?q?Kim=0D=0ABcc:_victim@evil.com?="),
+        ("name", "Kim\u2028Bcc: victim@evil.com"),
+        ("name", "Kim\x85Bcc: victim@evil.com"),
+    ],
+)
+async def test_header_tricks_in_a_form_field_are_422_naming_it(form_client, redis, field, value):
+    # `email` becomes Reply-To, `name` the subject and From's display name.
+    response = await form_client.post(FORM, json={**GOOD, field: value})
+    assert response.status == 422
+    assert field in (await response.json())["error"]["fields"]
+    assert await redis.xlen(keys.QUEUE) == 0

@@ -357,3 +357,26 @@ async def test_consumers_of_gone_workers_are_forgotten(store, redis):
     assert await queue.forget_idle_consumers(0, keep="me") == 1
     names = {c["name"] for c in await redis.xinfo_consumers(keys.QUEUE, keys.WORKERS_GROUP)}
     assert names == {"busy-worker", "me"}
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        EmailRequest(to="user@example.com", subject="Hello\u2028Bcc: victim@evil.com", body="b"),
+        EmailRequest(to="user@example.com", subject="Hello\x85Bcc: victim@evil.com", body="b"),
+        EmailRequest(to="user@example.com", subject="=?utf-8?q?hi=0D=0ABcc:_victim@evil.com?=", body="b"),
+        EmailRequest(to="=?utf-8?q?a=2C_victim=40evil.com=2C_b?=@example.org", subject="Hello", body="b"),
+        EmailRequest(to="victim%evil.com@example.org", subject="Hello", body="b"),
+    ],
+    ids=["u2028", "nel", "encoded-word-subject", "encoded-word-to", "percent-hack"],
+)
+async def test_a_mail_that_cannot_be_built_fails_at_the_first_attempt(store, redis, drain, smtp, request_):
+    # Queued past the API's validator, as a task from an older version would be.
+    task_id = await enqueue(store, request_)
+    await drain()
+    document = await result_of(store, task_id)
+    assert (document["status"], document["attempts"]) == ("failed", 1)
+    assert document["reason"] == "the message was not sent: a header value is not allowed"
+    assert (await detail(redis, task_id)).startswith("failed after 1 attempt: the mail cannot be built: ")
+    assert (await redis.xpending(keys.QUEUE, keys.WORKERS_GROUP))["pending"] == 0
+    assert smtp.handler.messages == []

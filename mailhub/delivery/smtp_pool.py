@@ -16,13 +16,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.message import EmailMessage
 
 import aiosmtplib
 
 logger = logging.getLogger(__name__)
 
 Connect = Callable[[], Awaitable[aiosmtplib.SMTP]]
+#: One mail transaction (MAIL, RCPT, DATA) on a connection the pool lends.
+Transaction = Callable[[aiosmtplib.SMTP], Awaitable[None]]
 
 #: "Service not available, closing transmission channel": the server is done with us.
 _CLOSING = 421
@@ -84,8 +85,8 @@ class SmtpPool:
         """Open connections waiting for a mail."""
         return len(self._idle)
 
-    async def send(self, message: EmailMessage) -> None:
-        """Send `message` on a pooled connection; raise aiosmtplib's exception if it fails."""
+    async def send(self, transaction: Transaction) -> None:
+        """Run `transaction` on a pooled connection; raise aiosmtplib's exception if it fails."""
         if self._closed:
             raise aiosmtplib.SMTPException("the SMTP pool is closed")
         deadline = asyncio.get_running_loop().time() + self.send_timeout
@@ -98,18 +99,18 @@ class SmtpPool:
             ) from None
         self.busy += 1
         try:
-            await self._send_until(deadline, message)
+            await self._send_until(deadline, transaction)
         finally:
             self.busy -= 1
             self._slots.release()
 
-    async def _send_until(self, deadline: float, message: EmailMessage) -> None:
+    async def _send_until(self, deadline: float, transaction: Transaction) -> None:
         connection: _Connection | None = None
         try:
             async with asyncio.timeout_at(deadline):
                 connection = await self._checkout()
                 connection.transactions += 1
-                await connection.smtp.send_message(message)
+                await transaction(connection.smtp)
         except (aiosmtplib.SMTPRecipientsRefused, aiosmtplib.SMTPResponseException) as exc:
             # Outside the deadline: a refusal must be reported as the server's reply.
             if connection is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from email_validator import EmailNotValidError, validate_email
 
+from mailhub import header_safety
 from mailhub.errors import ValidationFailed
 from mailhub.forms.definitions import FieldRule, FormDefinition
 from mailhub.header_safety import header_value_problem
@@ -96,6 +97,9 @@ def value_problem(rule: FieldRule, value: str) -> Problem | None:
 
 def address_problem(value: str) -> Problem | None:
     """What keeps `value` from being one deliverable address (as the contract's `to`), or None."""
+    routing = header_safety.address_problem(value)
+    if routing:
+        return Problem("email", routing)
     try:
         validate_email(value, check_deliverability=False)
     except EmailNotValidError as exc:

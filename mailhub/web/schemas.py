@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 
 from email_validator import EmailNotValidError, validate_email
 from marshmallow import Schema, ValidationError, fields, validate
+
+from mailhub.header_safety import ENCODED_WORD, FORBIDDEN_CHARACTERS, address_problem, header_value_problem
 
 MAX_SUBJECT = 255
 MAX_USERNAME = 100
 MAX_BODY_BYTES = 64 * 1024
 MAX_TASK_ID = 64
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-#: The same rules for the OpenAPI spec (JSON Schema patterns).
-NO_CONTROL_PATTERN = r"^[^\u0000-\u001f\u007f]*$"
+#: The header rules (`mailhub.header_safety`) for the OpenAPI spec, as JSON
+#: Schema patterns: no forbidden character, no encoded word anywhere.
+_SAFE = f"(?![\\s\\S]*{ENCODED_WORD})"
+HEADER_VALUE_PATTERN = f"^{_SAFE}[^{FORBIDDEN_CHARACTERS}]*$"
 NOT_BLANK_PATTERN = r"\S"
-SUBJECT_PATTERN = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$"
+#: ...with at least one character that is not white space.
+SUBJECT_PATTERN = f"^{_SAFE}[^{FORBIDDEN_CHARACTERS}]*[^\\s{FORBIDDEN_CHARACTERS}][^{FORBIDDEN_CHARACTERS}]*$"
+#: ...and no `%` or `!` before the @ (a domain holds neither).
+ADDRESS_PATTERN = f"^{_SAFE}[^%!{FORBIDDEN_CHARACTERS}]+$"
 
 
 class Text(fields.String):
@@ -32,10 +37,11 @@ class Text(fields.String):
         return text
 
 
-def no_control_characters(value: str) -> None:
-    """Refuse CR, LF, NUL and every other control character (header injection)."""
-    if _CONTROL.search(value):
-        raise ValidationError("Must not contain control characters such as line breaks.")
+def header_safe(value: str) -> None:
+    """Refuse what may not reach a header (see `mailhub.header_safety`)."""
+    problem = header_value_problem(value)
+    if problem is not None:
+        raise ValidationError(problem)
 
 
 def not_blank(value: str) -> None:
@@ -49,7 +55,9 @@ def body_size(value: str) -> None:
 
 
 def deliverable_address(value: str) -> None:
-    no_control_characters(value)
+    problem = address_problem(value)
+    if problem is not None:
+        raise ValidationError(problem)
     try:
         validate_email(value, check_deliverability=False)
     except EmailNotValidError as exc:
@@ -69,11 +77,11 @@ class EmailRequestSchema(Schema):
     to = Text(
         required=True,
         validate=[validate.Length(max=254), deliverable_address],
-        metadata={"example": "user@example.com", "format": "email"},
+        metadata={"example": "user@example.com", "format": "email", "pattern": ADDRESS_PATTERN},
     )
     subject = Text(
         required=True,
-        validate=[validate.Length(min=1, max=MAX_SUBJECT), not_blank, no_control_characters],
+        validate=[validate.Length(min=1, max=MAX_SUBJECT), not_blank, header_safe],
         metadata={"example": "Hello", "pattern": SUBJECT_PATTERN},
     )
     body = Text(
@@ -88,8 +96,8 @@ class EmailRequestSchema(Schema):
     )
     username = Text(
         load_default="",
-        validate=[validate.Length(max=MAX_USERNAME), no_control_characters],
-        metadata={"example": "홍길동", "pattern": NO_CONTROL_PATTERN},
+        validate=[validate.Length(max=MAX_USERNAME), header_safe],
+        metadata={"example": "홍길동", "pattern": HEADER_VALUE_PATTERN},
     )
 
 
