@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import Browser, Page, async_playwright
 from redis.asyncio import Redis
 
 from mailhub.delivery.sender import SmtpSender
@@ -18,6 +19,7 @@ from mailhub.store.embedded_valkey import EmbeddedRedis
 from mailhub.store.redis_client import connect
 from mailhub.store.tasks import TaskStore
 from mailhub.web.app import create_app
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT
 from tests.smtp_server import SmtpServer, TlsMaterial, make_tls_material
 
 SMTP_USER, SMTP_PASS = "mailhub", "secret"
@@ -140,6 +142,27 @@ def make_client(aiohttp_client: Any, settings: Settings, redis: Redis) -> Callab
         return await aiohttp_client(create_app(replace(settings, **changes)))
 
     return make
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport=VIEWPORT)
+    try:
+        yield await context.new_page()
+    finally:
+        await context.close()
 
 
 def with_settings(settings: Settings, **changes: Any) -> Settings:

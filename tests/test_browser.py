@@ -9,50 +9,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, Request, async_playwright, expect
+from playwright.async_api import Browser, expect
 
+from tests.browser import WAIT_MS, paths, requests_of, screenshot, violations, watch_policy
 from tests.conftest import running_worker, with_settings
 from tests.driver import until
 from tests.live_server import Live, serving
-from tests.processes import ROOT, MailhubProcess
+from tests.processes import MailhubProcess
 from tests.smtp_server import Fault
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-quic",
-]
-ARTIFACTS = ROOT / "test-artifacts"
-#: Generous for a loaded CI machine; the events themselves take milliseconds.
-WAIT_MS = 10_000
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
-@pytest.fixture
-async def page(browser: Browser) -> AsyncIterator[Page]:
-    context = await browser.new_context(viewport={"width": 390, "height": 844})  # a phone
-    try:
-        yield await context.new_page()
-    finally:
-        await context.close()
 
 
 @pytest.fixture
@@ -60,34 +26,6 @@ async def site(settings) -> AsyncIterator[Live]:  # type: ignore[no-untyped-def]
     """The server only: each test starts the worker when it suits it."""
     async with serving(with_settings(settings, demo_recipient="owner@example.com")) as live:
         yield live
-
-
-def requests_of(page: Page) -> list[Request]:
-    seen: list[Request] = []
-    page.on("request", lambda request: seen.append(request))
-    return seen
-
-
-async def screenshot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / name), full_page=True)
-
-
-def paths(requests: list[Request]) -> list[str]:
-    return [request.url.split("?")[0].split("/", 3)[-1] for request in requests]
-
-
-async def watch_policy(page: Page) -> None:
-    """Record every Content-Security-Policy violation of the page in `window.violations`."""
-    await page.add_init_script(
-        "window.violations = [];"
-        "document.addEventListener('securitypolicyviolation',"
-        " (e) => window.violations.push(`${e.effectiveDirective} ${e.blockedURI}`));"
-    )
-
-
-async def violations(page: Page) -> list[str]:
-    return await page.evaluate("window.violations")
 
 
 async def test_the_form_shows_a_retried_delivery_live(page, site, store, settings, smtp):

@@ -88,6 +88,13 @@ async def test_field_errors_as_json_name_the_fields(form_client, redis):
     assert await redis.exists(keys.QUEUE) == 0
 
 
+async def test_a_value_too_long_says_the_limit_for_translations(form_client):
+    response = await form_client.post(FORM, json={**GOOD, "name": "x" * 101})
+    error = (await response.json())["error"]
+    assert error["field_codes"] == {"name": "too_long"}
+    assert error["field_max"] == {"name": 100}
+
+
 async def test_field_errors_of_a_plain_post_are_a_page_keeping_what_was_typed(form_client, redis):
     typed = {"name": '<script>alert("x")</script>', "email": "nope", "message": "keep </textarea> me"}
     response = await form_client.post(FORM, data=typed, headers=BROWSER)

@@ -44,6 +44,10 @@ class FieldsInvalid(ValidationFailed):
         error = document["error"]
         assert isinstance(error, dict)  # built just above by ApiError.document
         error["field_codes"] = {name: p.code for name, p in self.problems.items()}
+        # The number a translated "too long" needs (the drop-in script's {max}).
+        limits = {name: p.max for name, p in self.problems.items() if p.max}
+        if limits:
+            error["field_max"] = limits
         return document
 
 

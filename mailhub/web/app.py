@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from mailhub.forms.intake import FormIntake
 from mailhub.settings import Settings
@@ -55,8 +56,13 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
     await redis.aclose()
 
 
-async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC_DIR / "index.html")
+def static_page(name: str) -> Handler:
+    """A handler serving one HTML file of the demo at a clean path."""
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC_DIR / name)
+
+    return page
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -81,7 +87,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.prometheus)
-    app.router.add_get("/", index)
+    app.router.add_get("/", static_page("index.html"))
+    app.router.add_get("/contact", static_page("contact.html"))
+    app.router.add_get("/contact-js", static_page("contact-js.html"))
     app.router.add_static("/static", STATIC_DIR)
     if settings.capture_mode:
         app.router.add_get("/dev/inbox", inbox.page)
