@@ -49,8 +49,34 @@ class _Stop(Exception):
 
 
 async def run_checks(settings: Settings) -> list[Step]:
-    """Try Redis, then the SMTP server, and say how each step went."""
-    return [await check_redis(settings), *await check_smtp(settings)]
+    """Try Redis, then the SMTP server, and say how each step went; then list the forms."""
+    steps = [await check_redis(settings), *await check_smtp(settings)]
+    forms = check_forms(settings)
+    return [*steps, forms] if forms is not None else steps
+
+
+def check_forms(settings: Settings) -> Step | None:
+    """The forms FORMS_FILE defines (a bad file never gets here: start-up refuses it), or None."""
+    if not settings.forms:
+        return None
+    source = f"FORMS_FILE={settings.forms_file}" if settings.forms_file else "capture mode's example"
+    described = "; ".join(
+        f"{form.form_id} -> {', '.join(form.to)}" + (f" ({form.captcha})" if form.captcha else "")
+        for form in settings.forms.values()
+    )
+    open_forms = [
+        form.form_id
+        for form in settings.forms.values()
+        if not (form.captcha or form.rate_windows or form.origins)
+    ]
+    if open_forms and not settings.capture_mode:
+        return Step(
+            "forms",
+            Outcome.WARN,
+            f"{source}: {described}",
+            f"{', '.join(open_forms)}: no captcha, origins or rate_limit; only RATE_LIMIT holds bots back",
+        )
+    return Step("forms", Outcome.OK, f"{source}: {described}")
 
 
 async def check_redis(settings: Settings) -> Step:

@@ -12,6 +12,7 @@ MailhubError
  │    ├── FormNotFound      404: no form with that id
  │    ├── RequestTimeout    408: the body came too slowly
  │    ├── IdempotencyConflict 409: key reused with another body
+ │    ├── TooLarge          413: a form post with too many fields
  │    ├── ValidationFailed  422: per-field messages
  │    ├── RateLimited       429: too many submits from one client
  │    ├── TooManyStreams    429: too many open streams from one client
@@ -111,6 +112,11 @@ class RequestTimeout(ApiError):
 class IdempotencyConflict(ApiError):
     status = 409
     code = "idempotency_conflict"
+
+
+class TooLarge(ApiError):
+    status = 413
+    code = "too_large"
 
 
 class RateLimited(ApiError):

@@ -104,3 +104,33 @@ def test_run_py_check_exit_code(tmp_path, valkey, smtp, password, code):
     )
     assert done.returncode == code, done.stdout + done.stderr
     assert ("All checks passed." if code == 0 else "FAIL  login") in done.stdout
+
+
+async def test_the_forms_are_listed_and_a_form_without_defences_warned(settings, smtp):
+    from mailhub.forms.definitions import capture_contact_form
+
+    contact = capture_contact_form("owner@example.com")
+    steps = await run_checks(replace(settings, forms={"contact": contact}))
+    [forms] = [step for step in steps if step.name == "forms"]
+    assert forms.outcome is Outcome.WARN
+    assert "contact -> owner@example.com" in forms.detail
+    assert "no captcha" in forms.hint
+
+
+def test_run_py_check_names_the_form_and_key_of_a_bad_forms_file(tmp_path):
+    forms = tmp_path / "forms.toml"
+    forms.write_text(
+        '[forms.contact]\nto = ["owner@example.com"]\nsubject = "{nmae}"\ntext = "x"\n'
+        "[forms.contact.fields]\nname = {}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "check"],
+        cwd=tmp_path,
+        env=clean_env(FORMS_FILE=str(forms)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "forms.contact.subject: unknown placeholder {nmae}" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

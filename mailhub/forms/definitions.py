@@ -76,6 +76,8 @@ class Confirmation:
 
     subject: str
     text: str
+    #: Confirmations one address may get in 24 hours (from every form together).
+    per_day: int = 3
 
 
 @dataclass(frozen=True)
@@ -313,16 +315,19 @@ def _confirmation(reader: _Form) -> Confirmation | None:
         return None
     if not isinstance(table, dict):
         raise reader.mistake("confirmation", "must be a table with subject and text")
-    unknown = set(table) - {"subject", "text"}
+    unknown = set(table) - {"subject", "text", "per_day"}
     if unknown:
         raise reader.mistake(f"confirmation.{sorted(unknown)[0]}", "unknown key")
-    values = {}
+    texts = []
     for key in ("subject", "text"):
         value = table.get(key)
         if not isinstance(value, str) or not value.strip():
             raise reader.mistake(f"confirmation.{key}", "is required (a string)")
-        values[key] = value
-    return Confirmation(**values)
+        texts.append(value)
+    per_day = table.get("per_day", 3)
+    if type(per_day) is not int or not 1 <= per_day <= 100:
+        raise reader.mistake("confirmation.per_day", "must be a whole number from 1 to 100")
+    return Confirmation(texts[0], texts[1], per_day)
 
 
 def _check_references(reader: _Form, form: FormDefinition) -> None:

@@ -9,18 +9,18 @@ the request into a `Post` and renders the `Outcome` or the refusal.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from mailhub.errors import ApiError, CaptchaRefused, FormNotFound, OriginRefused
-from mailhub.forms.compose import compose
+from mailhub.forms.compose import compose, compose_confirmation
 from mailhub.forms.definitions import FormDefinition
 from mailhub.forms.fields import clean_values
+from mailhub.store.form_ledger import FormLedger
 from mailhub.store.rate_limit import Quota, RateCounter
-from mailhub.store.tasks import IdempotencyKey, TaskStore
+from mailhub.store.tasks import EmailRequest, IdempotencyKey, TaskStore
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +32,12 @@ class Post:
     form_id: str
     #: Everything posted, by name (first value of a repeated name).
     values: Mapping[str, object]
-    #: The client's address, as the guard determined it.
+    #: The client's address, as the guard determined it (for the CAPTCHA check and the log).
     client: str
     origin: str | None = None
     referer: str | None = None
+    #: What rate limits count: the address, or its /64 for IPv6 (the guard's client group).
+    client_group: str = ""
     #: The Idempotency-Key, scoped to the client by the guard.
     idempotency_key: IdempotencyKey | None = None
 
@@ -62,11 +64,13 @@ class FormIntake:
         forms: Mapping[str, FormDefinition],
         store: TaskStore,
         counter: RateCounter,
+        ledger: FormLedger,
         verifier: Verifier | None = None,
     ) -> None:
         self.forms = forms
         self.store = store
         self.counter = counter
+        self.ledger = ledger
         self.verifier = verifier
 
     def form(self, form_id: str) -> FormDefinition:
@@ -77,30 +81,51 @@ class FormIntake:
         return form
 
     async def submit(self, post: Post, quota: Quota) -> Outcome:
-        """Queue the post's mail; raise the `ApiError` that refuses it.
+        """Queue the post's mail (and its confirmation); raise the `ApiError` that refuses it.
 
         `quota` is the client's RATE_LIMIT: every post counts against it, as
         on the contract endpoint, and against the form's own `rate_limit`.
+        A filled honeypot goes through every check and gets the same answer
+        as a real post (a decoy task that never sends).
         """
         try:
             form = self.form(post.form_id)
             check_origin(form, post.origin, post.referer)
-            await self.counter.count(Quota(f"form:{form.form_id}:{post.client}", form.rate_windows))
-            if form.honeypot and post.values.get(form.honeypot):
-                logger.warning("form %s: honeypot filled by %s: dropped quietly", form.form_id, post.client)
+            group = post.client_group or post.client
+            await self.counter.count(Quota(f"form:{form.form_id}:{group}", form.rate_windows))
+            values = clean_values(form, post.values)
+            mail = compose(form, values)
+            earlier = await self._repeat(post, mail)
+            if earlier is not None:
                 await self.counter.count(quota)
-                return Outcome(form, str(uuid.uuid4()), "honeypot")
-            mail = compose(form, clean_values(form, post.values))
+                return Outcome(form, earlier, "duplicate")
             await self._check_captcha(form, post)
         except ApiError:
             await self.counter.count(quota)
             raise
-        queued = await self.store.accept(mail, post.idempotency_key, quota)
+        decoy = bool(form.honeypot and post.values.get(form.honeypot))
+        queued = await self.store.accept(mail, post.idempotency_key, quota, decoy=decoy)
+        if decoy:
+            logger.warning(
+                "task %s: form %s honeypot filled by %s: a decoy", queued.task_id, form.form_id, post.client
+            )
+            return Outcome(form, queued.task_id, "honeypot")
         if not queued.created:
             logger.info("task %s: repeated post to form %s", queued.task_id, form.form_id)
             return Outcome(form, queued.task_id, "duplicate")
         logger.info("task %s: queued from form %s", queued.task_id, form.form_id)
+        await self._confirm(form, values, queued.task_id)
         return Outcome(form, queued.task_id, "accepted")
+
+    async def _repeat(self, post: Post, mail: EmailRequest) -> str | None:
+        """The task of an earlier identical post under the same Idempotency-Key.
+
+        Its CAPTCHA was verified then; a resend (a lost answer, a reload)
+        must not need a new token, which the visitor no longer has.
+        """
+        if post.idempotency_key is None:
+            return None
+        return await self.store.repeat_of(post.idempotency_key, mail)
 
     async def _check_captcha(self, form: FormDefinition, post: Post) -> None:
         if not form.captcha:
@@ -111,6 +136,21 @@ class FormIntake:
         if self.verifier is None:  # fail closed
             raise CaptchaRefused("The CAPTCHA cannot be checked right now.", "captcha_unverifiable")
         await self.verifier.verify(form.captcha, token.strip(), post.client)
+
+    async def _confirm(self, form: FormDefinition, values: dict[str, str], task_id: str) -> None:
+        """Queue the visitor's confirmation, unless their address had its share today."""
+        confirmation = compose_confirmation(form, values)
+        if confirmation is None or form.confirmation is None:
+            return
+        if not await self.ledger.count_confirmation(confirmation.to, form.confirmation.per_day):
+            logger.warning(
+                "task %s: no confirmation: its address already got %d today",
+                task_id,
+                form.confirmation.per_day,
+            )
+            return
+        queued = await self.store.accept(confirmation)
+        logger.info("task %s: confirmation of task %s queued", queued.task_id, task_id)
 
 
 def check_origin(form: FormDefinition, origin: str | None, referer: str | None) -> None:

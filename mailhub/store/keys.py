@@ -73,3 +73,13 @@ def webhook(delivery: str) -> str:
 def webhook_endpoint(url: str) -> str:
     """Hash of one webhook URL's counts and last outcome, named by the URL's digest."""
     return f"{PREFIX}webhook-endpoint:{hashlib.sha256(url.encode()).hexdigest()[:16]}"
+
+
+def captcha_token(token_digest: str) -> str:
+    """String marking a CAPTCHA token as used, for as long as a token can be valid."""
+    return f"{PREFIX}captcha:{token_digest}"
+
+
+def confirmations(address_digest: str) -> str:
+    """Counter of confirmation mails sent to one address; expires a day after the first."""
+    return f"{PREFIX}confirmations:{address_digest}"

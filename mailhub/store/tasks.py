@@ -210,6 +210,18 @@ class TaskStore:
             raise IdempotencyConflict("This Idempotency-Key was already used with another body.")
         return Queued(_text(answer[0]), created=outcome == _QUEUED)
 
+    async def repeat_of(self, idempotency: IdempotencyKey, request: EmailRequest) -> str | None:
+        """The task an earlier submit with this key and the same request made, if any.
+
+        Lets a door with a one-time check (a form's CAPTCHA) answer a resent
+        request without spending a new token; `accept` stays the atomic check.
+        """
+        seen = await self.redis.get(keys.idempotency(idempotency.scope, idempotency.value))
+        if seen is None:
+            return None
+        task_id, _, fingerprint = _text(seen).partition(" ")
+        return task_id if fingerprint == _fingerprint(request) else None
+
     async def result(self, task_id: str) -> str | None:
         """The task's result document as JSON text, or None if unknown or expired."""
         doc = await self.redis.hget(keys.task(task_id), "doc")

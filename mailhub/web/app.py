@@ -6,11 +6,14 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from mailhub.forms.captcha import VERIFY_TIMEOUT, CaptchaVerifier
 from mailhub.forms.intake import FormIntake
 from mailhub.settings import Settings
+from mailhub.store.form_ledger import FormLedger
 from mailhub.store.rate_limit import RateCounter
 from mailhub.store.redis_client import connect
 from mailhub.store.tasks import TaskStore
@@ -51,7 +54,6 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
     app[appkeys.REDIS] = redis
     app[appkeys.STORE] = TaskStore.from_settings(redis, settings)
     app[appkeys.GUARD] = SubmitGuard(settings, redis)
-    app[appkeys.FORMS] = FormIntake(settings.forms, app[appkeys.STORE], RateCounter(redis))
     yield
     await redis.aclose()
 
@@ -65,6 +67,23 @@ def static_page(name: str) -> Handler:
     return page
 
 
+async def _forms_context(app: web.Application) -> AsyncIterator[None]:
+    """The forms' intake, with one HTTP client session for CAPTCHA checks if any form has one."""
+    settings, redis = app[appkeys.SETTINGS], app[appkeys.REDIS]
+    ledger = FormLedger(redis)
+    session = None
+    verifier = None
+    if any(form.captcha for form in settings.forms.values()):
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=VERIFY_TIMEOUT))
+        verifier = CaptchaVerifier(
+            session, settings.captcha_secrets, ledger, verify_url=settings.captcha_verify_url
+        )
+    app[appkeys.FORMS] = FormIntake(settings.forms, app[appkeys.STORE], RateCounter(redis), ledger, verifier)
+    yield
+    if session is not None:
+        await session.close()
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[json_errors, deadlines.body_deadline(settings.body_timeout)],
@@ -75,6 +94,7 @@ def create_app(settings: Settings) -> web.Application:
     app[appkeys.SETTINGS] = settings
     app[appkeys.LOCALES] = Locales(STATIC_DIR / "locales")
     app.cleanup_ctx.append(_redis_context)
+    app.cleanup_ctx.append(_forms_context)
     app.cleanup_ctx.append(streams.live_context)
     app.on_shutdown.append(streams.close_streams)
     app.router.add_post("/api/v1/email/received", views.submit)

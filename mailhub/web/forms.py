@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from mailhub import metrics
-from mailhub.errors import ApiError, FormNotFound, InvalidRequest, TaskNotFound, ValidationFailed
+from mailhub.errors import ApiError, FormNotFound, InvalidRequest, TaskNotFound, TooLarge, ValidationFailed
 from mailhub.forms.fields import FieldsInvalid, Problem
 from mailhub.forms.intake import Outcome, Post
 from mailhub.store.tasks import IdempotencyKey
@@ -80,7 +81,7 @@ async def read_values(request: web.Request) -> dict[str, object]:
             reason="Send the fields as a form (urlencoded or multipart) or as JSON."
         )
     if len(items) > MAX_POSTED_FIELDS:
-        raise InvalidRequest(f"Too many fields: at most {MAX_POSTED_FIELDS}.")
+        raise TooLarge(f"Too many fields: at most {MAX_POSTED_FIELDS}.")
     values: dict[str, object] = {}
     for name, value in items:
         values.setdefault(name, value)
@@ -91,8 +92,11 @@ async def _read_form(request: web.Request) -> list[tuple[str, object]]:
     try:
         # Bounded by the app's client_max_size (413 beyond it).
         data = await request.post()
-    except (UnicodeDecodeError, ValueError):
+    except UnicodeDecodeError:
         raise InvalidRequest("The form data is not valid UTF-8 text.") from None
+    except (ValueError, LookupError, AssertionError, HttpProcessingError):
+        # aiohttp's multipart reader refuses malformed parts with these (LookupError: a charset).
+        raise InvalidRequest("The form data is malformed.") from None
     items: list[tuple[str, object]] = []
     for name, value in data.items():
         if isinstance(value, web.FileField):
@@ -150,6 +154,7 @@ async def _take(request: web.Request, posted: dict[str, object]) -> Outcome:
         form_id=request.match_info["form_id"],
         values=posted,
         client=client.address,
+        client_group=client.group,
         origin=request.headers.get("Origin"),
         referer=request.headers.get("Referer"),
         idempotency_key=IdempotencyKey(guard.idempotency_scope(client, None), key) if key else None,

@@ -98,6 +98,7 @@ def build_spec() -> dict[str, Any]:
         },
     )
     _add_live_paths(spec)
+    _add_form_paths(spec)
     return spec.to_dict()
 
 
@@ -179,6 +180,86 @@ def _add_live_paths(spec: APISpec) -> None:
                         "description": "`recipient` to prefill; `inbox_url` in capture mode",
                         "content": {"application/json": {"schema": {"type": "object"}}},
                     }
+                },
+            }
+        },
+    )
+
+
+_FORM_FIELDS = {
+    "type": "object",
+    "additionalProperties": True,
+    "description": (
+        "The form's declared fields by name (other names are dropped), plus the CAPTCHA "
+        "widget's token (`cf-turnstile-response`, `h-captcha-response` or "
+        "`g-recaptcha-response`) and optionally `lang` (`en`, `ko`) for the pages."
+    ),
+    "example": {"name": "Kim", "email": "kim@example.org", "message": "Hello!"},
+}
+
+
+def _add_form_paths(spec: APISpec) -> None:
+    """`POST /api/v1/forms/{form_id}`: the forms the owner defined in FORMS_FILE."""
+    spec.tag(
+        {
+            "name": "forms",
+            "description": "Forms defined on the server (FORMS_FILE): the page sends only field "
+            "values; recipients and wording are the owner's.",
+        }
+    )
+    spec.path(
+        path="/api/v1/forms/{form_id}",
+        operations={
+            "post": {
+                "tags": ["forms"],
+                "summary": "Post a form",
+                "description": (
+                    "Takes JSON, urlencoded or multipart (text fields only) bodies. A request whose "
+                    "`Accept` prefers `text/html` (a browser's plain post) gets `303 See Other` to the "
+                    "form's `redirect` or the built-in thank-you page, and its refusals as HTML pages; "
+                    "every other request gets these JSON answers. `Idempotency-Key` works as on "
+                    "`/api/v1/email/received`."
+                ),
+                "parameters": [
+                    {
+                        "name": "form_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "example": "contact"},
+                    },
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    },
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        media: {"schema": _FORM_FIELDS}
+                        for media in (
+                            "application/json",
+                            "application/x-www-form-urlencoded",
+                            "multipart/form-data",
+                        )
+                    },
+                },
+                "responses": {
+                    "200": _json("Queued", "Queued; follow it with result_url, SSE or WebSocket"),
+                    "303": {"description": "A plain HTML post: to the form's redirect or /forms/thanks"},
+                    "400": _error("Not JSON, not UTF-8, or not an object"),
+                    "403": _error(
+                        "origin_not_allowed, or the CAPTCHA: captcha_missing, captcha_invalid "
+                        "(bad, expired or reused), captcha_unverifiable"
+                    ),
+                    "404": _error("form_not_found"),
+                    "409": _error("Idempotency-Key reused with another body"),
+                    "413": _error("Request too large, or too many fields"),
+                    "415": _error("Not JSON, urlencoded or multipart"),
+                    "422": _error("Invalid fields: `fields` and `field_codes` say which and why"),
+                    "429": _error("Too many posts from this client"),
+                    "503": _error("Queue unavailable"),
                 },
             }
         },

@@ -136,6 +136,14 @@ class ErrorDetailSchema(Schema):
     code = fields.String(required=True)
     message = fields.String(required=True)
     field_errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()), data_key="fields")
+    field_codes = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        metadata={
+            "description": "Forms only: each field's problem as a code, for messages in the visitor's "
+            "language: required, too_long, single_line, control, header, email, invalid, file."
+        },
+    )
 
 
 class ErrorSchema(Schema):
