@@ -74,6 +74,30 @@ async def test_the_global_rate_limit_applies_to_forms_too(aiohttp_client, settin
     assert statuses == [200, 200, 429]
 
 
+async def test_another_sites_posts_do_not_lock_the_visitor_out(aiohttp_client, settings, redis):
+    # What a page on any site can make its visitor's browser send: plain form posts, no preflight.
+    form = replace(
+        capture_contact_form("owner@example.com"),
+        origins=("https://www.example.com",),
+        rate_windows=((3, 3600),),
+    )
+    client = await _client(aiohttp_client, settings, form, rate_limit="3/hour")
+    evil = {"Origin": "https://evil.example.net"}
+    with_file = aiohttp.FormData({"name": "x"})
+    with_file.add_field("attachment", io.BytesIO(b"x"), filename="x.txt")
+    posts = [
+        *[client.post(FORM, data={"name": ""}, headers=evil) for _ in range(10)],
+        client.post(FORM, data=with_file, headers=evil),
+        client.post(FORM, data=b"name=x", headers={**evil, "Content-Type": "text/plain"}),
+        client.post("/api/v1/forms/no-such-form", data=GOOD, headers=evil),
+    ]
+    statuses = [(await post).status for post in posts]
+    assert statuses == [403] * 12 + [404]
+    assert await redis.keys(keys.rate_limit(3600, "*")) == []
+    welcome = await client.post(FORM, json=GOOD, headers={"Origin": "https://www.example.com"})
+    assert welcome.status == 200
+
+
 async def test_a_filled_honeypot_looks_accepted_and_queues_nothing(aiohttp_client, settings, redis):
     form = replace(capture_contact_form("owner@example.com"), honeypot="website")
     client = await _client(aiohttp_client, settings, form)

@@ -83,14 +83,17 @@ class FormIntake:
     async def submit(self, post: Post, quota: Quota) -> Outcome:
         """Queue the post's mail (and its confirmation); raise the `ApiError` that refuses it.
 
-        `quota` is the client's RATE_LIMIT: every post counts against it, as
-        on the contract endpoint, and against the form's own `rate_limit`.
-        A filled honeypot goes through every check and gets the same answer
-        as a real post (a decoy task that never sends).
+        `quota` is the client's RATE_LIMIT: every post that could have
+        queued a mail counts against it, as on the contract endpoint, and
+        against the form's own `rate_limit`. One to a form that does not exist
+        or from a page outside the form's `origins` weighs nothing: another
+        site's page can make its visitor's browser send such posts, and must
+        not lock the visitor out. A filled honeypot goes through every check
+        and gets the same answer as a real post (a decoy task that never sends).
         """
+        form = self.form(post.form_id)
+        check_origin(form, post.origin, post.referer)
         try:
-            form = self.form(post.form_id)
-            check_origin(form, post.origin, post.referer)
             group = post.client_group or post.client
             await self.counter.count(Quota(f"form:{form.form_id}:{group}", form.rate_windows))
             values = clean_values(form, post.values)

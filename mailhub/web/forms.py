@@ -19,7 +19,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from mailhub import metrics
 from mailhub.errors import ApiError, FormNotFound, InvalidRequest, TaskNotFound, TooLarge, ValidationFailed
 from mailhub.forms.fields import FieldsInvalid, Problem
-from mailhub.forms.intake import Outcome, Post
+from mailhub.forms.intake import Outcome, Post, check_origin
 from mailhub.store.tasks import IdempotencyKey
 from mailhub.web import appkeys, form_pages, streams
 from mailhub.web.views import RESULT_PATH, idempotency_key, read_json, task_id_from_query
@@ -141,6 +141,15 @@ async def _take(request: web.Request, posted: dict[str, object]) -> Outcome:
     """Read the post into `posted` (kept for a page of errors), then hand it to the intake."""
     guard = request.app[appkeys.GUARD]
     client = guard.client(request.remote, request.headers)
+    form_id, origin, referer = (
+        request.match_info["form_id"],
+        request.headers.get("Origin"),
+        request.headers.get("Referer"),
+    )
+    # Before the body is read, and weighing nothing against the rate limit: a
+    # post to no form, or from a page outside the form's origins, which
+    # another site's page can make its visitor's browser send.
+    check_origin(request.app[appkeys.FORMS].form(form_id), origin, referer)
     quota = guard.quota(client)
     try:
         key = idempotency_key(request)
@@ -151,12 +160,12 @@ async def _take(request: web.Request, posted: dict[str, object]) -> Outcome:
         await guard.count(quota)  # a post refused before the intake counts too
         raise
     post = Post(
-        form_id=request.match_info["form_id"],
+        form_id=form_id,
         values=posted,
         client=client.address,
         client_group=client.group,
-        origin=request.headers.get("Origin"),
-        referer=request.headers.get("Referer"),
+        origin=origin,
+        referer=referer,
         idempotency_key=IdempotencyKey(guard.idempotency_scope(client, None), key) if key else None,
     )
     return await request.app[appkeys.FORMS].submit(post, quota)
