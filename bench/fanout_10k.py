@@ -18,7 +18,7 @@ once per mail (5 transitions per task, as in `bench.fanout`):
   one Redis subscription (the floor for an aiohttp fan-out server here);
 - mailhub: `python run.py web`.
 
-Each phase queues `--tasks` fresh tasks (through `TaskStore.enqueue`),
+Each phase queues `--tasks` fresh tasks (through `TaskStore.accept`),
 connects every subscriber (each gets the queued state), measures the idle
 server, then starts the worker and waits for every stream to end. Latency is
 from the moment this script's own subscription to the events channel sees a
@@ -59,6 +59,7 @@ from bench.fanout import (
     reference,
 )
 from bench.profiling import cpu_seconds, py_spy, stop_py_spy, summarize_profile
+from bench.queued import queue_mails
 from bench.sink import Sink
 from bench.support import (
     ROOT,
@@ -66,14 +67,13 @@ from bench.support import (
     Process,
     Row,
     event_time,
-    mail,
     print_table,
     run,
     sink_env,
     wait_for_http,
 )
 from mailhub.store.embedded_valkey import EmbeddedRedis
-from mailhub.store.tasks import EmailRequest, TaskStore
+from mailhub.store.tasks import TaskStore
 from tests.helpers import eventually, free_port
 from tests.processes import clean_env, rss_mib
 
@@ -250,13 +250,7 @@ class Bench:
         self.published: dict[tuple[str, int], float] = {}
 
     async def queue_tasks(self, tag: str) -> list[str]:
-        task_ids: list[str] = []
-        for start in range(0, self.args.tasks, 100):
-            batch = range(start, min(start + 100, self.args.tasks))
-            task_ids += await asyncio.gather(
-                *(self.store.enqueue(EmailRequest(**mail(n, tag))) for n in batch)
-            )
-        return task_ids
+        return await queue_mails(self.store, self.args.tasks, tag, in_flight=100)
 
     async def phase(self, name: str, server: Process, host: str, port: int, task_ids: list[str]) -> Phase:
         args, result = self.args, Phase(name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 from redis.asyncio import Redis
 
-from mailhub.delivery.sender import SmtpSender
 from mailhub.delivery.worker import Worker
 from mailhub.settings import Settings
 from mailhub.store.embedded_valkey import EmbeddedRedis
@@ -20,6 +18,7 @@ from mailhub.store.redis_client import connect
 from mailhub.store.tasks import TaskStore
 from mailhub.web.app import create_app
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT
+from tests.helpers import running_worker, settings_for, worker_for
 from tests.smtp_server import SmtpServer, TlsMaterial, make_tls_material
 
 SMTP_USER, SMTP_PASS = "mailhub", "secret"
@@ -63,49 +62,9 @@ def settings(valkey: EmbeddedRedis, smtp: SmtpServer) -> Settings:
     return settings_for(smtp, redis_url=valkey.url)
 
 
-def settings_for(smtp: SmtpServer, **overrides: Any) -> Settings:
-    """Settings that deliver to `smtp`, with quick retries for tests."""
-    values: dict[str, Any] = dict(
-        smtp_host=smtp.host,
-        smtp_port=smtp.port,
-        smtp_tls=smtp.tls,
-        smtp_user=smtp.user or "",
-        smtp_pass=smtp.password or "",
-        mail_from="Site <noreply@example.com>",
-        retry_base_delay=0.02,
-        retry_max_delay=0.1,
-        smtp_timeout=5.0,
-        allowed_recipients=("*",),
-        rate_limit="off",
-        worker_concurrency=8,
-        shutdown_grace=5.0,
-    )
-    values.update(overrides)
-    return Settings(**values)
-
-
 @pytest.fixture
 def store(redis: Redis, settings: Settings) -> TaskStore:
     return TaskStore.from_settings(redis, settings)
-
-
-@asynccontextmanager
-async def worker_for(store: TaskStore, settings: Settings, **changes: Any) -> AsyncIterator[Worker]:
-    """A worker (not started) for `settings` with `changes` (Settings fields), polling retries
-    often; its SMTP connections are closed on exit."""
-    settings = replace(settings, **changes)
-    sender = SmtpSender(settings)
-    try:
-        yield Worker.from_settings(store, sender, settings, poll_interval=0.01)
-    finally:
-        await sender.close()
-
-
-@asynccontextmanager
-async def running_worker(store: TaskStore, settings: Settings, **changes: Any) -> AsyncIterator[Worker]:
-    """`worker_for`, started, and stopped on exit."""
-    async with worker_for(store, settings, **changes) as worker, worker.running():
-        yield worker
 
 
 @pytest.fixture
@@ -163,7 +122,3 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
         yield await context.new_page()
     finally:
         await context.close()
-
-
-def with_settings(settings: Settings, **changes: Any) -> Settings:
-    return replace(settings, **changes)

@@ -1,4 +1,4 @@
-"""Helpers of the live-status tests: wait for a condition; drive a task by hand.
+"""A task driven by hand, for the live-status tests.
 
 `TaskDriver` moves a task one Lua script at a time where the real worker
 would make the timing of a transition a race: each call returns once the
@@ -7,22 +7,9 @@ transition is published.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
-
 from mailhub import reasons
 from mailhub.store.tasks import Attempt, EmailRequest, TaskStore
-
-REQUEST = EmailRequest(to="user@example.com", subject="Hello", body="Hi {username}!", username="Kim")
-
-
-async def until(condition: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
-    """Wait for `condition()` to hold, checking every 5 ms, or fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
-        await asyncio.sleep(0.005)
+from tests.helpers import MAIL, enqueue
 
 
 class TaskDriver:
@@ -33,10 +20,10 @@ class TaskDriver:
         self.task_id = ""
         self.attempt: Attempt | None = None
 
-    async def enqueue(self, request: EmailRequest = REQUEST) -> str:
+    async def enqueue(self, request: EmailRequest = MAIL) -> str:
         """Event 1 (queued)."""
         await self.store.queue.ensure_group()
-        self.task_id = await self.store.enqueue(request)
+        self.task_id = await enqueue(self.store, request)
         return self.task_id
 
     async def begin_attempt(self) -> Attempt:

@@ -11,9 +11,14 @@ import inspect
 import json
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any, TypeVar
 
+from mailhub.delivery.sender import SmtpSender
+from mailhub.delivery.worker import Worker
+from mailhub.settings import Settings
 from mailhub.store.tasks import EmailRequest, TaskStore
 from tests.smtp_server import SmtpServer
 
@@ -118,3 +123,43 @@ def smtp_env(smtp: SmtpServer, **extra: str) -> dict[str, str]:
         "RATE_LIMIT": "off",
     }
     return {**env, **extra}
+
+
+def settings_for(smtp: SmtpServer, **overrides: Any) -> Settings:
+    """Settings that deliver to `smtp`, with quick retries for tests."""
+    values: dict[str, Any] = dict(
+        smtp_host=smtp.host,
+        smtp_port=smtp.port,
+        smtp_tls=smtp.tls,
+        smtp_user=smtp.user or "",
+        smtp_pass=smtp.password or "",
+        mail_from="Site <noreply@example.com>",
+        retry_base_delay=0.02,
+        retry_max_delay=0.1,
+        smtp_timeout=5.0,
+        allowed_recipients=("*",),
+        rate_limit="off",
+        worker_concurrency=8,
+        shutdown_grace=5.0,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@asynccontextmanager
+async def worker_for(store: TaskStore, settings: Settings, **changes: Any) -> AsyncIterator[Worker]:
+    """A worker (not started) for `settings` with `changes` (Settings fields), polling retries
+    often; its SMTP connections are closed on exit."""
+    settings = replace(settings, **changes)
+    sender = SmtpSender(settings)
+    try:
+        yield Worker.from_settings(store, sender, settings, poll_interval=0.01)
+    finally:
+        await sender.close()
+
+
+@asynccontextmanager
+async def running_worker(store: TaskStore, settings: Settings, **changes: Any) -> AsyncIterator[Worker]:
+    """`worker_for`, started, and stopped on exit."""
+    async with worker_for(store, settings, **changes) as worker, worker.running():
+        yield worker

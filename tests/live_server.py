@@ -10,9 +10,9 @@ from aiohttp import web
 
 from mailhub.live.hub import EventHub
 from mailhub.settings import Settings
-from mailhub.store.embedded_valkey import free_port
 from mailhub.web import appkeys
 from mailhub.web.app import create_runner
+from tests.helpers import free_port
 
 
 @dataclass

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import aiohttp
 import pytest
 
 from mailhub.web.streams import SSE_PATH, WS_PATH
-from tests.conftest import with_settings
 from tests.driver import TaskDriver
 from tests.live_server import Live, serving
 from tests.sse import SseReader
@@ -79,7 +79,7 @@ async def test_one_client_holds_at_most_its_cap_of_streams_while_another_gets_it
 
 async def test_a_client_behind_a_trusted_proxy_is_counted_by_its_forwarded_address(settings, store):
     task_id = await TaskDriver(store).enqueue()
-    proxied = with_settings(settings, max_streams_per_client=2, trusted_proxies=("127.0.0.1/32",))
+    proxied = replace(settings, max_streams_per_client=2, trusted_proxies=("127.0.0.1/32",))
     async with serving(proxied) as live, client_at("127.0.0.1") as proxy, contextlib.AsyncExitStack() as held:
         for visitor in ("203.0.113.7", "203.0.113.7", "198.51.100.1", "198.51.100.1"):
             response = await held.enter_async_context(
@@ -108,7 +108,7 @@ async def test_a_client_behind_a_trusted_proxy_is_counted_by_its_forwarded_addre
 async def test_a_websocket_from_this_site_an_allowed_origin_or_no_page_is_accepted(settings, store, headers):
     task_id = await TaskDriver(store).enqueue()
     async with (
-        serving(with_settings(settings, cors_origins=(ALLOWED,))) as live,
+        serving(replace(settings, cors_origins=(ALLOWED,))) as live,
         client_at("127.0.0.1") as client,
     ):
         if headers.get("Origin") == "same origin":
@@ -130,7 +130,7 @@ async def test_a_websocket_from_this_site_an_allowed_origin_or_no_page_is_accept
 )
 async def test_a_websocket_from_another_origin_is_refused_before_the_upgrade(settings, store, origin):
     task_id = await TaskDriver(store).enqueue()
-    strict = with_settings(settings, cors_origins=(ALLOWED,), max_streams_per_client=1)
+    strict = replace(settings, cors_origins=(ALLOWED,), max_streams_per_client=1)
     async with serving(strict) as live, client_at("127.0.0.1") as client:
         upgrade = {
             "Origin": origin,

@@ -12,8 +12,7 @@ from mailhub.settings import Settings
 from mailhub.store import keys
 from mailhub.store.alerts import alert_state
 from mailhub.store.tasks import EmailRequest
-from tests.conftest import running_worker, settings_for
-from tests.helpers import enqueue, eventually, wait_for_status
+from tests.helpers import enqueue, eventually, running_worker, settings_for, wait_for_status
 from tests.smtp_server import Captured, Fault, SmtpServer
 
 OWNER = "owner@owner.example"

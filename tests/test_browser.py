@@ -6,14 +6,14 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, expect
 
 from tests.browser import WAIT_MS, paths, requests_of, screenshot, violations, watch_policy
-from tests.conftest import running_worker, with_settings
-from tests.driver import until
+from tests.helpers import eventually, running_worker
 from tests.live_server import Live, serving
 from tests.processes import MailhubProcess
 from tests.smtp_server import Fault
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.browser
 @pytest.fixture
 async def site(settings) -> AsyncIterator[Live]:  # type: ignore[no-untyped-def]
     """The server only: each test starts the worker when it suits it."""
-    async with serving(with_settings(settings, demo_recipient="owner@example.com")) as live:
+    async with serving(replace(settings, demo_recipient="owner@example.com")) as live:
         yield live
 
 
@@ -36,7 +36,7 @@ async def test_the_form_shows_a_retried_delivery_live(page, site, store, setting
     await expect(page.locator("input[name=to]")).to_have_value("owner@example.com")
     await page.locator("form button[type=submit]").click()
     # The worker starts once the page listens, so every transition is seen live.
-    await until(
+    await eventually(
         lambda: site.hub.subscription_count == 1, timeout=WAIT_MS / 1000, what="the page's EventSource"
     )
     status = page.get_by_role("status")

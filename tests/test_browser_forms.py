@@ -20,9 +20,7 @@ from mailhub.settings import Settings
 from mailhub.store import keys
 from mailhub.store.tasks import TaskStore
 from tests.browser import WAIT_MS, paths, requests_of, screenshot, violations, watch_policy
-from tests.conftest import running_worker, with_settings
-from tests.driver import until
-from tests.helpers import free_port
+from tests.helpers import eventually, free_port, running_worker
 from tests.live_server import Live, serving
 from tests.processes import ROOT
 from tests.smtp_server import Fault
@@ -45,7 +43,7 @@ async def contact_site(
     """The server (no worker: each test starts it when it suits it) with the example
     `contact` form addressed to owner@example.com, its definition changed by `form`."""
     contact = replace(capture_contact_form("owner@example.com"), **(form or {}))
-    async with serving(with_settings(settings, forms={"contact": contact}, **changes)) as live:
+    async with serving(replace(settings, forms={"contact": contact}, **changes)) as live:
         yield live
 
 
@@ -118,7 +116,7 @@ async def test_the_script_shows_the_delivery_live_without_a_page_change(
     await fill_in(page)
     await page.locator("button[type=submit]").click()
     # The worker starts once the page follows the task, so "pending" is seen first.
-    await until(
+    await eventually(
         lambda: site.hub.subscription_count == 1, timeout=WAIT_MS / 1000, what="the page's EventSource"
     )
     await expect(status(page)).to_have_text(EN["queued"])

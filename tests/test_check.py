@@ -13,8 +13,7 @@ import pytest
 
 from mailhub.check import Outcome, Step, hint_for, report, run_checks
 from mailhub.settings import Settings
-from tests.conftest import settings_for
-from tests.helpers import free_port, smtp_env
+from tests.helpers import free_port, settings_for, smtp_env
 from tests.processes import ROOT, clean_env
 from tests.smtp_server import SmtpServer
 

@@ -3,6 +3,8 @@ per address, IPv6 by /64, and no guessing when a hop is not an address."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from multidict import CIMultiDict
 
@@ -10,7 +12,6 @@ from mailhub.errors import InvalidRequest
 from mailhub.store import keys
 from mailhub.web.app import create_app
 from mailhub.web.guard import SubmitGuard
-from tests.conftest import with_settings
 from tests.helpers import MAIL_JSON, SUBMIT
 
 
@@ -20,7 +21,7 @@ def behind_proxy(aiohttp_client, settings, redis):
 
     async def make(rate_limit: str):
         changes = dict(rate_limit=rate_limit, trusted_proxies=("127.0.0.1/32",))
-        return await aiohttp_client(create_app(with_settings(settings, **changes)))
+        return await aiohttp_client(create_app(replace(settings, **changes)))
 
     return make
 
@@ -79,7 +80,7 @@ async def test_hops_left_of_the_client_are_never_read(behind_proxy):
 
 def _guard(settings, redis, **changes) -> SubmitGuard:
     # No server needed: a view hands the guard the peer's address and the headers.
-    return SubmitGuard(with_settings(settings, **changes), redis)
+    return SubmitGuard(replace(settings, **changes), redis)
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,11 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
 from mailhub.settings import Settings
-from tests.conftest import with_settings
 from tests.live_server import Live, serving
 
 TIMEOUT = 0.5
@@ -19,7 +19,7 @@ TIMEOUT = 0.5
 
 @pytest.fixture
 async def live(settings: Settings) -> AsyncIterator[Live]:
-    async with serving(with_settings(settings, keepalive_timeout=TIMEOUT, body_timeout=TIMEOUT)) as server:
+    async with serving(replace(settings, keepalive_timeout=TIMEOUT, body_timeout=TIMEOUT)) as server:
         yield server
 
 

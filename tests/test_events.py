@@ -20,11 +20,11 @@ from mailhub.live.event import Event
 from mailhub.live.hub import EventHub
 from mailhub.live.subscription import Direct, Queued, Subscription, Writer
 from mailhub.store import keys
-from mailhub.store.embedded_valkey import EmbeddedRedis, free_port
+from mailhub.store.embedded_valkey import EmbeddedRedis
 from mailhub.store.redis_client import connect
 from mailhub.store.tasks import TaskStore
-from tests.conftest import running_worker
-from tests.driver import REQUEST, TaskDriver, until
+from tests.driver import TaskDriver
+from tests.helpers import MAIL, enqueue, eventually, free_port, running_worker
 from tests.smtp_server import Fault
 
 
@@ -99,7 +99,7 @@ async def witness(hub: EventHub, task_id: str) -> AsyncIterator[Recorder]:
     recorder = Recorder()
     with hub.subscribe(task_id) as subscription:
         running = asyncio.create_task(subscription.run(await current(hub, task_id), Direct(recorder)))
-        await until(lambda: subscription.live, what="the witness live")
+        await eventually(lambda: subscription.live, what="the witness live")
         try:
             yield recorder
         finally:
@@ -108,7 +108,7 @@ async def witness(hub: EventHub, task_id: str) -> AsyncIterator[Recorder]:
 
 
 async def test_one_retry_gives_exactly_queued_attempt_retry_attempt_success(hub, store, settings, smtp, how):
-    task_id = await store.enqueue(REQUEST)
+    task_id = await enqueue(store)
     smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
     with hub.subscribe(task_id) as subscription:
         first = await current(hub, task_id)
@@ -124,7 +124,7 @@ async def test_one_retry_gives_exactly_queued_attempt_retry_attempt_success(hub,
     assert [d["seq"] for d in docs] == [1, 2, 3, 4, 5]
     assert docs[2]["last_error"] == "temporary failure, retrying"
     assert docs[2]["next_attempt_at"]
-    assert all(d["task_id"] == task_id and d["to"] == REQUEST.to and d["at"] for d in docs)
+    assert all(d["task_id"] == task_id and d["to"] == MAIL.to and d["at"] for d in docs)
 
 
 async def test_transitions_between_subscribe_and_read_are_sent_once(hub, store, how):
@@ -135,7 +135,7 @@ async def test_transitions_between_subscribe_and_read_are_sent_once(hub, store, 
         await driver.begin_attempt()
         await driver.retry()
         # Events 2 and 3 reached the subscription, and are in the stored state.
-        await until(lambda: seen.seqs == [1, 2, 3], what="event 3 dispatched")
+        await eventually(lambda: seen.seqs == [1, 2, 3], what="event 3 dispatched")
     first = await current(hub, task_id)
     assert first.seq == 3
     feed = asyncio.create_task(collect(subscription, first, how))
@@ -158,7 +158,7 @@ async def test_racing_the_real_worker_misses_nothing_and_repeats_nothing(hub, st
             return [d["seq"] for d in await collect(subscription, first, how)]
 
     async with running_worker(store, settings):
-        task_ids = [await store.enqueue(REQUEST) for _ in range(20)]
+        task_ids = [await enqueue(store) for _ in range(20)]
         seqs = await asyncio.wait_for(
             asyncio.gather(*(subscriber(t, n * 3) for n, t in enumerate(task_ids))), 20
         )
@@ -200,7 +200,7 @@ async def test_closing_a_subscription_ends_its_feed_and_forgets_it(hub, store, h
     first = await current(hub, task_id)
     recorder = Recorder()
     feed = asyncio.create_task(subscriptions[0].run(first, recorder.writer(how)))
-    await until(lambda: recorder.seqs == [1], what="the feed started")
+    await eventually(lambda: recorder.seqs == [1], what="the feed started")
     subscriptions[0].close()
     assert await asyncio.wait_for(feed, 5) is True
     assert hub.subscription_count == 2
@@ -239,7 +239,7 @@ async def test_a_subscriber_that_falls_behind_resyncs_from_the_stored_state(redi
             first = await current(small_hub, task_id)
             async with witness(small_hub, task_id) as seen:
                 await driver.run_to_success_after_one_retry()  # 4 events into a queue of 2
-                await until(lambda: seen.seqs == [1, 2, 3, 4, 5], what="every event dispatched")
+                await eventually(lambda: seen.seqs == [1, 2, 3, 4, 5], what="every event dispatched")
             docs = await asyncio.wait_for(collect(slow, first, how), 5)
     assert [d["seq"] for d in docs] == [1, 5]
 
@@ -250,7 +250,7 @@ async def test_malformed_messages_on_the_channel_are_ignored(hub, store, redis, 
         await redis.publish(keys.EVENTS, "not json")
         await redis.publish(keys.EVENTS, json.dumps({"task_id": task_id}))
         await redis.publish(keys.EVENTS, json.dumps({"task_id": task_id, "seq": 9, "status": "x"}))
-        await until(lambda: seen.seqs == [1, 9], what="the well-formed event")
+        await eventually(lambda: seen.seqs == [1, 9], what="the well-formed event")
     assert caplog.text.count("ignoring a malformed message") == 2
 
 
@@ -261,13 +261,13 @@ async def test_a_killed_pubsub_connection_is_replaced_and_subscribers_resync(hub
     recorder = Recorder()
     with hub.subscribe(task_id) as subscription:
         feed = asyncio.create_task(subscription.run(await current(hub, task_id), recorder.writer(how)))
-        await until(lambda: recorder.seqs == [1], what="the first event")
+        await eventually(lambda: recorder.seqs == [1], what="the first event")
         assert len(await redis.client_list(_type="pubsub")) == 1
         await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-        await until(lambda: hub.connections == 2, what="the hub resubscribing")
+        await eventually(lambda: hub.connections == 2, what="the hub resubscribing")
         assert "event hub resubscribed; 1 clients resync" in caplog.text
         await driver.begin_attempt()
-        await until(lambda: recorder.seqs == [1, 2], what="event 2")
+        await eventually(lambda: recorder.seqs == [1, 2], what="event 2")
         await driver.succeed()
         assert await asyncio.wait_for(feed, 5) is True
     assert recorder.seqs == [1, 2, 3]
@@ -287,15 +287,15 @@ async def test_a_redis_restart_is_survived_with_backoff(tmp_path: Path, caplog, 
             with hub.subscribe(task_id) as subscription:
                 first = await current(hub, task_id)
                 feed = asyncio.create_task(subscription.run(first, recorder.writer(how)))
-                await until(lambda: recorder.seqs == [1], what="the first event")
+                await eventually(lambda: recorder.seqs == [1], what="the first event")
                 await asyncio.to_thread(server.stop)
-                await until(lambda: not hub.ready, what="the hub noticing the outage")
+                await eventually(lambda: not hub.ready, what="the hub noticing the outage")
                 await asyncio.to_thread(server.start)
                 # Published before or after the hub is back: an event, or found
                 # by the resync that follows the resubscription; either way once.
                 await driver.begin_attempt()
-                await until(lambda: recorder.seqs == [1, 2], what="event 2")
-                await until(lambda: hub.connections == 2, what="the hub resubscribing")
+                await eventually(lambda: recorder.seqs == [1, 2], what="event 2")
+                await eventually(lambda: hub.connections == 2, what="the hub resubscribing")
                 await driver.succeed()
                 assert await asyncio.wait_for(feed, 5) is True
         assert recorder.seqs == [1, 2, 3]
@@ -311,7 +311,7 @@ async def test_stop_closes_every_subscription(redis, store, how):
     async with running_hub(store) as hub:
         subscription = hub.subscribe(task_id)
         feed = asyncio.create_task(subscription.run(await current(hub, task_id), recorder.writer(how)))
-        await until(lambda: recorder.seqs == [1], what="the feed started")
+        await eventually(lambda: recorder.seqs == [1], what="the feed started")
     assert await asyncio.wait_for(feed, 5) is True
     assert subscription.closed and hub.subscription_count == 0
 
@@ -327,7 +327,7 @@ async def test_direct_events_are_written_by_the_hub_as_it_dispatches(hub, store)
             asyncio.create_task(s.run(first, Direct(r)), name=f"feed-{n}")
             for n, (s, r) in enumerate(zip(subscriptions, recorders))
         ]
-        await until(lambda: all(s.live for s in subscriptions), what="the feeds live")
+        await eventually(lambda: all(s.live for s in subscriptions), what="the feeds live")
         await driver.begin_attempt()
         await driver.retry()
         await driver.begin_attempt()
@@ -362,10 +362,10 @@ async def test_direct_resyncs_a_writer_that_took_no_more_and_goes_on(hub, store)
     with hub.subscribe(task_id) as subscription:
         first = await current(hub, task_id)
         feed = asyncio.create_task(subscription.run(first, Direct(recorder)))
-        await until(lambda: subscription.live, what="the feed live")
+        await eventually(lambda: subscription.live, what="the feed live")
         await driver.begin_attempt()  # refused, then written again from the stored state
-        await until(lambda: recorder.seqs == [1, 2], what="event 2 after the resync")
-        await until(lambda: subscription.live, what="the feed live again")
+        await eventually(lambda: recorder.seqs == [1, 2], what="event 2 after the resync")
+        await eventually(lambda: subscription.live, what="the feed live again")
         await driver.succeed()
         assert await asyncio.wait_for(feed, 5) is True
     assert recorder.refused == [2]
@@ -378,7 +378,7 @@ async def test_direct_gives_up_on_a_writer_that_takes_no_more_after_the_resync(h
     recorder = Recorder(refuse=2)
     with hub.subscribe(task_id) as subscription:
         feed = asyncio.create_task(subscription.run(await current(hub, task_id), Direct(recorder)))
-        await until(lambda: subscription.live, what="the feed live")
+        await eventually(lambda: subscription.live, what="the feed live")
         await driver.begin_attempt()
         assert await asyncio.wait_for(feed, 5) is False
         assert not subscription.live
@@ -399,7 +399,7 @@ async def test_direct_ends_without_a_read_when_a_refused_client_is_gone(hub, sto
         feed = asyncio.create_task(
             subscription.run(await current(hub, task_id), Direct(recorder), alive=lambda: connected, idle=60)
         )
-        await until(lambda: subscription.live, what="the feed live")
+        await eventually(lambda: subscription.live, what="the feed live")
         monkeypatch.setattr(store, "result", counted_read)
         connected = False  # the socket closed: the next write is refused
         await driver.begin_attempt()
@@ -417,10 +417,10 @@ async def test_the_hub_listens_only_while_someone_follows(store, redis, how):
         with hub.subscribe(task_id) as subscription:
             # `current` waits for the channel's subscription.
             feed = asyncio.create_task(subscription.run(await hub.current(task_id), recorder.writer(how)))
-            await until(lambda: recorder.seqs == [1], what="the first event")
+            await eventually(lambda: recorder.seqs == [1], what="the first event")
             assert len(await redis.client_list(_type="pubsub")) == 1
             await driver.begin_attempt()
-            await until(lambda: recorder.seqs == [1, 2], what="event 2")
+            await eventually(lambda: recorder.seqs == [1, 2], what="event 2")
         assert await asyncio.wait_for(feed, 5) is True
         deadline = time.monotonic() + 5
         while await redis.client_list(_type="pubsub"):  # `linger` after the last follower left
@@ -429,7 +429,7 @@ async def test_the_hub_listens_only_while_someone_follows(store, redis, how):
         recorder = Recorder()
         with hub.subscribe(task_id) as subscription:  # listens again for the next follower
             feed = asyncio.create_task(subscription.run(await hub.current(task_id), recorder.writer(how)))
-            await until(lambda: recorder.seqs == [2], what="the stored state")
+            await eventually(lambda: recorder.seqs == [2], what="the stored state")
             await driver.succeed()
             assert await asyncio.wait_for(feed, 5) is True
         assert recorder.seqs == [2, 3]

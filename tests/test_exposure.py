@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -18,8 +19,7 @@ import pytest
 from mailhub import reasons
 from mailhub.store import keys
 from mailhub.web.security_headers import PAGE_POLICY
-from tests.conftest import running_worker, with_settings
-from tests.helpers import MAIL_JSON, SUBMIT, free_port, wait_for_status
+from tests.helpers import MAIL_JSON, SUBMIT, free_port, running_worker, wait_for_status
 from tests.live_server import Live, serving
 from tests.smtp_server import Fault
 from tests.sse import SseReader
@@ -29,7 +29,7 @@ TOKEN = "metrics-secret-token"
 
 @pytest.fixture
 async def site(settings) -> AsyncIterator[Live]:  # type: ignore[no-untyped-def]
-    async with serving(with_settings(settings, metrics_token=TOKEN)) as live:
+    async with serving(replace(settings, metrics_token=TOKEN)) as live:
         yield live
 
 
@@ -121,7 +121,7 @@ async def test_a_refused_login_shows_sending_is_paused_without_the_535(
 
 async def test_readyz_with_redis_down_names_no_address(settings, caplog):
     port = free_port()  # nothing listens there
-    down = with_settings(settings, redis_url=f"redis://127.0.0.1:{port}/0", metrics_token=TOKEN)
+    down = replace(settings, redis_url=f"redis://127.0.0.1:{port}/0", metrics_token=TOKEN)
     async with serving(down) as live, aiohttp.ClientSession(live.url) as http:
         async with http.get("/readyz") as response:
             status, public = response.status, await response.text()
@@ -182,7 +182,7 @@ async def test_html_pages_carry_the_page_policy(http, path):
 
 async def test_the_dev_inbox_carries_the_page_policy(settings):
     async with (
-        serving(with_settings(settings, smtp_host="")) as live,
+        serving(replace(settings, smtp_host="")) as live,
         aiohttp.ClientSession(live.url) as http,
     ):
         async with http.get("/dev/inbox") as page, http.get("/dev/inbox/messages") as data:

@@ -12,8 +12,18 @@ from mailhub.store.embedded_valkey import EmbeddedRedis
 from mailhub.store.redis_client import connect
 from mailhub.store.tasks import EmailRequest, TaskStore
 from mailhub.web.app import create_app
-from tests.conftest import running_worker, settings_for
-from tests.helpers import MAIL_JSON, RESULT, SUBMIT, enqueue, eventually, free_port, result_of, smtp_env
+from tests.helpers import (
+    MAIL_JSON,
+    RESULT,
+    SUBMIT,
+    enqueue,
+    eventually,
+    free_port,
+    result_of,
+    running_worker,
+    settings_for,
+    smtp_env,
+)
 from tests.processes import MailhubProcess
 
 

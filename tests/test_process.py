@@ -16,7 +16,7 @@ import aiohttp
 
 from mailhub.process import AcceptErrorLog
 from mailhub.web.streams import WS_PATH
-from tests.driver import until
+from tests.helpers import eventually
 from tests.processes import MailhubProcess
 
 MAIL = {"to": "user@example.com", "subject": "Hello", "body": "Hi"}
@@ -144,8 +144,8 @@ async def test_accept_errors_are_counted_per_window_and_other_errors_pass_on(cap
             }
             for _ in range(3):
                 loop.call_exception_handler(failure)
-            await until(lambda: "2 more failed accepts" in caplog.text, what="the window's summary")
-            await until(lambda: not log.in_burst, what="a window without errors")
+            await eventually(lambda: "2 more failed accepts" in caplog.text, what="the window's summary")
+            await eventually(lambda: not log.in_burst, what="a window without errors")
             loop.call_exception_handler(failure)  # a new burst is reported at once
             other = {"message": "something else", "exception": OSError(errno.EMFILE, "elsewhere")}
             loop.call_exception_handler(other)

@@ -9,6 +9,7 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from types import SimpleNamespace
 
 import aiohttp
@@ -23,8 +24,8 @@ from mailhub.store import keys
 from mailhub.store.embedded_valkey import EmbeddedRedis
 from mailhub.web import appkeys
 from mailhub.web.streams import SSE_BUFFER_LIMIT, SSE_PATH, WS_PATH, sse_frame
-from tests.conftest import running_worker, with_settings
-from tests.driver import REQUEST, TaskDriver, until
+from tests.driver import TaskDriver
+from tests.helpers import MAIL, enqueue, eventually, running_worker
 from tests.live_server import Live, serving
 from tests.smtp_server import Fault
 from tests.sse import SseReader
@@ -57,7 +58,7 @@ async def stream(
 async def test_sse_sends_queued_attempt_retry_attempt_success_then_closes(
     live, session, store, settings, smtp
 ):
-    task_id = await store.enqueue(REQUEST)
+    task_id = await enqueue(store)
     smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
     async with stream(session, live, task_id) as reader:
         first = await reader.next()
@@ -72,7 +73,7 @@ async def test_sse_sends_queued_attempt_retry_attempt_success_then_closes(
         "status": "success",
         "attempts": 2,
         "task_id": task_id,
-        "to": REQUEST.to,
+        "to": MAIL.to,
     }
 
 
@@ -83,7 +84,7 @@ async def test_a_late_subscriber_gets_the_final_state_at_once_and_the_stream_clo
     async with stream(session, live, task_id) as reader:
         messages = await asyncio.wait_for(reader.rest(), 5)
     assert [(m.id, m.doc["status"]) for m in messages] == [("5", "success")]
-    await until(lambda: live.hub.subscription_count == 0, what="the subscription to close")
+    await eventually(lambda: live.hub.subscription_count == 0, what="the subscription to close")
 
 
 @pytest.mark.parametrize(
@@ -141,7 +142,7 @@ async def test_streams_racing_the_real_worker_are_complete_and_without_repeats(
     async with running_worker(store, settings):
         followers = []
         for _ in range(20):
-            task_id = await store.enqueue(REQUEST)
+            task_id = await enqueue(store)
             followers.append(asyncio.create_task(follow(task_id)))
         results = await asyncio.wait_for(asyncio.gather(*followers), 20)
     for task_id, seqs in results:
@@ -173,7 +174,7 @@ async def test_last_event_id_resumes_without_repeats(live, session, store):
 
 async def test_keepalive_comments_come_at_the_configured_interval(settings, session, store):
     task_id = await TaskDriver(store).enqueue()
-    async with serving(with_settings(settings, sse_keepalive=0.05)) as live:
+    async with serving(replace(settings, sse_keepalive=0.05)) as live:
         async with stream(session, live, task_id) as reader:
             assert (await reader.next()).id == "1"  # type: ignore[union-attr]
             line = await asyncio.wait_for(reader.response.content.readline(), 5)
@@ -183,10 +184,10 @@ async def test_keepalive_comments_come_at_the_configured_interval(settings, sess
 async def test_200_clients_on_one_task_get_the_same_events_over_one_pubsub_connection(
     session, store, settings, smtp, redis
 ):
-    task_id = await store.enqueue(REQUEST)
+    task_id = await enqueue(store)
     smtp.handler.faults.append(Fault.reply_data("451 4.7.1 try again later"))
     # All 200 come from one address here: lift the per-client cap.
-    async with serving(with_settings(settings, max_streams_per_client=200)) as live:
+    async with serving(replace(settings, max_streams_per_client=200)) as live:
         async with contextlib.AsyncExitStack() as stack:
             readers = await asyncio.gather(
                 *(stack.enter_async_context(stream(session, live, task_id)) for _ in range(200))
@@ -200,16 +201,16 @@ async def test_200_clients_on_one_task_get_the_same_events_over_one_pubsub_conne
         sequences = {tuple((m.id, m.data) for m in [first, *rest]) for first, rest in zip(firsts, rests)}
         [sequence] = sequences
         assert [seq for seq, _ in sequence] == ["1", "2", "3", "4", "5"]
-        await until(lambda: live.hub.subscription_count == 0, what="every subscription to close")
+        await eventually(lambda: live.hub.subscription_count == 0, what="every subscription to close")
 
 
 async def test_clients_that_drop_leave_no_subscription_or_task_behind(settings, session, store):
     task_id = await TaskDriver(store).enqueue()
-    async with serving(with_settings(settings, max_streams_per_client=100)) as live:
+    async with serving(replace(settings, max_streams_per_client=100)) as live:
         async with stream(session, live, task_id) as reader:
             assert (await reader.next()).id == "1"  # type: ignore[union-attr]
         # The hub's listener lingers after the last client by design: it is in the baseline.
-        await until(lambda: live.hub.subscription_count == 0, what="the first client to go")
+        await eventually(lambda: live.hub.subscription_count == 0, what="the first client to go")
         baseline = len(asyncio.all_tasks())
         responses = [await session.get(live.url + SSE_PATH, params={"task_id": task_id}) for _ in range(100)]
         for response in responses:
@@ -217,9 +218,9 @@ async def test_clients_that_drop_leave_no_subscription_or_task_behind(settings, 
         assert live.hub.subscription_count == 100
         for response in responses:
             response.close()  # drops the connection, as a closed browser tab does
-        await until(lambda: live.hub.subscription_count == 0, what="the subscriptions to go")
+        await eventually(lambda: live.hub.subscription_count == 0, what="the subscriptions to go")
         assert live.hub.task_count == 0
-        await until(lambda: len(asyncio.all_tasks()) <= baseline, what="the server tasks to end")
+        await eventually(lambda: len(asyncio.all_tasks()) <= baseline, what="the server tasks to end")
 
 
 async def test_shutdown_closes_open_streams_promptly(settings, session, store):
@@ -306,19 +307,19 @@ async def test_ws_unsubscribe_stops_the_events_of_that_task(live, session, store
         await ws.send_json({"subscribe": first.task_id})
         assert (await ws.receive_json(timeout=5))["task_id"] == first.task_id
         await ws.send_json({"unsubscribe": first.task_id})
-        await until(lambda: live.hub.subscription_count == 0, what="the unsubscribe")
+        await eventually(lambda: live.hub.subscription_count == 0, what="the unsubscribe")
         await first.begin_attempt()
         await ws.send_json({"subscribe": second.task_id})
         # The next message is the second task's: nothing of the first came in between.
         assert (await ws.receive_json(timeout=5))["task_id"] == second.task_id
-    await until(lambda: live.hub.subscription_count == 0, what="the socket's subscriptions to go")
+    await eventually(lambda: live.hub.subscription_count == 0, what="the socket's subscriptions to go")
 
 
 async def test_with_redis_down_sse_answers_503_and_ws_an_error_message(tmp_path, settings, session):
     valkey = EmbeddedRedis(tmp_path, persist=False)
     valkey.start()
     try:
-        async with serving(with_settings(settings, redis_url=valkey.url)) as live:
+        async with serving(replace(settings, redis_url=valkey.url)) as live:
             valkey.stop()
             async with session.get(live.url + SSE_PATH, params={"task_id": UNKNOWN}) as response:
                 assert response.status == 503
@@ -335,7 +336,7 @@ async def test_with_redis_down_sse_answers_503_and_ws_an_error_message(tmp_path,
 async def test_an_allowed_origin_may_follow_a_task_over_sse(settings, session, store):
     task_id = await TaskDriver(store).enqueue()
     origin = "https://www.example.com"
-    async with serving(with_settings(settings, cors_origins=(origin,))) as live:
+    async with serving(replace(settings, cors_origins=(origin,))) as live:
         async with session.get(
             live.url + SSE_PATH, params={"task_id": task_id}, headers={"Origin": origin}
         ) as response:
@@ -436,7 +437,7 @@ async def test_a_client_that_stops_reading_is_dropped_while_the_others_get_every
                 pass
     finally:
         slow_writer.close()
-    await until(lambda: live.hub.subscription_count == 0, what="every subscription to close")
+    await eventually(lambda: live.hub.subscription_count == 0, what="every subscription to close")
 
 
 async def subscriber_gauge(session: aiohttp.ClientSession, live: Live) -> float:
@@ -492,5 +493,5 @@ async def test_the_ws_cap_of_100_tasks_holds_under_a_flood(live, session, store)
             "At most 100 tasks per connection.",
         )
         assert await subscriber_gauge(session, live) == 100
-    await until(lambda: live.hub.subscription_count == 0, what="the socket's subscriptions to go")
+    await eventually(lambda: live.hub.subscription_count == 0, what="the socket's subscriptions to go")
     assert await subscriber_gauge(session, live) == 0

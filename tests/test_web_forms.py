@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -12,7 +13,6 @@ import pytest
 from mailhub.forms.definitions import capture_contact_form
 from mailhub.store import keys
 from mailhub.web.app import create_app
-from tests.conftest import with_settings
 from tests.helpers import result_of
 
 FORM = "/api/v1/forms/contact"
@@ -23,7 +23,7 @@ GOOD = {"name": "Kim", "email": "kim@example.org", "message": "Hello\nthere"}
 @pytest.fixture
 def form_settings(settings):
     contact = capture_contact_form("owner@example.com")
-    return with_settings(settings, forms={"contact": contact}, allowed_recipients=())
+    return replace(settings, forms={"contact": contact}, allowed_recipients=())
 
 
 @pytest.fixture

@@ -20,8 +20,17 @@ from mailhub.store.outbox import Outbox
 from mailhub.store.tasks import TaskStore
 from mailhub.store.webhooks import WebhookQueue, delivery_state, shown_url
 from mailhub.web.app import create_app
-from tests.conftest import running_worker, settings_for
-from tests.helpers import MAIL, MAIL_JSON, SUBMIT, enqueue, eventually, smtp_env, wait_for_status
+from tests.helpers import (
+    MAIL,
+    MAIL_JSON,
+    SUBMIT,
+    enqueue,
+    eventually,
+    running_worker,
+    settings_for,
+    smtp_env,
+    wait_for_status,
+)
 from tests.processes import MailhubProcess
 from tests.smtp_server import Fault
 from tests.webhook_receiver import SECRET, WebhookReceiver

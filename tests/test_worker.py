@@ -13,15 +13,17 @@ from mailhub.delivery.sender import SmtpSender
 from mailhub.delivery.worker import Worker, backoff_delay
 from mailhub.store import keys, smtp_status
 from mailhub.store.tasks import EmailRequest
-from tests.conftest import running_worker, settings_for, worker_for
 from tests.helpers import (
     MAIL_TEXT,
     enqueue,
     eventually,
     result_of,
+    running_worker,
+    settings_for,
     wait_for_document,
     wait_for_event,
     wait_for_status,
+    worker_for,
 )
 from tests.smtp_server import Fault, SmtpServer
 

@@ -31,7 +31,7 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def free_port() -> int:
+def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -42,7 +42,7 @@ class EmbeddedRedis:
 
     def __init__(self, data_dir: Path, *, port: int | None = None, persist: bool = True):
         self.data_dir = Path(data_dir).resolve()
-        self.port = port or free_port()
+        self.port = port or _free_port()
         self.persist = persist
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -148,10 +148,6 @@ class TaskStore:
             notify=bool(settings.webhook_urls or settings.alert_email),
         )
 
-    async def enqueue(self, request: EmailRequest) -> str:
-        """Store a new task and queue it in one step; returns its id."""
-        return (await self.accept(request)).task_id
-
     async def accept(
         self,
         request: EmailRequest,
