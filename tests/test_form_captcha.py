@@ -16,7 +16,6 @@ from mailhub.store import keys
 from mailhub.store.form_ledger import FormLedger
 from mailhub.web import appkeys
 from mailhub.web.app import create_app
-from tests.conftest import with_settings
 from tests.helpers import free_port, wait_for_status
 from tests.verify_server import verify_server
 
@@ -94,9 +93,7 @@ async def test_a_token_the_provider_calls_used_is_refused(verify, session, redis
 async def captcha_client(aiohttp_client: Any, settings, verify):
     form = replace(capture_contact_form("owner@example.com"), captcha="turnstile")
     app = create_app(
-        with_settings(
-            settings, forms={"contact": form}, captcha_secrets=SECRETS, captcha_verify_url=verify.url
-        )
+        replace(settings, forms={"contact": form}, captcha_secrets=SECRETS, captcha_verify_url=verify.url)
     )
     return await aiohttp_client(app)
 

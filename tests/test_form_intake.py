@@ -13,7 +13,6 @@ import pytest
 from mailhub.forms.definitions import Confirmation, FieldRule, FormDefinition, capture_contact_form
 from mailhub.store import keys
 from mailhub.web.app import create_app
-from tests.conftest import with_settings
 from tests.helpers import wait_for_status
 from tests.verify_server import verify_server
 
@@ -23,7 +22,7 @@ SECRETS = {"turnstile": "test-secret"}
 
 
 async def _client(aiohttp_client: Any, settings, form: FormDefinition, **changes: Any):
-    app = create_app(with_settings(settings, forms={form.form_id: form}, allowed_recipients=(), **changes))
+    app = create_app(replace(settings, forms={form.form_id: form}, allowed_recipients=(), **changes))
     return await aiohttp_client(app)
 
 
