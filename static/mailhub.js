@@ -169,6 +169,7 @@
         HTMLFormElement.prototype.submit.call(this.form); // no messages to show: post as plain HTML
         return;
       }
+      if (this.busy) return; // a second click while the texts loaded
       const values = this.collect();
       let record = this.draft.load();
       // The same values go again under the same key: the server queues them at most once.
@@ -226,7 +227,8 @@
     collect() {
       const values = {};
       for (const [name, value] of new FormData(this.form)) {
-        if (typeof value === "string") values[name] = value; // files are not sent
+        // The first value of a repeated name, as the server takes it; files are not sent.
+        if (typeof value === "string" && !(name in values)) values[name] = value;
       }
       return values;
     }

@@ -122,6 +122,7 @@ async def test_the_script_shows_the_delivery_live_without_a_page_change(
     await expect(status(page)).to_have_text(EN["queued"])
     await expect(status(page)).to_have_attribute("data-mailhub-state", "pending")
     await expect(page.locator("button[type=submit]")).to_be_disabled()
+    await screenshot(page, "contact-js-pending.png")
     async with running_worker(store, settings):
         await expect(status(page)).to_have_attribute("data-mailhub-state", "success", timeout=WAIT_MS)
     await expect(status(page)).to_have_text(EN["success"])
