@@ -59,9 +59,14 @@ def test_capture_mode_has_the_example_contact_form():
     assert not form.captcha and not form.redirect
 
 
-def test_an_open_relay_still_stops_start_up():
+def test_an_open_relay_still_stops_start_up(tmp_path):
     with pytest.raises(SettingsError, match="ALLOWED_RECIPIENTS is empty"):
         load_settings({"SMTP_HOST": "smtp.example.com"}, env_file=None)
+    path = tmp_path / "forms.toml"
+    path.write_text(GOOD)
+    with pytest.raises(SettingsError, match="API_KEYS"):
+        env = {"SMTP_HOST": "smtp.example.com", "FORMS_FILE": str(path), "ALLOWED_RECIPIENTS": "*"}
+        load_settings(env, env_file=None)
 
 
 def _mistake(tmp_path: Path, text: str, secrets: dict[str, str] | None = None) -> str:

@@ -41,7 +41,7 @@ async def test_json_post_gets_the_contract_answer_and_ends_success(form_client, 
     await drain()
     document = await result_of(store, answer["task_id"])
     assert document["status"] == "success"
-    assert document["to"] == "owner@example.com"
+    assert document["to"] == "…@example.com"  # the owner's address is not the visitor's to see
     [mail] = await smtp.handler.wait_for_count(1)
     assert mail.rcpt_tos == ["owner@example.com"]
     assert mail.message["Reply-To"] == "kim@example.org"
@@ -155,3 +155,44 @@ async def test_header_tricks_in_a_form_field_are_422_naming_it(form_client, redi
     assert response.status == 422
     assert field in (await response.json())["error"]["fields"]
     assert await redis.xlen(keys.QUEUE) == 0
+
+
+async def test_error_redirect_takes_a_plain_posts_refusals(aiohttp_client, form_settings):
+    form = replace(form_settings.forms["contact"], error_redirect="https://www.example.com/oops?x=1")
+    client = await aiohttp_client(create_app(replace(form_settings, forms={"contact": form})))
+    response = await client.post(FORM, data={"name": ""}, headers=BROWSER, allow_redirects=False)
+    assert response.status == 303
+    assert response.headers["Location"] == "https://www.example.com/oops?x=1&error=validation_failed"
+    json_answer = await client.post(FORM, json={"name": ""})
+    assert json_answer.status == 422
+
+
+async def test_pages_speak_the_posted_lang_and_carry_the_page_headers(form_client):
+    response = await form_client.post(
+        FORM, data={"lang": "ko", "name": "", "email": "x", "message": "m"}, headers=BROWSER
+    )
+    assert response.status == 422
+    text = await response.text()
+    assert '<html lang="ko">' in text
+    assert "필수 항목입니다." in text and "올바른 이메일 주소가 아닙니다." in text
+    assert (
+        "script-src" in response.headers["Content-Security-Policy"]
+        or "default-src 'self'" in (response.headers["Content-Security-Policy"])
+    )
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert "<script>" not in text and " style=" not in text
+
+
+async def test_the_thank_you_page_follows_by_script_or_refresh_and_escapes(form_client, store):
+    queued = await (await form_client.post(FORM, json=GOOD)).json()
+    page = await form_client.get(f"/forms/thanks?task_id={queued['task_id']}&lang=%22%3E%3Cx")
+    text = await page.text()
+    assert page.status == 200
+    assert '<script src="/static/form-status.js" defer></script>' in text
+    assert '<meta http-equiv="refresh"' in text  # inside <noscript>: a page without JavaScript
+    assert f'data-task-id="{queued["task_id"]}"' in text
+    assert "<x" not in text
+    assert page.headers["Cache-Control"] == "no-store"
+    unknown = await form_client.get(f"/forms/thanks?task_id={uuid.uuid4()}")
+    assert unknown.status == 200
+    assert "form-status.js" not in await unknown.text()

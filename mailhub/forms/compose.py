@@ -21,6 +21,7 @@ def compose(form: FormDefinition, values: dict[str, str]) -> EmailRequest:
         reply_to=values.get(form.reply_to, "") if form.reply_to else "",
         from_name=_header(form.from_name, values),
         rendered=True,
+        shown_to=", ".join(masked(address) for address in form.to),
     )
 
 
@@ -34,6 +35,11 @@ def compose_confirmation(form: FormDefinition, values: dict[str, str]) -> EmailR
         body=render(form.confirmation.text, values),
         rendered=True,
     )
+
+
+def masked(address: str) -> str:
+    """An owner's address as a visitor may see it in the result: `…@example.com`."""
+    return "…@" + address.rpartition("@")[2]
 
 
 def _header(template: str, values: dict[str, str]) -> str:

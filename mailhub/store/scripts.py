@@ -25,8 +25,8 @@ local PUBLIC = {queued='pending', sending='pending', retrying='pending',
 local function emit(key, event, at)
   local seq = redis.call('HINCRBY', key, 'seq', 1)
   local f = redis.call('HMGET', key, 'task_id', 'to', 'state', 'attempts',
-                       'reason', 'last_error', 'next_attempt_at')
-  local doc = {task_id=f[1], to=f[2], status=PUBLIC[f[3]],
+                       'reason', 'last_error', 'next_attempt_at', 'shown_to')
+  local doc = {task_id=f[1], to=f[8] or f[2], status=PUBLIC[f[3]],
                attempts=tonumber(f[4]) or 0, seq=seq, event=event, at=at}
   if f[3] == 'failed' then doc.reason = f[5] end
   if f[3] == 'retrying' then
@@ -58,7 +58,8 @@ end
 #: ARGV: at, body fingerprint, idempotency TTL, decoy retention (0: a real
 #: task), amount and seconds of each window, then the task's values: task_id,
 #: to, subject, body, username, message_id, created_ts, reply_to, html,
-#: from_name, rendered, alert (in this order, without names: fewer arguments).
+#: from_name, rendered, alert, shown_to (in this order, without names: fewer
+#: arguments).
 #: Returns {task id, 1} when queued, {earlier task id, 0} for a repeat of the
 #: same body under the same idempotency key (or of this very call), {earlier
 #: task id, -1} for another body, {seconds until the window resets, -2,
@@ -85,7 +86,7 @@ redis.call('HSET', KEYS[1], 'task_id', task_id, 'to', ARGV[v + 1], 'subject', AR
            'body', ARGV[v + 3], 'username', ARGV[v + 4], 'message_id', ARGV[v + 5],
            'created_ts', ARGV[v + 6], 'created_at', ARGV[1], 'state', 'queued', 'attempts', 0)
 -- A form's parts, only when present: a contract mail's hash stays as it was.
-local optional = {'reply_to', 'html', 'from_name', 'rendered', 'alert'}
+local optional = {'reply_to', 'html', 'from_name', 'rendered', 'alert', 'shown_to'}
 for i, name in ipairs(optional) do
   local value = ARGV[v + 6 + i]
   if value and value ~= '' and value ~= '0' then redis.call('HSET', KEYS[1], name, value) end

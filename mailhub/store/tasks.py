@@ -69,6 +69,9 @@ class EmailRequest:
     rendered: bool = False
     #: An alert to the owner (`notify.alerts`): its own outcome is announced nowhere.
     alert: bool = False
+    #: What the result document shows as `to` ("": `to` itself). A form's
+    #: recipients are the owner's: the visitor who polls sees them masked.
+    shown_to: str = ""
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,7 @@ class TaskStore:
         """
         task_id = str(uuid.uuid4())
         now = now_iso()
-        kept = EmailRequest(request.to, "", "") if decoy else request
+        kept = EmailRequest(request.to, "", "", shown_to=request.shown_to) if decoy else request
         values = [
             task_id,
             kept.to,
@@ -184,6 +187,7 @@ class TaskStore:
             kept.from_name,
             int(kept.rendered),
             int(kept.alert),
+            kept.shown_to,
         ]
         # Without an Idempotency-Key the script neither reads nor keeps a fingerprint.
         once_key, fingerprint = keys.task(task_id), ""

@@ -144,6 +144,11 @@ class ErrorDetailSchema(Schema):
             "language: required, too_long, single_line, control, header, email, invalid, file."
         },
     )
+    field_max = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        metadata={"description": "Forms only: the limit of each `too_long` field."},
+    )
 
 
 class ErrorSchema(Schema):
