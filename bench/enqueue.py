@@ -134,7 +134,7 @@ async def measure(
         await redis.aclose()
     ok = result["requests"] - result["non2xx"]
     if result["non2xx"] or result["errors"] or (queued is not None and queued < ok):
-        raise RuntimeError(f"{target.process.popen.args}: {result}, {queued} queued")
+        raise RuntimeError(f"{target.process.popen.args!r}: {result}, {queued} queued")
     return {
         "rate": ok / (result["duration_us"] / 1e6),
         "p50": result["p50_us"] / 1000,

@@ -25,7 +25,7 @@ async def queue_mails(store: TaskStore, count: int, tag: str, *, in_flight: int 
     task_ids: list[str] = []
     for start in range(0, count, in_flight):
         batch = range(start, min(start + in_flight, count))
-        queued = await asyncio.gather(*(store.accept(EmailRequest(**mail(n, tag))) for n in batch))
+        queued = await asyncio.gather(*(store.accept(request(n, tag)) for n in batch))
         task_ids += [q.task_id for q in queued]
     return task_ids
 
@@ -38,6 +38,12 @@ async def outcomes(store: TaskStore, task_ids: list[str]) -> list[dict[str, Any]
         raw = await asyncio.gather(*(store.result(task_id) for task_id in batch))
         documents += [json.loads(text) if text else {} for text in raw]
     return documents
+
+
+def request(n: int, tag: str) -> EmailRequest:
+    """`support.mail(n, tag)` as the store takes it."""
+    body = mail(n, tag)
+    return EmailRequest(body["to"], body["subject"], body["body"], body["username"])
 
 
 def start_worker(env: dict[str, str], log_path: Path) -> Process:

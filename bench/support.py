@@ -11,11 +11,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -90,7 +90,7 @@ def wait_for_http(url: str, process: Process, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if process.popen.poll() is not None:
-            raise RuntimeError(f"{process.popen.args} exited:\n{process.log[-3000:]}")
+            raise RuntimeError(f"{process.popen.args!r} exited:\n{process.log[-3000:]}")
         with contextlib.suppress(urllib.error.URLError, OSError):
             with urllib.request.urlopen(url, timeout=1):
                 return
@@ -99,8 +99,11 @@ def wait_for_http(url: str, process: Process, timeout: float) -> None:
         time.sleep(0.05)
 
 
+P = TypeVar("P", bound=Process)
+
+
 @contextlib.contextmanager
-def running(process: Process) -> Iterator[Process]:
+def running(process: P) -> Iterator[P]:
     """Stop `process` on the way out, whatever happened."""
     try:
         yield process
@@ -198,7 +201,7 @@ def event_time(document: dict[str, Any]) -> float:
     return datetime.fromisoformat(document["at"].replace("Z", "+00:00")).timestamp()
 
 
-def run(main: Callable[[], Awaitable[int]]) -> None:
+def run(main: Callable[[], Coroutine[Any, Any, int]]) -> None:
     """Run a benchmark's async main and exit with its code."""
     sys.exit(asyncio.run(main()))
 

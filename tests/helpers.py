@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from mailhub.delivery.sender import SmtpSender
 from mailhub.delivery.worker import Worker
@@ -45,13 +45,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@overload
 async def eventually(
-    condition: Callable[[], T | Awaitable[T]],
+    condition: Callable[[], Awaitable[T]], *, timeout: float = ..., interval: float = ..., what: str = ...
+) -> T: ...
+
+
+@overload
+async def eventually(
+    condition: Callable[[], T], *, timeout: float = ..., interval: float = ..., what: str = ...
+) -> T: ...
+
+
+async def eventually(
+    condition: Callable[[], Any],
     *,
     timeout: float = 10.0,
     interval: float = 0.005,
     what: str = "",
-) -> T:
+) -> Any:
     """Check `condition()` (plain or async) every `interval` s until it is true; return its value.
 
     Raises TimeoutError naming `what` after `timeout` seconds.

@@ -12,7 +12,7 @@ import weakref
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, Self, cast
 
 import trustme
 from aiosmtpd.controller import Controller
@@ -241,9 +241,10 @@ class SmtpServer(Controller):
         self.auth_failures += 1
         return AuthResult(success=False, handled=False)
 
-    async def _create_server(self) -> asyncio.AbstractServer:  # type: ignore[override]
+    async def _create_server(self) -> asyncio.AbstractServer:
         """Bind port 0; publish the real port before Controller's self-check uses it."""
         server = await super()._create_server()
+        assert isinstance(server, asyncio.Server)  # what loop.create_server makes
         self.port = server.sockets[0].getsockname()[1]
         return server
 
@@ -277,7 +278,7 @@ class SmtpServer(Controller):
         asyncio.run_coroutine_threadsafe(self._abort_connections(), self.loop).result(10)
         super().stop(no_assert)
 
-    def __enter__(self) -> SmtpServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

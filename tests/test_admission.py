@@ -39,7 +39,8 @@ async def open_streams(
             session.get(live.url + SSE_PATH, params={"task_id": task_id})
         )
         assert response.status == 200, await response.text()
-        assert (await SseReader(response).next()).id == "1"  # type: ignore[union-attr]
+        first = await SseReader(response).next()
+        assert first is not None and first.id == "1"
 
 
 async def assert_refused(

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, expect
 
+from mailhub.settings import Settings
 from tests.browser import WAIT_MS, paths, requests_of, screenshot, violations, watch_policy
 from tests.helpers import eventually, running_worker
 from tests.live_server import Live, serving
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
-async def site(settings) -> AsyncIterator[Live]:  # type: ignore[no-untyped-def]
+async def site(settings: Settings) -> AsyncIterator[Live]:
     """The server only: each test starts the worker when it suits it."""
     async with serving(replace(settings, demo_recipient="owner@example.com")) as live:
         yield live

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ from tests.smtp_server import Fault
 
 
 @contextlib.asynccontextmanager
-async def running_hub(store: TaskStore, **options) -> AsyncIterator[EventHub]:  # type: ignore[no-untyped-def]
+async def running_hub(store: TaskStore, **options: Any) -> AsyncIterator[EventHub]:
     hub = EventHub(store, **options)
     try:
         yield hub
@@ -86,7 +87,9 @@ def how(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-async def collect(subscription: Subscription, first: Event, how: str = "queued", **options) -> list[dict]:  # type: ignore[no-untyped-def]
+async def collect(
+    subscription: Subscription, first: Event, how: str = "queued", **options: Any
+) -> list[dict[str, Any]]:
     recorder = Recorder()
     assert await subscription.run(first, recorder.writer(how), **options)
     return [json.loads(event.data) for event in recorder.events]

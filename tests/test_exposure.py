@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from mailhub import reasons
+from mailhub.settings import Settings
 from mailhub.store import keys
 from mailhub.web.security_headers import PAGE_POLICY
 from tests.helpers import MAIL_JSON, SUBMIT, free_port, running_worker, wait_for_status
@@ -28,7 +29,7 @@ TOKEN = "metrics-secret-token"
 
 
 @pytest.fixture
-async def site(settings) -> AsyncIterator[Live]:  # type: ignore[no-untyped-def]
+async def site(settings: Settings) -> AsyncIterator[Live]:
     async with serving(replace(settings, metrics_token=TOKEN)) as live:
         yield live
 

@@ -176,7 +176,8 @@ async def test_keepalive_comments_come_at_the_configured_interval(settings, sess
     task_id = await TaskDriver(store).enqueue()
     async with serving(replace(settings, sse_keepalive=0.05)) as live:
         async with stream(session, live, task_id) as reader:
-            assert (await reader.next()).id == "1"  # type: ignore[union-attr]
+            first = await reader.next()
+            assert first is not None and first.id == "1"
             line = await asyncio.wait_for(reader.response.content.readline(), 5)
             assert line == b": ping\r\n"
 
@@ -208,13 +209,15 @@ async def test_clients_that_drop_leave_no_subscription_or_task_behind(settings, 
     task_id = await TaskDriver(store).enqueue()
     async with serving(replace(settings, max_streams_per_client=100)) as live:
         async with stream(session, live, task_id) as reader:
-            assert (await reader.next()).id == "1"  # type: ignore[union-attr]
+            first = await reader.next()
+            assert first is not None and first.id == "1"
         # The hub's listener lingers after the last client by design: it is in the baseline.
         await eventually(lambda: live.hub.subscription_count == 0, what="the first client to go")
         baseline = len(asyncio.all_tasks())
         responses = [await session.get(live.url + SSE_PATH, params={"task_id": task_id}) for _ in range(100)]
         for response in responses:
-            assert (await SseReader(response).next()).id == "1"  # type: ignore[union-attr]
+            first = await SseReader(response).next()
+            assert first is not None and first.id == "1"
         assert live.hub.subscription_count == 100
         for response in responses:
             response.close()  # drops the connection, as a closed browser tab does
@@ -351,7 +354,7 @@ async def test_events_are_framed_once_as_aiohttp_sse_and_aiohttp_would_write_the
     sent: list[bytes] = []
 
     class Capture(EventSourceResponse):
-        async def write(self, data: bytes) -> None:  # type: ignore[override]
+        async def write(self, data: bytes | bytearray | memoryview) -> None:
             sent.append(bytes(data))
 
     await Capture().send(data, id="7")
@@ -410,7 +413,8 @@ async def test_a_client_that_stops_reading_is_dropped_while_the_others_get_every
     try:
         await asyncio.wait_for(slow_reader.readuntil(b"id: 1"), 5)  # then it reads no more
         async with stream(session, live, task_id) as reader:
-            assert (await reader.next()).id == "1"  # type: ignore[union-attr]
+            first = await reader.next()
+            assert first is not None and first.id == "1"
             assert live.hub.subscription_count == 2
             pad = "x" * 100_000  # big events, to fill the slow client's socket buffers soon
             seq = 1

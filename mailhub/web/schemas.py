@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 
 from email_validator import EmailNotValidError, validate_email
 from marshmallow import Schema, ValidationError, fields, validate
@@ -28,7 +29,9 @@ ADDRESS_PATTERN = f"^{_SAFE}[^%!{FORBIDDEN_CHARACTERS}]+$"
 class Text(fields.String):
     """A string that is valid Unicode: JSON escapes can smuggle in lone surrogates."""
 
-    def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[no-untyped-def]
+    def _deserialize(
+        self, value: object, attr: str | None, data: Mapping[str, object] | None, **kwargs: object
+    ) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
         try:
             text.encode("utf-8")

@@ -276,8 +276,9 @@ class _WsSession:
 
     async def error(self, exc: ApiError, task_id: str | None = None) -> None:
         document = exc.document()
-        if task_id is not None:
-            document["error"]["task_id"] = task_id  # type: ignore[index]
+        error = document["error"]
+        if task_id is not None and isinstance(error, dict):
+            error["task_id"] = task_id
         if not self.ws.closed:
             with contextlib.suppress(ConnectionError):
                 await self.ws.send_json(document)

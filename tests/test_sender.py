@@ -1,4 +1,5 @@
-"""SMTP connection reuse against the real STARTTLS + AUTH server.
+"""The sender against the real STARTTLS + AUTH server: its pooled connections (reused,
+recycled, replaced after trouble, closed) and the failure each refusal raises.
 
 Every connection logs in exactly once, so the server's `auth_successes`
 counts the connections the pool opened.
