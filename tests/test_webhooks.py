@@ -11,13 +11,16 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from prometheus_client import REGISTRY
+from redis.exceptions import RedisError
 
 from mailhub.notify import notifier
 from mailhub.notify.webhooks import SCHEDULE, retry_delay
 from mailhub.settings import Settings
 from mailhub.store import keys
-from mailhub.store.outbox import Outbox
-from mailhub.store.tasks import TaskStore
+from mailhub.store.embedded_valkey import EmbeddedRedis
+from mailhub.store.outbox import Outbox, forget_address
+from mailhub.store.redis_client import connect
+from mailhub.store.tasks import EmailRequest, TaskStore
 from mailhub.store.webhooks import WebhookQueue, delivery_state, shown_url
 from mailhub.web.app import create_app
 from tests.helpers import (
@@ -26,6 +29,7 @@ from tests.helpers import (
     SUBMIT,
     enqueue,
     eventually,
+    free_port,
     running_worker,
     settings_for,
     smtp_env,
@@ -345,3 +349,82 @@ async def _scrape(client, wanted: str) -> str | None:
     async with client.get("/metrics") as answer:
         text = await answer.text()
     return text if wanted in text else None
+
+
+async def test_webhooks_survive_a_redis_outage(tmp_path, smtp, receiver):
+    valkey = EmbeddedRedis(tmp_path / "valkey", port=free_port(), persist=True)
+    await asyncio.to_thread(valkey.start)
+    redis = connect(valkey.url)
+    settings = settings_for(
+        smtp,
+        redis_url=valkey.url,
+        webhook_urls=(receiver.url,),
+        webhook_secret=SECRET,
+        webhook_retry_base_delay=0.5,
+    )
+    store = TaskStore.from_settings(redis, settings)
+    receiver.answers.append(500)
+    try:
+        async with running_worker(store, settings), notifier.running(settings):
+            await enqueue(store)
+            [refused] = await receiver.wait_for("email.delivered")
+            await asyncio.to_thread(valkey.stop)  # the retry falls due while Redis is away
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(valkey.start)
+            _, delivered = await receiver.wait_for("email.delivered", 2, timeout=20)
+            assert (delivered.id, delivered.answered) == (refused.id, 200)
+            # Redis goes away while a receiver answers 200: the outcome waits for it, no POST again.
+            receiver.delay = 1.0
+            await enqueue(store)
+            await eventually(lambda: receiver.arrivals == 3, what="a POST in flight")
+            await asyncio.to_thread(valkey.stop)
+            await eventually(lambda: len(receiver.received) == 3, what="its 200")
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(valkey.start)
+            await eventually(lambda: _none_pending(redis), timeout=20, what="the 200 recorded")
+            await asyncio.sleep(1.0)  # longer than the first retry would wait
+        assert len(receiver.received) == 3
+    finally:
+        await redis.aclose()
+        await asyncio.to_thread(valkey.stop)
+
+
+async def _none_pending(redis) -> bool:
+    with contextlib.suppress(RedisError):
+        return await redis.zcard(keys.WEBHOOKS) == 0 and await redis.llen(keys.OUTBOX) == 0
+    return False
+
+
+async def test_an_erasure_removes_waiting_events_about_the_address(redis, store, smtp, drain):
+    urls = ("http://127.0.0.1:9/one", "http://127.0.0.1:9/two")
+    smtp.handler.faults.append(Fault.reply_rcpt("550 5.1.1 no such user"))
+    await enqueue(store, EmailRequest("Ann <ann@example.com>, bob@example.com", "Hi", "text"))
+    await enqueue(store, EmailRequest("bob@example.com", "Hi", "text"))
+    await drain()
+    await Outbox(redis).fan_out(urls, alerts=True)  # 4 deliveries, Ann's failure in the digest
+    await enqueue(store, EmailRequest("ann@example.com", "Again", "text"))
+    await drain()  # its event waits in the outbox
+    assert await forget_address(redis, "ANN@example.com") == 1 + 1 + 2
+    held = [
+        await _text_of(redis, key)
+        async for key in redis.scan_iter()
+        if not key.startswith(keys.task(""))  # task hashes are the admin erasure's to delete
+    ]
+    assert held and not any("ann@example.com" in text.lower() for text in held)
+    state = await delivery_state(redis, urls)
+    assert state.pending == 2 and [e.pending for e in state.endpoints] == [1, 1]
+    assert await redis.llen(keys.DIGEST) == 0 and await redis.llen(keys.OUTBOX) == 0
+
+
+async def _text_of(redis, key: str) -> str:
+    """Everything `key` holds, as text (names and values)."""
+    kind = await redis.type(key)
+    if kind == "string":
+        return str(await redis.get(key))
+    if kind == "hash":
+        return str(await redis.hgetall(key))
+    if kind == "list":
+        return str(await redis.lrange(key, 0, -1))
+    if kind == "zset":
+        return str(await redis.zrange(key, 0, -1))
+    return str(await redis.xrange(key)) if kind == "stream" else ""

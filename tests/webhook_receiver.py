@@ -51,6 +51,8 @@ class WebhookReceiver:
     answers: list[int] = field(default_factory=list)
     delay: float = 0.0
     received: list[Received] = field(default_factory=list)
+    #: Requests that arrived, answered or not yet.
+    arrivals: int = 0
 
     async def __aenter__(self) -> WebhookReceiver:
         app = web.Application()
@@ -67,6 +69,7 @@ class WebhookReceiver:
         await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.Response:
+        self.arrivals += 1
         body = await request.read()
         headers = {name.lower(): value for name, value in request.headers.items()}
         try:

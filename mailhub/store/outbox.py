@@ -21,13 +21,16 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from email.utils import getaddresses
 from typing import Any
 
 from redis.asyncio import Redis
 
 from mailhub.clock import now_iso
 from mailhub.store import keys
+from mailhub.store.webhooks import erase_deliveries
 
 #: Lua, put before the task scripts' prelude: `announce` is called by `emit`
 #: for every transition and queues the ends of tasks.
@@ -178,3 +181,30 @@ class Outbox:
             ],
         )
         return int(moved)
+
+
+async def forget_address(redis: Redis, address: str) -> int:
+    """Remove every waiting event about mail to `address`: in the outbox, the webhook
+    deliveries and the next digest (for an erasure request). Returns how many.
+
+    A sending change names no one and stays.
+    """
+    wanted = address.strip().lower()
+
+    def about(data: dict[str, Any]) -> bool:
+        return any(addr.lower() == wanted for _, addr in getaddresses([str(data.get("to") or "")]))
+
+    removed = await _erase_from_list(
+        redis, keys.OUTBOX, lambda e: about(OutboxEvent.parse(e).payload["data"])
+    )
+    removed += await _erase_from_list(redis, keys.DIGEST, lambda e: about(json.loads(e)))
+    return removed + await erase_deliveries(redis, lambda event: about(event.get("data") or {}))
+
+
+async def _erase_from_list(redis: Redis, key: str, about: Callable[[str], bool]) -> int:
+    removed = 0
+    for entry in await redis.lrange(key, 0, -1):
+        text = entry if isinstance(entry, str) else entry.decode()
+        if about(text):
+            removed += int(await redis.lrem(key, 0, text))
+    return removed

@@ -14,7 +14,9 @@ are kept by the same scripts, for the dashboard (`delivery_state`).
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -258,3 +260,35 @@ def shown_url(url: str) -> str:
 
 def _iso(epoch: float) -> str:
     return iso(datetime.fromtimestamp(epoch, UTC))
+
+
+#: KEYS: webhooks, delivery, endpoint. ARGV: delivery. Removes a waiting delivery.
+_ERASE = """
+if redis.call('DEL', KEYS[2]) == 0 then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[3], 'pending', -1)
+return 1
+"""
+
+
+async def erase_deliveries(redis: Redis, about: Callable[[dict[str, Any]], bool], batch: int = 500) -> int:
+    """Remove every waiting delivery whose event `about` matches (a dict: the parsed body).
+
+    For an erasure request: a waiting webhook holds its mail's result
+    document, recipient included. Returns how many were removed.
+    """
+    erase = redis.register_script(_ERASE)
+    removed, cursor = 0, 0
+    while True:
+        cursor, scanned = await redis.zscan(keys.WEBHOOKS, cursor, count=batch)
+        members = [str(delivery) for delivery, _ in scanned]
+        async with redis.pipeline(transaction=False) as pipe:
+            for delivery in members:
+                pipe.hmget(keys.webhook(delivery), "body", "url")
+            rows = await pipe.execute()
+        for delivery, (body, url) in zip(members, rows):
+            if body and url and about(json.loads(body)):
+                keys_ = [keys.WEBHOOKS, keys.webhook(delivery), keys.webhook_endpoint(url)]
+                removed += int(await erase(keys=keys_, args=[delivery]))
+        if cursor == 0:
+            return removed
