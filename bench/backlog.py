@@ -44,9 +44,9 @@ from redis.asyncio import Redis
 
 from bench.delivery import raw_client_rate
 from bench.profiling import cpu_seconds, py_spy, stop_py_spy, summarize_profile
-from bench.queued import outcomes, queue_mails, start_worker, task_id_in
+from bench.queued import outcomes, queue_mails, task_id_in
 from bench.sink import Sink
-from bench.support import Process, Row, event_time, print_table, run, sink_env
+from bench.support import Process, Row, event_time, print_table, run, sink_env, start_worker
 from mailhub.settings import load_settings
 from mailhub.store import keys
 from mailhub.store.embedded_valkey import EmbeddedRedis

@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 
 from bench.profiling import cpu_seconds, py_spy, stop_py_spy, summarize_profile
-from bench.queued import outcomes, queue_mails, start_worker
-from bench.support import Process, Row, event_time, print_table, run
+from bench.queued import outcomes, queue_mails
+from bench.support import Process, Row, event_time, print_table, run, start_worker
 from mailhub.settings import load_settings
 from mailhub.store.embedded_valkey import EmbeddedRedis
 from mailhub.store.redis_client import connect

@@ -38,7 +38,6 @@ from redis.asyncio import Redis
 from bench.fanout_baseline import listen
 from bench.sink import Sink
 from bench.support import (
-    ROOT,
     MailhubServer,
     Process,
     Row,
@@ -47,6 +46,7 @@ from bench.support import (
     print_table,
     run,
     sink_env,
+    start_worker,
     submit_all,
 )
 from mailhub.store.embedded_valkey import EmbeddedRedis
@@ -152,8 +152,116 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+@dataclass
+class Observed:
+    """What the web process showed while the subscribers connected and the events flowed."""
+
+    connect_seconds: float
+    #: Web RSS before the subscribers, with all of them, after every stream closed (MiB).
+    rss: tuple[float, float, float]
+    #: Pub/sub connections of the web process with all subscribed, and after.
+    pubsub: tuple[int, int]
+    #: All its Redis connections with all subscribed.
+    redis_peak: int
+
+
+async def connect_then_deliver(
+    web: MailhubServer,
+    redis: Redis,
+    subscribers: list[Subscriber],
+    env: dict[str, str],
+    tmp: Path,
+    timeout: float,
+) -> Observed:
+    """Connect every subscriber, then start the worker, and wait until every stream has ended."""
+    rss_before, connected = rss_mib(web.pid), [0]
+    gate = asyncio.Semaphore(100)
+    client_timeout = aiohttp.ClientTimeout(total=None, connect=30, sock_read=None)
+    worker: Process | None = None
+    try:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
+            started = time.monotonic()
+            readers = [
+                asyncio.create_task(subscribe(session, web.url, s, gate, connected)) for s in subscribers
+            ]
+            await eventually(
+                lambda: connected[0] + sum(bool(s.error) for s in subscribers) >= len(subscribers),
+                timeout=30,
+                what="every subscriber connected",
+                interval=0.05,
+            )
+            connect_seconds = time.monotonic() - started
+            rss_peak = rss_mib(web.pid)
+            pubsub_peak, redis_peak = await redis_connections(redis, web.pid)
+            worker = start_worker(env, tmp / "worker.log")
+            await asyncio.wait_for(asyncio.gather(*readers), timeout)
+    finally:
+        if worker is not None:
+            worker.stop()
+    pubsub_after, _ = await redis_connections(redis, web.pid)
+    rss = (rss_before, rss_peak, rss_mib(web.pid))
+    return Observed(connect_seconds, rss, (pubsub_peak, pubsub_after), redis_peak)
+
+
+def latencies(
+    subscribers: list[Subscriber], published: dict[tuple[str, int], float]
+) -> tuple[list[float], list[float]]:
+    """Milliseconds from each publish (as this process saw it), and from each event's `at`, to its client."""
+    live = [
+        (doc, received) for s in subscribers for doc, received in zip(s.docs, s.received) if doc["seq"] > 1
+    ]
+    from_publish = [
+        (mono - published[(doc["task_id"], doc["seq"])]) * 1000
+        for doc, (mono, _wall) in live
+        if (doc["task_id"], doc["seq"]) in published
+    ]
+    from_at = [(wall - event_time(doc)) * 1000 for doc, (_mono, wall) in live]
+    return from_publish, from_at
+
+
+def report(
+    args: argparse.Namespace,
+    subscribers: list[Subscriber],
+    published: dict[tuple[str, int], float],
+    seen: Observed,
+) -> int:
+    """Print whether every subscriber got every transition, and the table; the exit code."""
+    total = len(subscribers)
+    complete = [s for s in subscribers if s.events == EXPECTED and not s.error]
+    every = len(complete) == total and all([d["seq"] for d in s.docs] == [1, 2, 3, 4, 5] for s in complete)
+    print(
+        f"\nevery subscriber received every transition: {'yes' if every else 'NO'} "
+        f"({len(complete)}/{total} subscribers complete, "
+        f"{sum(len(s.docs) for s in subscribers)}/{total * len(EXPECTED)} events)"
+    )
+    if errors := sorted({s.error for s in subscribers if s.error}):
+        print("errors:", "; ".join(errors[:5]))
+    from_publish, from_at = latencies(subscribers, published)
+    rows = [
+        Row("subscribers", total, "", goal=f"{args.tasks} tasks x {args.per_task}"),
+        Row("all connected in", seen.connect_seconds, "s"),
+        Row("latency publish -> SSE client, p50", statistics.median(from_publish), "ms"),
+        Row("latency publish -> SSE client, p99", percentile(from_publish, 99), "ms"),
+        Row("latency publish -> SSE client, max", max(from_publish), "ms"),
+        Row("latency event `at` -> SSE client, p50", statistics.median(from_at), "ms"),
+        Row("latency event `at` -> SSE client, p99", percentile(from_at, 99), "ms"),
+        Row("web RSS before subscribers", seen.rss[0], "MiB"),
+        Row("web RSS with all subscribers", seen.rss[1], "MiB"),
+        Row("web RSS after all streams closed", seen.rss[2], "MiB"),
+        Row("web pub/sub connections (all subscribed)", seen.pubsub[0], "", goal="1"),
+        Row("web pub/sub connections (after)", seen.pubsub[1], "", goal="1"),
+        Row("web Redis connections in all (all subscribed)", seen.redis_peak, ""),
+    ]
+    print_table(
+        f"SSE fan-out: {total} subscribers on {args.tasks} tasks, one web process",
+        rows,
+        "python -m bench.fanout " + " ".join(sys.argv[1:]),
+    )
+    return 0 if every and seen.pubsub[0] == 1 else 1
+
+
 async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: EmbeddedRedis) -> int:
-    total = args.tasks * args.per_task
     env = sink_env(
         sink,
         tmp / "data",
@@ -166,96 +274,25 @@ async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: Embed
     )
     redis = Redis.from_url(valkey.url, decode_responses=True, client_name=REFERENCE_NAME)
     web = MailhubServer("web", env=env, log_dir=tmp)
-    worker: Process | None = None
+    published: dict[tuple[str, int], float] = {}
     try:
         web.wait_ready()
         sink.handler.reset(refuse_first=True)
-        published: dict[tuple[str, int], float] = {}
         listening = asyncio.Event()
         watcher = asyncio.create_task(reference(redis, published, listening))
         await asyncio.wait_for(listening.wait(), 10)
-
         submitted = await submit_all(web.url, [mail(n, "fanout") for n in range(args.tasks)])
         if submitted.errors or None in submitted.task_ids:
             raise RuntimeError(f"submits failed: {submitted.errors[:3]}")
         task_ids = [t for t in submitted.task_ids if t]
-        rss_before = rss_mib(web.pid)
-
-        subscribers = [Subscriber(task_ids[n % args.tasks]) for n in range(total)]
-        connected = [0]
-        gate = asyncio.Semaphore(100)
-        timeout = aiohttp.ClientTimeout(total=None, connect=30, sock_read=None)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
-            started = time.monotonic()
-            readers = [
-                asyncio.create_task(subscribe(session, web.url, s, gate, connected)) for s in subscribers
-            ]
-            await eventually(
-                lambda: connected[0] + sum(bool(s.error) for s in subscribers) >= total,
-                timeout=30,
-                what="every subscriber connected",
-                interval=0.05,
-            )
-            connect_seconds = time.monotonic() - started
-            rss_peak = rss_mib(web.pid)
-            pubsub_peak, redis_peak = await redis_connections(redis, web.pid)
-
-            worker = Process(
-                [sys.executable, str(ROOT / "run.py"), "worker"], env=env, log_path=tmp / "worker.log"
-            )
-            await asyncio.wait_for(asyncio.gather(*readers), args.timeout)
-        pubsub_after, _ = await redis_connections(redis, web.pid)
-        rss_after = rss_mib(web.pid)
+        subscribers = [Subscriber(task_ids[n % args.tasks]) for n in range(args.tasks * args.per_task)]
+        seen = await connect_then_deliver(web, redis, subscribers, env, tmp, args.timeout)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
     finally:
-        if worker is not None:
-            worker.stop()
         web.stop()
         await redis.aclose()
-
-    complete = [s for s in subscribers if s.events == EXPECTED and not s.error]
-    seq_ok = all([d["seq"] for d in s.docs] == [1, 2, 3, 4, 5] for s in complete)
-    live = [
-        (s, doc, received) for s in subscribers for doc, received in zip(s.docs, s.received) if doc["seq"] > 1
-    ]
-    from_publish = [
-        (mono - published[(doc["task_id"], doc["seq"])]) * 1000
-        for _, doc, (mono, _wall) in live
-        if (doc["task_id"], doc["seq"]) in published
-    ]
-    from_at = [(wall - event_time(doc)) * 1000 for _, doc, (_mono, wall) in live]
-    errors = sorted({s.error for s in subscribers if s.error})
-
-    every = len(complete) == total and seq_ok
-    print(
-        f"\nevery subscriber received every transition: {'yes' if every else 'NO'} "
-        f"({len(complete)}/{total} subscribers complete, "
-        f"{sum(len(s.docs) for s in subscribers)}/{total * len(EXPECTED)} events)"
-    )
-    if errors:
-        print("errors:", "; ".join(errors[:5]))
-    rows = [
-        Row("subscribers", total, "", goal=f"{args.tasks} tasks x {args.per_task}"),
-        Row("all connected in", connect_seconds, "s"),
-        Row("latency publish -> SSE client, p50", statistics.median(from_publish), "ms"),
-        Row("latency publish -> SSE client, p99", percentile(from_publish, 99), "ms"),
-        Row("latency publish -> SSE client, max", max(from_publish), "ms"),
-        Row("latency event `at` -> SSE client, p50", statistics.median(from_at), "ms"),
-        Row("latency event `at` -> SSE client, p99", percentile(from_at, 99), "ms"),
-        Row("web RSS before subscribers", rss_before, "MiB"),
-        Row("web RSS with all subscribers", rss_peak, "MiB"),
-        Row("web RSS after all streams closed", rss_after, "MiB"),
-        Row("web pub/sub connections (all subscribed)", pubsub_peak, "", goal="1"),
-        Row("web pub/sub connections (after)", pubsub_after, "", goal="1"),
-        Row("web Redis connections in all (all subscribed)", redis_peak, ""),
-    ]
-    print_table(
-        f"SSE fan-out: {total} subscribers on {args.tasks} tasks, one web process",
-        rows,
-        "python -m bench.fanout " + " ".join(sys.argv[1:]),
-    )
-    return 0 if every and pubsub_peak == 1 else 1
+    return report(args, subscribers, published, seen)
 
 
 async def main() -> int:

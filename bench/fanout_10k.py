@@ -5,7 +5,7 @@
 One Python process cannot connect and read 10,000 streams in time (run
 `python -m bench.fanout --tasks 100 --per-task 100`: its connect phase times
 out), so here the subscribers are split over `--clients` client processes
-(`python -m bench.fanout_10k client ...`), each a bare asyncio protocol per
+(`python -m bench.fanout_clients client ...`), each a bare asyncio protocol per
 stream (HTTP/1.1, `Connection: close`, no aiohttp client), which costs far
 less CPU than aiohttp's client and so disturbs the server less on this
 2-core machine.
@@ -23,7 +23,7 @@ connects every subscriber (each gets the queued state), measures the idle
 server, then starts the worker and waits for every stream to end. Latency is
 from the moment this script's own subscription to the events channel sees a
 publish (the reference, as in `bench.fanout`, here in a process of its own:
-`python -m bench.fanout_10k reference ...`) to the moment a client process
+`python -m bench.fanout_clients reference ...`) to the moment a client process
 reads the event (both `time.monotonic()`, one clock for all processes on
 Linux). With `--profile DIR`, py-spy samples mailhub's web process while the
 events flow (and while it idles with every subscriber connected) and the top
@@ -37,32 +37,21 @@ import asyncio
 import collections
 import contextlib
 import json
-import signal
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from redis.asyncio import Redis
 
-from bench.fanout import (
-    EVENTS_PATH,
-    EXPECTED,
-    REFERENCE_NAME,
-    Subscriber,
-    percentile,
-    raise_fd_limit,
-    redis_connections,
-    reference,
-)
+from bench.fanout import EXPECTED, Subscriber, percentile, raise_fd_limit, redis_connections
 from bench.profiling import cpu_seconds, py_spy, stop_py_spy, summarize_profile
 from bench.queued import queue_mails
 from bench.sink import Sink
 from bench.support import (
-    ROOT,
     MailhubServer,
     Process,
     Row,
@@ -70,6 +59,7 @@ from bench.support import (
     print_table,
     run,
     sink_env,
+    start_worker,
     wait_for_http,
 )
 from mailhub.store.embedded_valkey import EmbeddedRedis
@@ -77,129 +67,10 @@ from mailhub.store.tasks import TaskStore
 from tests.helpers import eventually, free_port
 from tests.processes import clean_env, rss_mib
 
-# --- the client process ------------------------------------------------------------------------
 
-
-class _Stream(asyncio.Protocol):
-    """One SSE stream: the events' data lines and when each event was complete."""
-
-    def __init__(self, request: bytes, closed: asyncio.Future[None], first: Any) -> None:
-        self.request = request
-        self.closed = closed
-        self.first = first
-        self.buffer = b""
-        self.status = 0
-        self.events: list[tuple[float, float, str]] = []
-        self.error = ""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.write(self.request)  # type: ignore[attr-defined]
-
-    def data_received(self, data: bytes) -> None:
-        mono, wall = time.monotonic(), time.time()
-        self.buffer += data
-        if not self.status:
-            head, sep, rest = self.buffer.partition(b"\r\n\r\n")
-            if not sep:
-                return
-            self.status = int(head.split(b" ", 2)[1])
-            self.buffer = rest
-        # HTTP/1.1 chunked: aiohttp writes each event as one chunk, so the chunk-size
-        # lines fall between events and are skipped with every line that is not data.
-        *blocks, self.buffer = self.buffer.split(b"\r\n\r\n")
-        for block in blocks:
-            data_lines = [line[5:].lstrip() for line in block.split(b"\r\n") if line.startswith(b"data:")]
-            if data_lines:
-                self.events.append((mono, wall, b"\n".join(data_lines).decode()))
-                if len(self.events) == 1:
-                    self.first()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.status != 200 and not self.error:
-            self.error = f"HTTP {self.status}" if self.status else f"closed: {exc}"
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-
-async def _client(args: argparse.Namespace) -> None:
-    spec = json.loads(Path(args.spec).read_text())
-    loop = asyncio.get_running_loop()
-    streams: list[_Stream] = []
-    connected = [0]
-    gate = asyncio.Semaphore(100)  # connects in flight: the server's listen backlog is 128
-
-    def first() -> None:
-        connected[0] += 1
-
-    async def one(task_id: str) -> None:
-        request = (
-            f"GET {EVENTS_PATH}?task_id={task_id} HTTP/1.1\r\nHost: {spec['host']}\r\n"
-            "Accept: text/event-stream\r\nConnection: close\r\n\r\n"
-        ).encode()
-        closed: asyncio.Future[None] = loop.create_future()
-        stream = _Stream(request, closed, first)
-        streams.append(stream)
-        try:
-            async with gate:
-                await asyncio.wait_for(loop.create_connection(lambda: stream, spec["host"], spec["port"]), 30)
-        except (TimeoutError, OSError) as exc:
-            stream.error = f"{type(exc).__name__}: {exc}"
-            return
-        await closed
-
-    started = time.monotonic()
-    readers = [asyncio.create_task(one(task_id)) for task_id in spec["task_ids"]]
-    total = len(readers)
-    with contextlib.suppress(TimeoutError):
-        await eventually(
-            lambda: connected[0] + sum(bool(s.error) for s in streams) >= total,
-            timeout=args.connect_timeout,
-            what="connected",
-            interval=0.05,
-        )
-    Path(args.out + ".ready").write_text(
-        json.dumps({"connected": connected[0], "seconds": time.monotonic() - started})
-    )
-    _, pending = await asyncio.wait(readers, timeout=args.timeout)
-    for reader in pending:
-        reader.cancel()
-    Path(args.out).write_text(
-        json.dumps(
-            [
-                {
-                    "task_id": task_id,
-                    "events": s.events,
-                    "error": s.error
-                    or (
-                        "still open at the timeout"
-                        if s.events and s.status == 200 and not s.closed.done()
-                        else ""
-                    ),
-                }
-                for task_id, s in zip(spec["task_ids"], streams)
-            ]
-        )
-    )
-
-
-async def _reference(args: argparse.Namespace) -> None:
-    """Record when each (task, seq) is published, in a process that does nothing else."""
-    redis = Redis.from_url(args.redis_url, decode_responses=True, client_name=REFERENCE_NAME)
-    seen: dict[tuple[str, int], float] = {}
-    ready, stop = asyncio.Event(), asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    watcher = asyncio.create_task(reference(redis, seen, ready))
-    await asyncio.wait_for(ready.wait(), 10)
-    Path(args.out + ".ready").write_text("subscribed")
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), args.timeout)
-    watcher.cancel()
-    await asyncio.gather(watcher, return_exceptions=True)
-    await redis.aclose()
-    Path(args.out).write_text(json.dumps([[task, seq, at] for (task, seq), at in seen.items()]))
-
-
-# --- the measuring process ---------------------------------------------------------------------
+def helper_process(*args: str, log_path: Path) -> Process:
+    """`python -m bench.fanout_clients ...` (a client process or the reference)."""
+    return Process([sys.executable, "-m", "bench.fanout_clients", *args], env=clean_env(), log_path=log_path)
 
 
 @dataclass
@@ -230,6 +101,8 @@ class Phase:
 
 
 class Bench:
+    """One run: the environment of its mailhub processes, and each server's phase."""
+
     def __init__(self, args: argparse.Namespace, tmp: Path, sink: Sink, valkey: EmbeddedRedis):
         self.args = args
         self.tmp = tmp
@@ -253,71 +126,83 @@ class Bench:
         return await queue_mails(self.store, self.args.tasks, tag, in_flight=100)
 
     async def phase(self, name: str, server: Process, host: str, port: int, task_ids: list[str]) -> Phase:
-        args, result = self.args, Phase(name)
-        total = args.tasks * args.per_task
+        """Connect every subscriber to `server`, watch it idle, then deliver; what it measured."""
+        result = Phase(name)
         result.rss = (rss_mib(server.pid), 0.0, 0.0)
         result.redis.append(await redis_connections(self.redis, server.pid))
         self.sink.handler.reset(refuse_first=True)
-
-        clients, outs = [], []
-        for c in range(args.clients):
-            share = [task_ids[n % args.tasks] for n in range(c, total, args.clients)]
-            spec = self.tmp / f"{name}-client{c}.json"
-            spec.write_text(json.dumps({"host": host, "port": port, "task_ids": share}))
-            outs.append(self.tmp / f"{name}-client{c}.out")
-            clients.append(
-                Process(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bench.fanout_10k",
-                        "client",
-                        "--spec",
-                        str(spec),
-                        "--out",
-                        str(outs[-1]),
-                        "--timeout",
-                        str(args.timeout),
-                    ],
-                    env=clean_env(),
-                    log_path=self.tmp / f"{name}-client{c}.log",
-                )
-            )
-        worker: Process | None = None
+        clients = self._start_clients(result, host, port, task_ids)
         profiler: Process | None = None
         try:
             await eventually(
                 lambda: (
-                    all(Path(str(o) + ".ready").exists() for o in outs)
+                    all(Path(f"{out}.ready").exists() for out in result.outs)
                     or any(p.popen.poll() is not None for p in clients)
                 ),
                 timeout=120,
                 what="client processes connected",
                 interval=0.05,
             )
-            ready = [json.loads(Path(str(o) + ".ready").read_text()) for o in outs]
+            ready = [json.loads(Path(f"{out}.ready").read_text()) for out in result.outs]
             result.connect_seconds = max(r["seconds"] for r in ready)
             rss_peak = rss_mib(server.pid)
             result.redis.append(await redis_connections(self.redis, server.pid))
-
-            if args.profile and name == "mailhub":
-                profiler = py_spy(server.pid, args.profile / f"{name}-idle.txt")
-            cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
-            await asyncio.sleep(args.idle)
-            result.idle_cpu = (cpu_seconds(server.pid) - cpu0) / (time.monotonic() - t0)
+            profiler = await self._watch_idle(result, server)
+            await self._deliver(result, server, clients)
+        finally:
             if profiler is not None:
                 stop_py_spy(profiler)
-                profiler = py_spy(server.pid, args.profile / f"{name}-delivery.txt")
+            for client in clients:
+                client.stop()
+        await asyncio.sleep(1.0)  # let the server close what the clients left
+        result.rss = (result.rss[0], rss_peak, rss_mib(server.pid))
+        result.redis.append(await redis_connections(self.redis, server.pid))
+        return result
 
-            cpu0 = cpu_seconds(server.pid)
-            clients_cpu0 = sum(cpu_seconds(p.pid) for p in clients)
-            started = time.monotonic()
-            worker = Process(
-                [sys.executable, str(ROOT / "run.py"), "worker"],
-                env=self.env,
-                log_path=self.tmp / f"{name}-worker.log",
-            )
-            clients_cpu = {p.pid: 0.0 for p in clients}
+    def _start_clients(self, result: Phase, host: str, port: int, task_ids: list[str]) -> list[Process]:
+        """The client processes, each following its share of the subscribers."""
+        args, total = self.args, self.args.tasks * self.args.per_task
+        clients = []
+        for c in range(args.clients):
+            share = [task_ids[n % args.tasks] for n in range(c, total, args.clients)]
+            spec = self.tmp / f"{result.name}-client{c}.json"
+            spec.write_text(json.dumps({"host": host, "port": port, "task_ids": share}))
+            result.outs.append(self.tmp / f"{result.name}-client{c}.out")
+            command = [
+                "client",
+                "--spec",
+                str(spec),
+                "--out",
+                str(result.outs[-1]),
+                "--timeout",
+                str(args.timeout),
+            ]
+            clients.append(helper_process(*command, log_path=self.tmp / f"{result.name}-client{c}.log"))
+        return clients
+
+    async def _watch_idle(self, result: Phase, server: Process) -> Process | None:
+        """The server's CPU while every subscriber is connected and nothing happens.
+
+        With `--profile`, profiles mailhub idle; returns the profiler of the delivery phase.
+        """
+        profiling = self.args.profile and result.name == "mailhub"
+        profiler = py_spy(server.pid, self.args.profile / "mailhub-idle.txt") if profiling else None
+        cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
+        await asyncio.sleep(self.args.idle)
+        result.idle_cpu = (cpu_seconds(server.pid) - cpu0) / (time.monotonic() - t0)
+        if profiler is None:
+            return None
+        stop_py_spy(profiler)
+        return py_spy(server.pid, self.args.profile / "mailhub-delivery.txt")
+
+    async def _deliver(self, result: Phase, server: Process, clients: list[Process]) -> None:
+        """Start the worker; wait until every client process has seen its streams end."""
+        cpu0 = cpu_seconds(server.pid)
+        clients_cpu = {p.pid: cpu_seconds(p.pid) for p in clients}
+        clients_cpu0 = sum(clients_cpu.values())
+        started = time.monotonic()
+        worker = start_worker(self.env, self.tmp / f"{result.name}-worker.log")
+        try:
 
             def all_ended() -> bool:
                 for p in clients:
@@ -327,23 +212,16 @@ class Bench:
                 return all(p.popen.poll() is not None for p in clients)
 
             await eventually(
-                all_ended, timeout=args.timeout + 30, what="client processes done", interval=0.02
+                all_ended, timeout=self.args.timeout + 30, what="client processes done", interval=0.02
             )
-            result.delivery_seconds = time.monotonic() - started
-            result.delivery_cpu = cpu_seconds(server.pid) - cpu0
-            result.clients_cpu = sum(clients_cpu.values()) - clients_cpu0
         finally:
-            if profiler is not None:
-                stop_py_spy(profiler)
-            for process in [*clients, *([worker] if worker else [])]:
-                process.stop()
-        await asyncio.sleep(1.0)
-        result.rss = (result.rss[0], rss_peak, rss_mib(server.pid))
-        result.redis.append(await redis_connections(self.redis, server.pid))
-        result.outs = outs
-        return result
+            worker.stop()
+        result.delivery_seconds = time.monotonic() - started
+        result.delivery_cpu = cpu_seconds(server.pid) - cpu0
+        result.clients_cpu = sum(clients_cpu.values()) - clients_cpu0
 
     def collect(self, result: Phase) -> None:
+        """Read the client processes' files into the phase: subscribers, latencies, completeness."""
         for out in result.outs:
             for row in json.loads(out.read_text()):
                 subscriber = Subscriber(row["task_id"], error=row["error"])
@@ -371,162 +249,90 @@ class Bench:
 WHEN = ("before subscribers", "with all subscribers", "after")
 
 
-def rows_for(phase: Phase, base: Phase | None, total: int) -> list[Row]:
-    def row(figure: str, value: float, unit: str, base_value: float | None, goal: str = "") -> Row:
-        return Row(
-            f"{phase.name}: {figure}",
-            value,
-            unit,
-            base_value,
-            "baseline" if base_value is not None else "",
-            goal,
-        )
-
-    b = base
-    pick = (lambda f: f(b)) if b is not None else (lambda f: None)
-    lat = lambda p, q: percentile(p.from_publish, q)  # noqa: E731
-    per_sub = lambda p: (p.rss[1] - p.rss[0]) * 1024 / total  # noqa: E731
+def _figures(total: int) -> list[tuple[str, str, Callable[[Phase], float], str]]:
+    """(figure, unit, how to read it from a phase, goal) of each row of the table."""
     return [
-        row(
-            "subscribers with every transition",
-            phase.complete,
-            f"of {total:,}",
-            pick(lambda p: p.complete),
-            "all",
-        ),
-        row(
+        ("subscribers with every transition", f"of {total:,}", lambda p: p.complete, "all"),
+        (
             "events received",
-            sum(len(s.docs) for s in phase.subscribers),
             f"of {total * len(EXPECTED):,}",
-            pick(lambda p: sum(len(s.docs) for s in p.subscribers)),
+            lambda p: sum(len(s.docs) for s in p.subscribers),
+            "",
         ),
-        row("all connected in", phase.connect_seconds, "s", pick(lambda p: p.connect_seconds)),
-        row(
-            "latency publish -> client, p50",
-            statistics.median(phase.from_publish),
-            "ms",
-            pick(lambda p: statistics.median(p.from_publish)),
-        ),
-        row("latency publish -> client, p99", lat(phase, 99), "ms", pick(lambda p: lat(p, 99)), "<= 100 ms"),
-        row(
-            "latency publish -> client, max",
-            max(phase.from_publish),
-            "ms",
-            pick(lambda p: max(p.from_publish)),
-        ),
-        row(
-            "latency event `at` -> client, p99",
-            percentile(phase.from_at, 99),
-            "ms",
-            pick(lambda p: percentile(p.from_at, 99)),
-        ),
-        row(
-            "publish -> last subscriber of the event, p50",
-            statistics.median(phase.spread),
-            "ms",
-            pick(lambda p: statistics.median(p.spread)),
-        ),
-        row("server RSS before subscribers", phase.rss[0], "MiB", pick(lambda p: p.rss[0])),
-        row("server RSS with all subscribers", phase.rss[1], "MiB", pick(lambda p: p.rss[1])),
-        row("server RSS after all streams closed", phase.rss[2], "MiB", pick(lambda p: p.rss[2])),
-        row("server RSS per subscriber", per_sub(phase), "KiB", pick(per_sub)),
-        row(
-            "server CPU while all subscribers idle",
-            phase.idle_cpu * 100,
-            "% of a core",
-            pick(lambda p: p.idle_cpu * 100),
-        ),
-        row("server CPU in the delivery phase", phase.delivery_cpu, "CPU s", pick(lambda p: p.delivery_cpu)),
-        row(
-            "client processes' CPU in the delivery phase",
-            phase.clients_cpu,
-            "CPU s",
-            pick(lambda p: p.clients_cpu),
-        ),
-        row(
-            "delivery phase (worker start -> last stream closed)",
-            phase.delivery_seconds,
-            "s",
-            pick(lambda p: p.delivery_seconds),
+        ("all connected in", "s", lambda p: p.connect_seconds, ""),
+        ("latency publish -> client, p50", "ms", lambda p: statistics.median(p.from_publish), ""),
+        ("latency publish -> client, p99", "ms", lambda p: percentile(p.from_publish, 99), "<= 100 ms"),
+        ("latency publish -> client, max", "ms", lambda p: max(p.from_publish), ""),
+        ("latency event `at` -> client, p99", "ms", lambda p: percentile(p.from_at, 99), ""),
+        ("publish -> last subscriber of the event, p50", "ms", lambda p: statistics.median(p.spread), ""),
+        ("server RSS before subscribers", "MiB", lambda p: p.rss[0], ""),
+        ("server RSS with all subscribers", "MiB", lambda p: p.rss[1], ""),
+        ("server RSS after all streams closed", "MiB", lambda p: p.rss[2], ""),
+        ("server RSS per subscriber", "KiB", lambda p: (p.rss[1] - p.rss[0]) * 1024 / total, ""),
+        ("server CPU while all subscribers idle", "% of a core", lambda p: p.idle_cpu * 100, ""),
+        ("server CPU in the delivery phase", "CPU s", lambda p: p.delivery_cpu, ""),
+        ("client processes' CPU in the delivery phase", "CPU s", lambda p: p.clients_cpu, ""),
+        ("delivery phase (worker start -> last stream closed)", "s", lambda p: p.delivery_seconds, ""),
+        *(
+            (f"Redis connections held, {when}", "", lambda p, i=i: p.redis[i][1], "<= 2")
+            for i, when in enumerate(WHEN)
         ),
         *(
-            row(f"Redis connections held, {when}", pair[1], "", pick(lambda p, i=i: p.redis[i][1]), "<= 2")
-            for i, (when, pair) in enumerate(zip(WHEN, phase.redis))
-        ),
-        *(
-            row(f"Redis pub/sub connections, {when}", pair[0], "", pick(lambda p, i=i: p.redis[i][0]), "1")
-            for i, (when, pair) in enumerate(zip(WHEN, phase.redis))
+            (f"Redis pub/sub connections, {when}", "", lambda p, i=i: p.redis[i][0], "1")
+            for i, when in enumerate(WHEN)
             if i
         ),
     ]
 
 
-async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: EmbeddedRedis) -> int:
-    bench = Bench(args, tmp, sink, valkey)
-    total = args.tasks * args.per_task
-    published = tmp / "published.json"
-    watcher = Process(
-        [
-            sys.executable,
-            "-m",
-            "bench.fanout_10k",
-            "reference",
-            "--redis-url",
-            valkey.url,
-            "--out",
-            str(published),
-            "--timeout",
-            "3600",
-        ],
-        env=clean_env(),
-        log_path=tmp / "reference.log",
-    )
-    phases: dict[str, Phase] = {}
-    try:
-        await eventually(
-            lambda: Path(f"{published}.ready").exists() or watcher.popen.poll() is not None,
-            timeout=30,
-            what="reference subscribed",
-            interval=0.05,
+def rows_for(phase: Phase, base: Phase | None, total: int) -> list[Row]:
+    """The table: each figure of `phase`, with the baseline's beside it when there is one."""
+    return [
+        Row(
+            f"{phase.name}: {figure}",
+            read(phase),
+            unit,
+            read(base) if base is not None else None,
+            "baseline" if base is not None else "",
+            goal,
         )
-        await bench.store.queue.ensure_group()
-        if not args.skip_baseline:
-            port = free_port()
-            baseline = Process(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.fanout_baseline",
-                    "--port",
-                    str(port),
-                    "--redis-url",
-                    valkey.url,
-                ],
-                env=clean_env(),
-                log_path=tmp / "baseline.log",
-            )
-            try:
-                await asyncio.to_thread(wait_for_http, f"http://127.0.0.1:{port}/ready", baseline, 30)
-                phases["baseline"] = await bench.phase(
-                    "baseline", baseline, "127.0.0.1", port, await bench.queue_tasks("fanout-base")
-                )
-            finally:
-                baseline.stop()
-        web = MailhubServer("web", env=bench.env, log_dir=tmp)
-        try:
-            await asyncio.to_thread(web.wait_ready)
-            phases["mailhub"] = await bench.phase(
-                "mailhub", web, "127.0.0.1", web.port, await bench.queue_tasks("fanout-10k")
-            )
-        finally:
-            web.stop()
-    finally:
-        watcher.stop()
-        await bench.redis.aclose()
-    bench.published = {(task, seq): at for task, seq, at in json.loads(published.read_text())}
-    for phase in phases.values():
-        bench.collect(phase)
+        for figure, unit, read, goal in _figures(total)
+    ]
 
+
+async def _run_baseline(bench: Bench) -> Phase:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "bench.fanout_baseline",
+        "--port",
+        str(port),
+        "--redis-url",
+        bench.valkey.url,
+    ]
+    baseline = Process(command, env=clean_env(), log_path=bench.tmp / "baseline.log")
+    try:
+        await asyncio.to_thread(wait_for_http, f"http://127.0.0.1:{port}/ready", baseline, 30)
+        task_ids = await bench.queue_tasks("fanout-base")
+        return await bench.phase("baseline", baseline, "127.0.0.1", port, task_ids)
+    finally:
+        baseline.stop()
+
+
+async def _run_mailhub(bench: Bench) -> Phase:
+    web = MailhubServer("web", env=bench.env, log_dir=bench.tmp)
+    try:
+        await asyncio.to_thread(web.wait_ready)
+        task_ids = await bench.queue_tasks("fanout-10k")
+        return await bench.phase("mailhub", web, "127.0.0.1", web.port, task_ids)
+    finally:
+        web.stop()
+
+
+def report(args: argparse.Namespace, phases: dict[str, Phase]) -> int:
+    """Print each phase's completeness and the table; the exit code."""
+    total = args.tasks * args.per_task
     for phase in phases.values():
         errors = collections.Counter(s.error for s in phase.subscribers if s.error)
         print(
@@ -548,25 +354,33 @@ async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: Embed
     return 0 if mailhub.every and mailhub.redis[1][0] == 1 else 1
 
 
+async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: EmbeddedRedis) -> int:
+    bench = Bench(args, tmp, sink, valkey)
+    published = tmp / "published.json"
+    command = ["reference", "--redis-url", valkey.url, "--out", str(published), "--timeout", "3600"]
+    watcher = helper_process(*command, log_path=tmp / "reference.log")
+    phases: dict[str, Phase] = {}
+    try:
+        await eventually(
+            lambda: Path(f"{published}.ready").exists() or watcher.popen.poll() is not None,
+            timeout=30,
+            what="reference subscribed",
+            interval=0.05,
+        )
+        await bench.store.queue.ensure_group()
+        if not args.skip_baseline:
+            phases["baseline"] = await _run_baseline(bench)
+        phases["mailhub"] = await _run_mailhub(bench)
+    finally:
+        watcher.stop()
+        await bench.redis.aclose()
+    bench.published = {(task, seq): at for task, seq, at in json.loads(published.read_text())}
+    for phase in phases.values():
+        bench.collect(phase)
+    return report(args, phases)
+
+
 async def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "reference":
-        parser = argparse.ArgumentParser(prog="bench.fanout_10k reference")
-        parser.add_argument("reference")
-        parser.add_argument("--redis-url", required=True)
-        parser.add_argument("--out", required=True)
-        parser.add_argument("--timeout", type=float, default=3600.0)
-        await _reference(parser.parse_args())
-        return 0
-    if len(sys.argv) > 1 and sys.argv[1] == "client":
-        parser = argparse.ArgumentParser(prog="bench.fanout_10k client")
-        parser.add_argument("client")
-        parser.add_argument("--spec", required=True)
-        parser.add_argument("--out", required=True)
-        parser.add_argument("--timeout", type=float, default=180.0)
-        parser.add_argument("--connect-timeout", type=float, default=90.0)
-        raise_fd_limit()
-        await _client(parser.parse_args())
-        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--per-task", type=int, default=100)

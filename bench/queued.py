@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
-from bench.support import ROOT, Process, mail
+from bench.support import mail
 from mailhub.store.tasks import EmailRequest, TaskStore
 
 #: Calls in flight while queueing or reading results.
@@ -44,11 +42,6 @@ def request(n: int, tag: str) -> EmailRequest:
     """`support.mail(n, tag)` as the store takes it."""
     body = mail(n, tag)
     return EmailRequest(body["to"], body["subject"], body["body"], body["username"])
-
-
-def start_worker(env: dict[str, str], log_path: Path) -> Process:
-    """`python run.py worker` with `env`, as a child process."""
-    return Process([sys.executable, str(ROOT / "run.py"), "worker"], env=env, log_path=log_path)
 
 
 def task_id_in(message_id: str) -> str:

@@ -85,6 +85,11 @@ class MailhubServer(Process):
         return self
 
 
+def start_worker(env: dict[str, str], log_path: Path) -> Process:
+    """`python run.py worker` with `env`, as a child process."""
+    return Process([sys.executable, str(ROOT / "run.py"), "worker"], env=env, log_path=log_path)
+
+
 def wait_for_http(url: str, process: Process, timeout: float) -> None:
     """Poll `url` until it answers; fail at once if `process` exits."""
     deadline = time.monotonic() + timeout
