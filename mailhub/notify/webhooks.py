@@ -102,6 +102,9 @@ class WebhookPoster:
             return Answer(None, f"no answer within {self.timeout:g} s")
         except aiohttp.ClientError as exc:
             return Answer(None, f"{type(exc).__name__}: {exc}"[:300])
+        except Exception as exc:  # a bug must not leave the delivery leased and retried unseen forever
+            logger.exception("webhook %s: POST failed unexpectedly", delivery.id)
+            return Answer(None, f"internal error: {type(exc).__name__}")
 
     async def close(self) -> None:
         if self._session is not None:
