@@ -12,6 +12,7 @@ MailhubError
  │    ├── FormNotFound      404: no form with that id
  │    ├── RequestTimeout    408: the body came too slowly
  │    ├── IdempotencyConflict 409: key reused with another body
+ │    ├── TaskNotFailed     409: only a failed task can be re-sent
  │    ├── TooLarge          413: a form post with too many fields
  │    ├── ValidationFailed  422: per-field messages
  │    ├── RateLimited       429: too many submits from one client
@@ -112,6 +113,11 @@ class RequestTimeout(ApiError):
 class IdempotencyConflict(ApiError):
     status = 409
     code = "idempotency_conflict"
+
+
+class TaskNotFailed(ApiError):
+    status = 409
+    code = "not_failed"
 
 
 class TooLarge(ApiError):

@@ -113,6 +113,8 @@ class Settings:
     alert_email: str = ""
     #: At most one digest of failed mail per this many seconds.
     alert_interval: float = 3600.0
+    #: Set: the admin API and the /admin dashboard, behind this Bearer token.
+    admin_token: str = field(default="", repr=False)
 
     @property
     def capture_mode(self) -> bool:
@@ -202,6 +204,20 @@ def _origin(raw: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
         raise ValueError(f"{raw!r} is not an origin like https://www.example.com")
     return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+#: Characters an ADMIN_TOKEN has at least: too long to guess online.
+MIN_SECRET_LENGTH = 16
+
+
+def _secret(name: str, value: str) -> str:
+    """`value`, if empty or long enough to be a secret; the message never repeats it."""
+    if value and (len(value) < MIN_SECRET_LENGTH or not value.isprintable()):
+        raise SettingsError(
+            f"{name} is too weak: use at least {MIN_SECRET_LENGTH} printable characters, e.g. "
+            "the output of python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return value
 
 
 def _rate_limit(raw: str) -> str:
@@ -329,6 +345,7 @@ def _parse(env: _Reader) -> Settings:
         webhook_max_age=env.get("WEBHOOK_MAX_AGE", _positive(float), d.webhook_max_age),
         alert_email=env.get("ALERT_EMAIL", _bare_address, d.alert_email),
         alert_interval=env.get("ALERT_INTERVAL", _positive(float), d.alert_interval),
+        admin_token=_secret("ADMIN_TOKEN", env.get("ADMIN_TOKEN", str, d.admin_token)),
     )
     if settings.webhook_urls and not settings.webhook_secret:
         raise SettingsError("WEBHOOK_SECRET is missing: WEBHOOK_URL is set, and every webhook is signed")

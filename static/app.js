@@ -221,6 +221,8 @@
           (doc.attempts > 1 ? ` on attempt ${doc.attempts}` : "");
       case "failed":
         return `Failed: ${doc.reason}`;
+      case "requeued":
+        return "Sent again by the site owner";
       default:
         return `Pending (attempts so far: ${doc.attempts})`;
     }

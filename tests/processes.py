@@ -47,6 +47,7 @@ _CLEARED = (
     "RECAPTCHA_",
     "WEBHOOK_",
     "ALERT_",
+    "ADMIN_TOKEN",
 )
 
 

@@ -18,11 +18,27 @@ EVENTS = PREFIX + "events"
 SMTP_STATUS = PREFIX + "smtp-status"
 #: List of mails caught by the capture SMTP server (zero-config mode), newest first.
 INBOX = PREFIX + "inbox"
+#: Prefix of the task index: one sorted set per public status (`pending`,
+#: `success`, `failed`) of task ids, scored by when the task entered it (epoch ms).
+STATUS_INDEX = PREFIX + "index:"
+#: Prefix of the per-address index: one sorted set of task ids per address a
+#: task is about (each recipient, and Reply-To), named by the address's digest.
+ADDRESS_INDEX = PREFIX + "address:"
 
 
 def task(task_id: str) -> str:
     """Hash holding one task's request and its state."""
     return f"{PREFIX}task:{task_id}"
+
+
+def status_index(status: str) -> str:
+    """Sorted set of the task ids whose public status is `status`."""
+    return STATUS_INDEX + status
+
+
+def address_index(digest: str) -> str:
+    """Sorted set of the task ids about one address (`index.address_digest`)."""
+    return ADDRESS_INDEX + digest
 
 
 def rate_limit(window: int, client: str) -> str:

@@ -11,6 +11,10 @@ full text is kept in the hash's `detail` field, which `emit` never renders.
 A submit is counted against the client's rate limits (`over_limit`, from
 `rate_limit`) by the same script that queues it, so an accepted submit is one
 round trip to Redis.
+
+The same steps keep what the owner's view reads (`store.index`): `entered`
+files the task under its public status and its addresses whenever that
+status changes, and `emit` adds each transition to the task's timeline.
 """
 
 from __future__ import annotations
@@ -21,11 +25,70 @@ from mailhub.store import outbox as outbox_scripts
 _PRELUDE = """
 local PUBLIC = {queued='pending', sending='pending', retrying='pending',
                 success='success', failed='failed'}
+local STATUSES = {'pending', 'success', 'failed'}
+
+local function clock_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The owner's timeline: one JSON line per transition, in the hash (so it
+-- expires and goes with it). Past $TIMELINE_BYTES bytes the oldest lines but
+-- the first give way: a mail deferred for hours while sending is paused
+-- does not grow it without end.
+local function add_to_timeline(key, line)
+  local text = (redis.call('HGET', key, 'timeline') or '') .. line .. '\\n'
+  if #text > $TIMELINE_BYTES then
+    local first = string.find(text, '\\n', 1, true)
+    local cut = string.find(text, '\\n', #text - $TIMELINE_BYTES / 2, true)
+    text = string.sub(text, 1, first) .. string.sub(text, cut + 1)
+  end
+  redis.call('HSET', key, 'timeline', text)
+end
+
+-- Files the task under each address digest in `people`, scored `now`. With
+-- a `retention` (it has ended, or is a decoy) entries older than its hash's
+-- lifetime go, and the set expires with its last task; without (pending),
+-- the set stays.
+local function file_under_addresses(task_id, people, now, retention)
+  for digest in string.gmatch(people or '', '%S+') do
+    local index = '$ADDRESS_INDEX' .. digest
+    redis.call('ZADD', index, now, task_id)
+    if retention then
+      redis.call('ZREMRANGEBYSCORE', index, '-inf', now - tonumber(retention) * 1000)
+      redis.call('EXPIRE', index, retention)
+    else
+      redis.call('PERSIST', index)
+    end
+  end
+end
+
+-- The task entered public status `status` (accepted or re-sent: pending;
+-- delivered; failed): it moves to that status's index and is re-filed under
+-- each of its addresses, scored now. A finished task's entries go with its
+-- hash, `retention` seconds after it ended (nil while pending: no expiry).
+-- This is also where a delivered/failed notification would be queued.
+local function entered(key, status, retention)
+  local f = redis.call('HMGET', key, 'task_id', 'people')
+  local task_id, now = f[1], clock_ms()
+  for _, other in ipairs(STATUSES) do
+    if other ~= status then redis.call('ZREM', '$STATUS_INDEX' .. other, task_id) end
+  end
+  local index = '$STATUS_INDEX' .. status
+  redis.call('ZADD', index, now, task_id)
+  if retention then redis.call('ZREMRANGEBYSCORE', index, '-inf', now - tonumber(retention) * 1000) end
+  file_under_addresses(task_id, f[2], now, retention)
+end
+
+-- Puts the task on the queue and remembers its entry (a deleted task's goes too).
+local function queue_task(key, queue, task_id)
+  redis.call('HSET', key, 'entry', redis.call('XADD', queue, '*', 'task_id', task_id))
+end
 
 local function emit(key, event, at)
   local seq = redis.call('HINCRBY', key, 'seq', 1)
   local f = redis.call('HMGET', key, 'task_id', 'to', 'state', 'attempts',
-                       'reason', 'last_error', 'next_attempt_at', 'shown_to')
+                       'reason', 'last_error', 'next_attempt_at', 'shown_to', 'detail')
   local doc = {task_id=f[1], to=f[8] or f[2], status=PUBLIC[f[3]],
                attempts=tonumber(f[4]) or 0, seq=seq, event=event, at=at}
   if f[3] == 'failed' then doc.reason = f[5] end
@@ -37,6 +100,11 @@ local function emit(key, event, at)
   redis.call('HSET', key, 'doc', json)
   redis.call('PUBLISH', '$EVENTS', json)
   announce(key, event, at, doc)
+  local line = {seq=seq, event=event, at=at, attempts=doc.attempts}
+  if f[3] == 'failed' or f[3] == 'retrying' then
+    line.detail = string.sub(f[9] or (f[3] == 'failed' and f[5]) or f[6] or '', 1, 500)
+  end
+  add_to_timeline(key, cjson.encode(line))
   return json
 end
 
@@ -59,7 +127,8 @@ end
 #: task), amount and seconds of each window, then the task's values: task_id,
 #: to, subject, body, username, message_id, created_ts, reply_to, html,
 #: from_name, rendered, alert, shown_to (in this order, without names: fewer
-#: arguments).
+#: arguments), and last the digests of the task's addresses (`addresses.people`),
+#: space-separated.
 #: Returns {task id, 1} when queued, {earlier task id, 0} for a repeat of the
 #: same body under the same idempotency key (or of this very call), {earlier
 #: task id, -1} for another body, {seconds until the window resets, -2,
@@ -91,15 +160,22 @@ for i, name in ipairs(optional) do
   local value = ARGV[v + 6 + i]
   if value and value ~= '' and value ~= '0' then redis.call('HSET', KEYS[1], name, value) end
 end
+if ARGV[#ARGV] ~= '' then redis.call('HSET', KEYS[1], 'people', ARGV[#ARGV]) end
 if ARGV[4] == '0' then
-  redis.call('XADD', KEYS[2], '*', 'task_id', task_id)
+  queue_task(KEYS[1], KEYS[2], task_id)
 else
   redis.call('HSET', KEYS[1], 'decoy', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
 emit(KEYS[1], 'queued', ARGV[1])
+if ARGV[4] == '0' then
+  entered(KEYS[1], 'pending')
+else
+  file_under_addresses(task_id, redis.call('HGET', KEYS[1], 'people'), clock_ms(), ARGV[4])
+end
 if once then
   redis.call('SET', KEYS[3], task_id .. ' ' .. ARGV[2], 'EX', ARGV[3])
+  redis.call('HSET', KEYS[1], 'once', KEYS[3])
 end
 return {task_id, 1}
 """
@@ -131,6 +207,7 @@ end
 if reason then
   redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', reason, 'detail', detail)
   emit(KEYS[1], 'failed', ARGV[2])
+  entered(KEYS[1], 'failed', ARGV[4])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   done_with_entry(KEYS[2], ARGV[1])
   return detail
@@ -148,6 +225,7 @@ SUCCEED = """
 if owns_attempt(KEYS[1], ARGV[2]) then
   redis.call('HSET', KEYS[1], 'state', 'success', 'delivered_at', ARGV[3])
   emit(KEYS[1], 'success', ARGV[3])
+  entered(KEYS[1], 'success', ARGV[4])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
 done_with_entry(KEYS[2], ARGV[1])
@@ -159,6 +237,7 @@ FAIL = """
 if owns_attempt(KEYS[1], ARGV[2]) then
   redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', ARGV[5], 'detail', ARGV[6])
   emit(KEYS[1], 'failed', ARGV[3])
+  entered(KEYS[1], 'failed', ARGV[4])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
 done_with_entry(KEYS[2], ARGV[1])
@@ -184,17 +263,33 @@ PROMOTE_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, task_id in ipairs(due) do
   redis.call('ZREM', KEYS[1], task_id)
-  redis.call('XADD', KEYS[2], '*', 'task_id', task_id)
+  local key = '$TASK' .. task_id
+  if redis.call('EXISTS', key) == 1 then queue_task(key, KEYS[2], task_id) end
 end
 return #due
 """
 
 
+#: The timeline a task hash keeps at most (bytes of JSON lines).
+TIMELINE_BYTES = 4096
+
+_NAMES = {
+    "$EVENTS": keys.EVENTS,
+    "$GROUP": keys.WORKERS_GROUP,
+    "$STATUS_INDEX": keys.STATUS_INDEX,
+    "$ADDRESS_INDEX": keys.ADDRESS_INDEX,
+    "$TASK": keys.task(""),
+    "$TIMELINE_BYTES": str(TIMELINE_BYTES),
+}
+
+
 def source(body: str, *, outbox: bool = False) -> str:
-    """The full script: the shared prelude, then `body`.
+    """The full script: the shared prelude, then `body`, with the key names filled in.
 
     With `outbox`, the end of a task is also queued for webhooks and alerts (`outbox.ANNOUNCE`).
     """
-    prelude = _PRELUDE.replace("$EVENTS", keys.EVENTS).replace("$GROUP", keys.WORKERS_GROUP)
     announce = outbox_scripts.ANNOUNCE if outbox else outbox_scripts.SILENT
-    return announce + prelude + rate_limit.OVER_LIMIT + body
+    script = announce + _PRELUDE + rate_limit.OVER_LIMIT + body
+    for name, value in _NAMES.items():
+        script = script.replace(name, value)
+    return script

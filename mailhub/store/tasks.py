@@ -25,6 +25,7 @@ from mailhub.clock import iso, now_iso
 from mailhub.errors import IdempotencyConflict
 from mailhub.settings import Settings
 from mailhub.store import keys, scripts
+from mailhub.store.addresses import people
 from mailhub.store.batching import ScriptBatcher
 from mailhub.store.outbox import Outbox
 from mailhub.store.queue import QueueEntry, WorkQueue
@@ -188,6 +189,7 @@ class TaskStore:
             int(kept.rendered),
             int(kept.alert),
             kept.shown_to,
+            " ".join(people(kept.to, kept.reply_to)),
         ]
         # Without an Idempotency-Key the script neither reads nor keeps a fingerprint.
         once_key, fingerprint = keys.task(task_id), ""

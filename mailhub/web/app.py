@@ -18,6 +18,8 @@ from mailhub.store.rate_limit import RateCounter
 from mailhub.store.redis_client import connect
 from mailhub.store.tasks import TaskStore
 from mailhub.web import (
+    admin,
+    admin_auth,
     appkeys,
     cors,
     deadlines,
@@ -85,8 +87,13 @@ async def _forms_context(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> web.Application:
+    access = admin_auth.AdminAccess(settings)
     app = web.Application(
-        middlewares=[json_errors, deadlines.body_deadline(settings.body_timeout)],
+        middlewares=[
+            json_errors,
+            admin_auth.middleware(access),
+            deadlines.body_deadline(settings.body_timeout),
+        ],
         client_max_size=MAX_REQUEST_BYTES,
     )
     cors.setup(app, settings.cors_origins)
@@ -114,6 +121,7 @@ def create_app(settings: Settings) -> web.Application:
     if settings.capture_mode:
         app.router.add_get("/dev/inbox", inbox.page)
         app.router.add_get("/dev/inbox/messages", inbox.messages)
+    admin.setup(app, access, STATIC_DIR)
     openapi.setup(app)
     return app
 

@@ -10,7 +10,10 @@ from redis.asyncio import Redis
 from mailhub.forms.intake import FormIntake
 from mailhub.live.hub import EventHub
 from mailhub.settings import Settings
+from mailhub.store.admin import TaskAdmin
+from mailhub.store.index import TaskIndex
 from mailhub.store.tasks import TaskStore
+from mailhub.web.admin_auth import AdminAccess
 from mailhub.web.admission import StreamSlots
 from mailhub.web.guard import SubmitGuard
 from mailhub.web.locales import Locales
@@ -22,6 +25,9 @@ GUARD = web.AppKey("guard", SubmitGuard)
 FORMS = web.AppKey("forms", FormIntake)
 LOCALES = web.AppKey("locales", Locales)
 EVENT_HUB = web.AppKey("event_hub", EventHub)
+ADMIN_ACCESS = web.AppKey("admin_access", AdminAccess)
+TASK_INDEX = web.AppKey("task_index", TaskIndex)
+TASK_ADMIN = web.AppKey("task_admin", TaskAdmin)
 #: Open SSE and WebSocket responses, closed on shutdown.
 STREAMS: web.AppKey[weakref.WeakSet[web.StreamResponse]] = web.AppKey("streams")
 #: Each client's open streams in this process, against MAX_STREAMS_PER_CLIENT.

@@ -10,7 +10,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from swagger_ui_bundle import swagger_ui_path
 
 from mailhub import __version__
-from mailhub.web import schemas
+from mailhub.web import admin_openapi, schemas
 
 SWAGGER_STATIC = "/docs/static"
 
@@ -99,6 +99,7 @@ def build_spec() -> dict[str, Any]:
     )
     _add_live_paths(spec)
     _add_form_paths(spec)
+    admin_openapi.add_paths(spec)
     return spec.to_dict()
 
 

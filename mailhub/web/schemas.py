@@ -130,7 +130,7 @@ class ResultSchema(Schema):
     next_attempt_at = fields.String(metadata={"description": "When the next attempt is due."})
     seq = fields.Integer(required=True, metadata={"description": "Transition number, from 1."})
     event = fields.String(
-        required=True, metadata={"enum": ["queued", "attempt", "retry", "success", "failed"]}
+        required=True, metadata={"enum": ["queued", "attempt", "retry", "success", "failed", "requeued"]}
     )
     at = fields.String(required=True, metadata={"description": "When the transition happened."})
 

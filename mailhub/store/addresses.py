@@ -1,0 +1,27 @@
+"""The addresses a task is about, as the index files them: by digest.
+
+The address index (`keys.address_index`) lists a person's tasks for the
+owner's view and for erasure. Its key names carry a digest rather than the
+address itself, so a listing of Redis keys names nobody.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from email.utils import getaddresses
+
+
+def normalized(address: str) -> str:
+    """The form an address is compared in: trimmed, lower case."""
+    return address.strip().lower()
+
+
+def address_digest(address: str) -> str:
+    """The index's name for `address` (128 bits of SHA-256 of its normalized form)."""
+    return hashlib.sha256(normalized(address).encode()).hexdigest()[:32]
+
+
+def people(to: str, reply_to: str = "") -> list[str]:
+    """Digests of everyone a task is about: each recipient, and its Reply-To."""
+    found = [addr for _, addr in getaddresses([to, reply_to]) if "@" in addr]
+    return sorted({address_digest(addr) for addr in found})

@@ -1,0 +1,170 @@
+"""The task index: the owner's list of tasks, newest first, and one task in full.
+
+The transition scripts file every task in one sorted set per public status
+(`keys.status_index`) and one per address it is about
+(`keys.address_index`), scored by when it entered its current status; a
+finished task's entries are trimmed when its hash expires. Reading a page
+costs one script call per set and one HMGET per task shown.
+
+A page ends with a cursor, the (score, task id) of its last task: the next
+page starts after it, so tasks filed meanwhile neither repeat nor shift it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from mailhub.store import admin_scripts, keys
+from mailhub.store.addresses import address_digest
+
+#: The public statuses the index files tasks under.
+STATUSES = ("pending", "success", "failed")
+#: Entries of an address index examined at most per page when a status filters them too.
+MAX_EXAMINED = 1000
+_SUMMARY_FIELDS = (
+    "doc",
+    "to",
+    "subject",
+    "created_at",
+    "message_id",
+    "detail",
+    "last_error",
+    "reason",
+    "resends",
+    "decoy",
+)
+_CURSOR = re.compile(r"^(\d{1,15}):([0-9a-f-]{36})$")
+
+
+@dataclass(frozen=True, order=True)
+class Cursor:
+    """Where a page ended: its last task's score (epoch ms) and id."""
+
+    score: int
+    task_id: str
+
+    def encode(self) -> str:
+        return f"{self.score}:{self.task_id}"
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        """The cursor `encode` wrote; ValueError for anything else."""
+        match = _CURSOR.match(text)
+        if match is None:
+            raise ValueError("not a cursor of this index")
+        return cls(int(match[1]), match[2])
+
+
+@dataclass(frozen=True)
+class Page:
+    """Tasks (result document + the owner's fields), newest first, and where to go on."""
+
+    tasks: list[dict[str, Any]]
+    next_cursor: Cursor | None
+
+
+class TaskIndex:
+    """Reads the task index; takes a Redis client."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._page = redis.register_script(admin_scripts.PAGE)
+
+    async def page(
+        self,
+        *,
+        limit: int,
+        status: str | None = None,
+        address: str | None = None,
+        cursor: Cursor | None = None,
+    ) -> Page:
+        """Up to `limit` tasks after `cursor`, of one status and/or about one address."""
+        if address is not None:
+            return await self._address_page(address, status, limit, cursor)
+        statuses = [status] if status else list(STATUSES)
+        runs = [await self._entries(keys.status_index(s), limit + 1, cursor) for s in statuses]
+        entries = list(heapq.merge(*runs, reverse=True))
+        more = len(entries) > limit
+        entries = entries[:limit]
+        tasks = await self._read([entry.task_id for entry in entries])
+        return Page([task for task in tasks if task is not None], entries[-1] if more else None)
+
+    async def _address_page(
+        self, address: str, status: str | None, limit: int, cursor: Cursor | None
+    ) -> Page:
+        index = keys.address_index(address_digest(address))
+        chunk = max(limit, 50)
+        found: list[dict[str, Any]] = []
+        examined = 0
+        while True:
+            entries = await self._entries(index, chunk, cursor)
+            for entry, task in zip(entries, await self._read([e.task_id for e in entries])):
+                examined += 1
+                cursor = entry
+                if task is not None and status in (None, task["status"]):
+                    found.append(task)
+                if len(found) == limit or examined >= MAX_EXAMINED:
+                    more = bool(await self._entries(index, 1, cursor))
+                    return Page(found, cursor if more else None)
+            if len(entries) < chunk:
+                return Page(found, None)
+
+    async def _entries(self, index: str, count: int, cursor: Cursor | None) -> list[Cursor]:
+        top, after = ("+inf", "") if cursor is None else (str(cursor.score), cursor.task_id)
+        flat = await self._page(keys=[index], args=[top, after, count])
+        return [Cursor(int(float(flat[i + 1])), _text(flat[i])) for i in range(0, len(flat), 2)]
+
+    async def _read(self, task_ids: list[str]) -> list[dict[str, Any] | None]:
+        """Each task's `summary`, in order; None for one that is gone meanwhile."""
+        if not task_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hmget(keys.task(task_id), _SUMMARY_FIELDS)
+            rows = await pipe.execute()
+        # A decoy (a filled honeypot) is filed under its address, for erasure, but never listed.
+        return [summary(dict(zip(_SUMMARY_FIELDS, row))) if row[0] and not row[-1] else None for row in rows]
+
+    async def task(self, task_id: str) -> dict[str, Any] | None:
+        """One task in full: its summary, its request and its timeline; None if gone."""
+        stored = {_text(k): _text(v) for k, v in (await self.redis.hgetall(keys.task(task_id))).items()}
+        if "doc" not in stored:
+            return None
+        task = summary(stored)
+        for name in ("body", "username", "reply_to", "from_name", "delivered_at"):
+            if stored.get(name):
+                task[name] = stored[name]
+        task["html"] = bool(stored.get("html"))
+        if stored.get("decoy"):
+            task["decoy"] = True
+        task["timeline"] = [json.loads(line) for line in stored.get("timeline", "").splitlines()]
+        return task
+
+
+def summary(stored: dict[str, Any]) -> dict[str, Any]:
+    """A task as the owner's list shows it: the result document, and what only the owner sees.
+
+    `detail` is the full text of the last error (the document's `reason` or
+    `last_error` may be a short public phrase).
+    """
+    fields = {name: _text(value) for name, value in stored.items() if value is not None}
+    task: dict[str, Any] = json.loads(fields["doc"])
+    task["to"] = fields.get("to", task["to"])  # the document may show a form's recipients masked
+    task["subject"] = fields.get("subject", "")
+    task["created_at"] = fields.get("created_at")
+    task["message_id"] = fields.get("message_id")
+    task["resends"] = int(fields.get("resends", 0))
+    detail = fields.get("detail") or fields.get("last_error") or fields.get("reason")
+    if detail:
+        task["detail"] = detail
+    return task
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
