@@ -3,6 +3,7 @@ STARTTLS + AUTH SMTP server (or the capture server, whose inbox erasure must rea
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -17,7 +18,8 @@ from mailhub.errors import SettingsError
 from mailhub.settings import load_settings
 from mailhub.store import keys, smtp_status
 from mailhub.store.addresses import address_digest
-from mailhub.store.tasks import EmailRequest
+from mailhub.store.outbox import Outbox
+from mailhub.store.tasks import EmailRequest, TaskStore
 from mailhub.web import admin_auth
 from mailhub.web.streams import SSE_PATH
 from tests.helpers import running_worker, wait_for_status
@@ -280,6 +282,8 @@ def settings_for_capture(redis_url: str, port: int) -> Any:
         admin_token=TOKEN,
         rate_limit="off",
         retry_base_delay=0.02,
+        webhook_urls=("http://127.0.0.1:9/nobody-listens",),
+        webhook_secret="whsec_" + base64.b64encode(b"k" * 32).decode(),
     )
 
 
@@ -304,9 +308,10 @@ async def dump(redis) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return contents
 
 
-async def test_erasing_an_address_removes_every_trace_of_it(session, redis, valkey, store):
+async def test_erasing_an_address_removes_every_trace_of_it(session, redis, valkey):
     victim = "Victim@Example.com"
     async with capture_smtp(redis, valkey) as settings, serving(settings) as live:
+        store = TaskStore.from_settings(redis, settings)  # announces outcomes for webhooks
         admin = Admin(session, live)
         delivered = [
             await admin.submit(victim, key="form-submission-1"),  # its Idempotency-Key record names the task
@@ -321,6 +326,8 @@ async def test_erasing_an_address_removes_every_trace_of_it(session, redis, valk
         async with running_worker(store, settings):
             for task_id in [*delivered, replied.task_id]:
                 await wait_for_status(store, task_id)
+        # The receiver is down: each outcome waits as a webhook delivery, the victim's address in it.
+        assert await Outbox(redis).fan_out(settings.webhook_urls, alerts=False) == 4
         waiting = await admin.submit(victim)  # still queued: no worker now
         assert len(await redis.lrange(keys.INBOX, 0, -1)) == 4
         assert await admin.ok("DELETE", f"{ADMIN}/recipients/{victim.upper()}") == {"deleted": 4}

@@ -10,11 +10,12 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
 from mailhub.clock import now_iso
-from mailhub.store import admin_scripts, keys
+from mailhub.store import admin_scripts, keys, outbox
 from mailhub.store.addresses import address_digest, normalized
 
 logger = logging.getLogger(__name__)
@@ -63,20 +64,29 @@ class TaskAdmin:
         return BulkResend(int(requeued), int(remaining))
 
     async def delete(self, task_id: str) -> bool:
-        """Remove the task and every trace of it; False if there was no such task."""
+        """Remove the task and every trace of it (waiting webhooks and digest lines too);
+        False if there was no such task."""
         deleted = bool(await self._delete(args=[task_id, now_iso()]))
         if deleted:
+            await outbox.forget_tasks(self.redis, [task_id])
             logger.info("task %s: deleted by the owner", task_id)
         return deleted
 
     async def erase_address(self, address: str, *, max_batches: int = 10_000) -> int:
-        """Delete every task to (or with Reply-To) `address`, and the dev inbox's mails
-        mentioning it; returns how many tasks. Runs in batches of `ERASE_BATCH`."""
-        digest, total = address_digest(address), 0
+        """Delete every task to (or with Reply-To) `address`, the dev inbox's mails and
+        the waiting notifications mentioning it; returns how many tasks. Runs in
+        batches of `ERASE_BATCH`."""
+        digest, erased = address_digest(address), []
         for _ in range(max_batches):
-            deleted, more = await self._erase(args=[digest, normalized(address), ERASE_BATCH, now_iso()])
-            total += int(deleted)
+            more, *deleted = await self._erase(args=[digest, normalized(address), ERASE_BATCH, now_iso()])
+            erased += [_text(task_id) for task_id in deleted]
             if not int(more):
                 break
-        logger.info("erased %d tasks about address digest %s", total, digest)
-        return total
+        await outbox.forget_tasks(self.redis, erased)
+        await outbox.forget_address(self.redis, address)
+        logger.info("erased %d tasks about address digest %s", len(erased), digest)
+        return len(erased)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -98,20 +98,22 @@ return 1
 
 #: ARGV: address digest, address (normalized), most tasks to delete, at.
 #: Deletes tasks about the address, up to the given number, and the dev
-#: inbox's mails that mention it. Returns {deleted, 1 if tasks remain else 0}.
+#: inbox's mails that mention it. Returns {1 if tasks remain else 0, the
+#: deleted tasks' ids...}.
 ERASE = """
 local index = '$ADDRESS_INDEX' .. ARGV[1]
-local deleted, message_ids = 0, {}
+local deleted, message_ids = {}, {}
 for _, task_id in ipairs(redis.call('ZRANGE', index, 0, tonumber(ARGV[3]) - 1)) do
   local message_id = forget(task_id, ARGV[4])
   if message_id then
-    deleted = deleted + 1
+    deleted[#deleted + 1] = task_id
     message_ids[message_id] = true
   end
   redis.call('ZREM', index, task_id)  -- also an expired task's leftover entry
 end
 drop_from_inbox(message_ids, ARGV[2])
-return {deleted, redis.call('EXISTS', index)}
+table.insert(deleted, 1, redis.call('EXISTS', index))
+return deleted
 """
 
 #: KEYS: a sorted set of the index. ARGV: highest score ('+inf' for the first

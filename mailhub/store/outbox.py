@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from email.utils import getaddresses
 from typing import Any
@@ -194,6 +194,19 @@ async def forget_address(redis: Redis, address: str) -> int:
     def about(data: dict[str, Any]) -> bool:
         return any(addr.lower() == wanted for _, addr in getaddresses([str(data.get("to") or "")]))
 
+    return await _forget(redis, about)
+
+
+async def forget_tasks(redis: Redis, task_ids: Collection[str]) -> int:
+    """Remove every waiting event about these tasks (deleted by the owner). Returns how many."""
+    wanted = set(task_ids)
+    if not wanted:
+        return 0
+    return await _forget(redis, lambda data: str(data.get("task_id")) in wanted)
+
+
+async def _forget(redis: Redis, about: Callable[[dict[str, Any]], bool]) -> int:
+    """Remove the waiting events whose data (a result document) `about` matches."""
     removed = await _erase_from_list(
         redis, keys.OUTBOX, lambda e: about(OutboxEvent.parse(e).payload["data"])
     )
