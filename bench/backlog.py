@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,16 @@ from bench.delivery import raw_client_rate
 from bench.profiling import cpu_seconds, py_spy, stop_py_spy, summarize_profile
 from bench.queued import outcomes, queue_mails, task_id_in
 from bench.sink import Sink
-from bench.support import Process, Row, event_time, print_table, run, sink_env, start_worker
+from bench.support import (
+    Process,
+    Row,
+    event_time,
+    print_table,
+    run,
+    sink_env,
+    start_worker,
+    with_sink_and_valkey,
+)
 from mailhub.settings import load_settings
 from mailhub.store import keys
 from mailhub.store.embedded_valkey import EmbeddedRedis
@@ -259,9 +267,7 @@ async def main() -> int:
         "--profile-seconds", type=float, default=30.0, help="how long py-spy samples the worker"
     )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="mailhub-backlog-") as tmp, Sink(Path(tmp)) as sink:
-        with EmbeddedRedis(Path(tmp) / "valkey", persist=True) as valkey:
-            return await measure(args, Path(tmp), sink, valkey)
+    return await with_sink_and_valkey(measure, args, persist=True)
 
 
 if __name__ == "__main__":

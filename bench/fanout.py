@@ -26,7 +26,6 @@ import os
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ from bench.support import (
     sink_env,
     start_worker,
     submit_all,
+    with_sink_and_valkey,
 )
 from mailhub.store.embedded_valkey import EmbeddedRedis
 from tests.helpers import eventually
@@ -261,17 +261,21 @@ def report(
     return 0 if every and seen.pubsub[0] == 1 else 1
 
 
-async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: EmbeddedRedis) -> int:
-    env = sink_env(
+def fanout_env(sink: Sink, tmp: Path, redis_url: str) -> dict[str, str]:
+    """mailhub's settings for a fan-out run: quick retries, every subscriber from one address."""
+    return sink_env(
         sink,
         tmp / "data",
-        REDIS_URL=valkey.url,
+        REDIS_URL=redis_url,
         RETRY_BASE_DELAY="0.2",
         RETRY_MAX_DELAY="0.4",
         WORKER_CONCURRENCY="64",
-        # Every subscriber connects from this one address.
         MAX_STREAMS_PER_CLIENT="100000",
     )
+
+
+async def measure(args: argparse.Namespace, tmp: Path, sink: Sink, valkey: EmbeddedRedis) -> int:
+    env = fanout_env(sink, tmp, valkey.url)
     redis = Redis.from_url(valkey.url, decode_responses=True, client_name=REFERENCE_NAME)
     web = MailhubServer("web", env=env, log_dir=tmp)
     published: dict[tuple[str, int], float] = {}
@@ -302,12 +306,7 @@ async def main() -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="bound on the delivery phase")
     args = parser.parse_args()
     print(f"open files allowed: {raise_fd_limit()}")
-    with (
-        tempfile.TemporaryDirectory(prefix="mailhub-fanout-") as tmp,
-        Sink(Path(tmp)) as sink,
-        EmbeddedRedis(Path(tmp) / "valkey", persist=False) as valkey,
-    ):
-        return await measure(args, Path(tmp), sink, valkey)
+    return await with_sink_and_valkey(measure, args)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ import contextlib
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from bench.fanout import EXPECTED, Subscriber, percentile, raise_fd_limit, redis_connections
+from bench.fanout import EXPECTED, Subscriber, fanout_env, percentile, raise_fd_limit, redis_connections
 from bench.profiling import cpu_seconds, py_spy, stop_py_spy, summarize_profile
 from bench.queued import queue_mails
 from bench.sink import Sink
@@ -58,9 +57,9 @@ from bench.support import (
     event_time,
     print_table,
     run,
-    sink_env,
     start_worker,
     wait_for_http,
+    with_sink_and_valkey,
 )
 from mailhub.store.embedded_valkey import EmbeddedRedis
 from mailhub.store.tasks import TaskStore
@@ -108,16 +107,7 @@ class Bench:
         self.tmp = tmp
         self.sink = sink
         self.valkey = valkey
-        self.env = sink_env(
-            sink,
-            tmp / "data",
-            REDIS_URL=valkey.url,
-            RETRY_BASE_DELAY="0.2",
-            RETRY_MAX_DELAY="0.4",
-            WORKER_CONCURRENCY="64",
-            # Every subscriber connects from this one address.
-            MAX_STREAMS_PER_CLIENT="100000",
-        )
+        self.env = fanout_env(sink, tmp, valkey.url)
         self.redis = Redis.from_url(valkey.url, decode_responses=True, client_name="bench-fanout")
         self.store = TaskStore(self.redis, retention=3600, max_attempts=3, message_id_domain="example.com")
         self.published: dict[tuple[str, int], float] = {}
@@ -398,12 +388,7 @@ async def main() -> int:
     parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args()
     print(f"open files allowed: {raise_fd_limit()}")
-    with (
-        tempfile.TemporaryDirectory(prefix="mailhub-fanout10k-") as tmp,
-        Sink(Path(tmp)) as sink,
-        EmbeddedRedis(Path(tmp) / "valkey", persist=False) as valkey,
-    ):
-        return await measure(args, Path(tmp), sink, valkey)
+    return await with_sink_and_valkey(measure, args)
 
 
 if __name__ == "__main__":

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from bench.sink import Sink
+from mailhub.store.embedded_valkey import EmbeddedRedis
 from tests.helpers import free_port, smtp_env
 from tests.processes import clean_env
 
@@ -204,6 +207,21 @@ async def wait_for_results(
 def event_time(document: dict[str, Any]) -> float:
     """Epoch seconds of the document's last transition (its `at`)."""
     return datetime.fromisoformat(document["at"].replace("Z", "+00:00")).timestamp()
+
+
+async def with_sink_and_valkey(
+    measure: Callable[[argparse.Namespace, Path, Sink, EmbeddedRedis], Awaitable[int]],
+    args: argparse.Namespace,
+    *,
+    persist: bool = False,
+) -> int:
+    """`measure(args, work directory, sink, valkey)`, everything in one temporary directory."""
+    with (
+        tempfile.TemporaryDirectory(prefix="mailhub-bench-") as tmp,
+        Sink(Path(tmp)) as sink,
+        EmbeddedRedis(Path(tmp) / "valkey", persist=persist) as valkey,
+    ):
+        return await measure(args, Path(tmp), sink, valkey)
 
 
 def run(main: Callable[[], Coroutine[Any, Any, int]]) -> None:

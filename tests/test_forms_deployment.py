@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.helpers import smtp_env
 from tests.processes import MailhubProcess
 from tests.verify_server import verify_server
 
@@ -38,19 +39,15 @@ async def _until_final(session: aiohttp.ClientSession, url: str, timeout: float 
 async def test_forms_only_deployment(tmp_path, valkey, redis, smtp):
     shutil.copy(EXAMPLE, tmp_path / "forms.toml")
     async with verify_server() as verify:
-        env = {
-            "REDIS_URL": valkey.url,
-            "SMTP_HOST": smtp.host,
-            "SMTP_PORT": str(smtp.port),
-            "SMTP_USER": smtp.user or "",
-            "SMTP_PASS": smtp.password or "",
-            "SSL_CERT_FILE": str(smtp.ca_file),
-            "MAIL_FROM": "Example <noreply@example.com>",
-            "FORMS_FILE": "forms.toml",
-            "TURNSTILE_SECRET": "test-secret",
-            "CAPTCHA_VERIFY_URL": verify.url,
-            "RATE_LIMIT": "off",
-        }
+        env = smtp_env(
+            smtp,
+            REDIS_URL=valkey.url,
+            MAIL_FROM="Example <noreply@example.com>",
+            ALLOWED_RECIPIENTS="",  # forms only: the contract endpoint refuses every recipient
+            FORMS_FILE="forms.toml",
+            TURNSTILE_SECRET="test-secret",
+            CAPTCHA_VERIFY_URL=verify.url,
+        )
         with MailhubProcess(cwd=tmp_path, env=env) as server:
             form = f"{server.url}/api/v1/forms/contact"
             async with aiohttp.ClientSession() as session:

@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mailhub import metrics, reasons
+from mailhub.background import forever
 from mailhub.delivery.sending_gate import Sender, SendingGate
 from mailhub.errors import ConfigurationFailure, DeliveryError, PermanentFailure
 from mailhub.settings import Settings
@@ -125,10 +126,11 @@ class Worker:
     async def start(self) -> None:
         """Join the consumer group and start claiming in the background."""
         await self.queue.ensure_group()
+        owner = f"worker {self.name}"
         self._loops = [
-            asyncio.create_task(self._forever(self._claim_new), name="worker-claim"),
-            asyncio.create_task(self._forever(self._reclaim_stalled), name="worker-reclaim"),
-            asyncio.create_task(self._forever(self._promote_retries), name="worker-retries"),
+            asyncio.create_task(forever(self._claim_new, owner), name="worker-claim"),
+            asyncio.create_task(forever(self._reclaim_stalled, owner), name="worker-reclaim"),
+            asyncio.create_task(forever(self._promote_retries, owner), name="worker-retries"),
             asyncio.create_task(self.gate.watch(), name="worker-smtp-login"),
         ]
         logger.info("worker %s started, %d send slots", self.name, self.concurrency)
@@ -171,21 +173,6 @@ class Worker:
                 await self._drained.wait()
         finally:
             self._drained = None
-
-    async def _forever(self, step: Callable[[], Awaitable[None]]) -> None:
-        """Run `step` again and again; a Redis outage backs off instead of ending it."""
-        failures = 0
-        while True:
-            try:
-                await step()
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                failures += 1
-                delay = min(5.0, 0.1 * 2**failures)
-                logger.exception("worker %s: %s failed, retrying in %.1fs", self.name, step.__name__, delay)
-                await asyncio.sleep(delay)
 
     async def _take_slots(self, wanted: int) -> int:
         await self.gate.wait_open()

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from redis.asyncio import Redis
 
+from mailhub.background import forever
 from mailhub.notify.alerts import AlertMailer
 from mailhub.notify.webhooks import WebhookDeliverer, WebhookPoster
 from mailhub.settings import Settings
@@ -73,7 +74,10 @@ class Notifier:
             steps.append(self.deliverer.run)
         if self.mailer is not None:
             steps.append(self._queue_alerts)
-        self._loops = [asyncio.create_task(_forever(step), name=f"notify-{step.__name__}") for step in steps]
+        self._loops = [
+            asyncio.create_task(forever(step, "notifications"), name=f"notify-{step.__name__}")
+            for step in steps
+        ]
         logger.info(
             "notifications on: %d webhook URL(s)%s",
             len(self.settings.webhook_urls),
@@ -106,22 +110,6 @@ class Notifier:
         await self.mailer.queue_digest()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._alert_wake.wait(), ALERT_POLL)
-
-
-async def _forever(step: Callable[[], Awaitable[None]]) -> None:
-    """Run `step` again and again; a failure (Redis unreachable) backs off instead of ending it."""
-    failures = 0
-    while True:
-        try:
-            await step()
-            failures = 0
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            failures += 1
-            delay = min(5.0, 0.1 * 2**failures)
-            logger.exception("notifications: %s failed, retrying in %.1fs", step.__name__, delay)
-            await asyncio.sleep(delay)
 
 
 @contextlib.asynccontextmanager
