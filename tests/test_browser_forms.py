@@ -24,6 +24,7 @@ from tests.helpers import eventually, free_port, running_worker
 from tests.live_server import Live, serving
 from tests.processes import ROOT
 from tests.smtp_server import Fault
+from tests.verify_server import verify_server
 
 pytestmark = pytest.mark.browser
 
@@ -191,6 +192,45 @@ async def test_an_answer_lost_on_the_way_is_resent_with_the_same_key_and_sends_o
     assert_the_contact_mail(mail)
     assert await task_count(store) == 1
     assert await page.evaluate("Object.keys(localStorage)") == []
+
+
+async def test_with_a_captcha_a_resend_after_a_reload_needs_no_new_token_and_sends_once(
+    page: Page, settings: Settings, store: TaskStore, smtp: Any
+) -> None:
+    async def with_the_widget(route: Route) -> None:
+        # What the Turnstile widget leaves in the form: its token field, filled.
+        response = await route.fetch()
+        token = '<input type="hidden" name="cf-turnstile-response" value="good-1">'
+        await route.fulfill(
+            response=response, body=(await response.text()).replace("</form>", f"{token}</form>")
+        )
+
+    async def lose_the_answer(route: Route) -> None:
+        await route.fetch()
+        await route.abort("connectionreset")
+
+    # The provider's script is out of reach here: a stand-in counts the widget's resets.
+    await page.add_init_script("window.resets = 0; window.turnstile = {reset: () => window.resets++};")
+    captcha = {"captcha_secrets": {"turnstile": "test-secret"}}
+    async with verify_server() as verify:
+        async with contact_site(
+            settings, {"captcha": "turnstile"}, captcha_verify_url=verify.url, **captcha
+        ) as site:
+            await page.route("**/contact-js", with_the_widget)
+            await page.route("**/api/v1/forms/contact", lose_the_answer)
+            await page.goto(site.url + "/contact-js")
+            await fill_in(page)
+            await page.locator("button[type=submit]").click()
+            await expect(status(page)).to_have_text(EN["offline"], timeout=WAIT_MS)
+            await page.unroute("**/api/v1/forms/contact")
+            await page.reload()  # the page's token is the one already spent
+            async with running_worker(store, settings):
+                await expect(status(page)).to_have_text(EN["success"], timeout=WAIT_MS)
+            assert await page.evaluate("window.resets") == 1  # a fresh token for the next mail
+        assert [request["response"] for request in verify.requests] == ["good-1"]
+    [mail] = await smtp.handler.wait_for_count(1)
+    assert_the_contact_mail(mail)
+    assert await task_count(store) == 1
 
 
 async def in_korean(route: Route) -> None:
