@@ -177,7 +177,7 @@ async def test_html_pages_carry_the_page_policy(http, path):
         assert response.headers["Content-Security-Policy"] == PAGE_POLICY
         assert "frame-ancestors 'none'" in PAGE_POLICY and "script-src" not in PAGE_POLICY
         assert response.headers["X-Frame-Options"] == "DENY"
-        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert response.headers["Referrer-Policy"] == "strict-origin-when-cross-origin"
         assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 

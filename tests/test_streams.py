@@ -246,6 +246,17 @@ async def test_shutdown_closes_open_streams_promptly(settings, session, store):
         stack.pop_all()  # the runner is already cleaned up
 
 
+async def test_a_stream_opened_while_shutting_down_is_ended_at_once(live, session, store):
+    task_id = await TaskDriver(store).enqueue()
+    # Shutdown has begun (on_shutdown ran) while this handler was still on its way in.
+    await live.app[appkeys.STREAMS].close_all()
+    async with stream(session, live, task_id) as reader:
+        await asyncio.wait_for(reader.rest(), 5)  # ended, not left open until a timeout
+    async with session.ws_connect(live.url + WS_PATH) as ws:
+        closing = await asyncio.wait_for(ws.receive(), 5)
+        assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, WSCloseCode.GOING_AWAY)
+
+
 async def ws_messages(ws: aiohttp.ClientWebSocketResponse, count: int) -> list[dict]:
     return [await ws.receive_json(timeout=5) for _ in range(count)]
 

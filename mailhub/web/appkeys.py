@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
-
 from aiohttp import web
 from redis.asyncio import Redis
 
@@ -17,6 +15,7 @@ from mailhub.web.admin_auth import AdminAccess
 from mailhub.web.admission import StreamSlots
 from mailhub.web.guard import SubmitGuard
 from mailhub.web.locales import Locales
+from mailhub.web.open_streams import OpenStreams
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
@@ -29,6 +28,6 @@ ADMIN_ACCESS = web.AppKey("admin_access", AdminAccess)
 TASK_INDEX = web.AppKey("task_index", TaskIndex)
 TASK_ADMIN = web.AppKey("task_admin", TaskAdmin)
 #: Open SSE and WebSocket responses, closed on shutdown.
-STREAMS: web.AppKey[weakref.WeakSet[web.StreamResponse]] = web.AppKey("streams")
+STREAMS: web.AppKey[OpenStreams] = web.AppKey("streams")
 #: Each client's open streams in this process, against MAX_STREAMS_PER_CLIENT.
 STREAM_SLOTS = web.AppKey("stream_slots", StreamSlots)

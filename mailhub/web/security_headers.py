@@ -33,7 +33,10 @@ PAGE_POLICY = "; ".join(
 PAGE_HEADERS = {
     "Content-Security-Policy": PAGE_POLICY,
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: a form posted from a page of ours would then carry
+    # `Origin: null` (Fetch spec), which a form's `origins` check refuses, and
+    # its error page would lose the way back to the form.
+    "Referrer-Policy": "strict-origin-when-cross-origin",
 }
 
 

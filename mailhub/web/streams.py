@@ -21,10 +21,9 @@ import functools
 import json
 import logging
 import uuid
-import weakref
 from collections.abc import AsyncIterator
 
-from aiohttp import WSCloseCode, WSMsgType, hdrs, web
+from aiohttp import WSMsgType, hdrs, web
 from aiohttp_sse import EventSourceResponse, sse_response
 from redis.exceptions import RedisError
 
@@ -40,6 +39,7 @@ from mailhub.live.event import Event
 from mailhub.live.hub import EventHub
 from mailhub.live.subscription import Direct, Queued, Subscription
 from mailhub.web import admission, appkeys
+from mailhub.web.open_streams import OpenStreams
 from mailhub.web.views import task_id_from_query
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ async def live_context(app: web.Application) -> AsyncIterator[None]:
     its open streams, and their per-client slots."""
     hub = EventHub(app[appkeys.STORE])
     app[appkeys.EVENT_HUB] = hub
-    app[appkeys.STREAMS] = weakref.WeakSet()
+    app[appkeys.STREAMS] = OpenStreams()
     app[appkeys.STREAM_SLOTS] = admission.StreamSlots(app[appkeys.SETTINGS].max_streams_per_client)
     yield
     await hub.stop()
@@ -67,12 +67,7 @@ async def live_context(app: web.Application) -> AsyncIterator[None]:
 
 async def close_streams(app: web.Application) -> None:
     """on_shutdown: end every open stream, so the server stops promptly."""
-    open_streams = app[appkeys.STREAMS]
-    for stream in list(open_streams):
-        if isinstance(stream, web.WebSocketResponse):
-            await stream.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
-        elif isinstance(stream, EventSourceResponse):
-            stream.stop_streaming()
+    await app[appkeys.STREAMS].close_all()
 
 
 class _TaskEventSource(EventSourceResponse):
@@ -164,7 +159,7 @@ async def _stream_events(request: web.Request, subscription: Subscription) -> we
     keepalive = request.app[appkeys.SETTINGS].sse_keepalive
     async with sse_response(request, ping_interval=keepalive, response_cls=_TaskEventSource) as stream:
         stream.subscription = subscription
-        request.app[appkeys.STREAMS].add(stream)
+        await request.app[appkeys.STREAMS].add(stream)
         try:
             kept_up = await subscription.run(
                 first,
@@ -199,7 +194,7 @@ async def task_events_ws(request: web.Request) -> web.StreamResponse:
     with slot:
         ws = web.WebSocketResponse(heartbeat=settings.sse_keepalive, max_msg_size=MAX_WS_MESSAGE)
         await ws.prepare(request)
-        request.app[appkeys.STREAMS].add(ws)
+        await request.app[appkeys.STREAMS].add(ws)
         session = _WsSession(ws, request.app[appkeys.EVENT_HUB])
         try:
             async for message in ws:
