@@ -174,23 +174,9 @@ class TaskStore:
         task_id = str(uuid.uuid4())
         now = now_iso()
         kept = EmailRequest(request.to, "", "", shown_to=request.shown_to) if decoy else request
-        values = [
-            task_id,
-            kept.to,
-            kept.subject,
-            kept.body,
-            kept.username,
-            # Stable across attempts, so a duplicate after an ambiguous failure is recognisable.
-            "" if decoy else make_msgid(idstring=task_id, domain=self.message_id_domain),
-            int(time.time()),
-            kept.reply_to,
-            kept.html,
-            kept.from_name,
-            int(kept.rendered),
-            int(kept.alert),
-            kept.shown_to,
-            " ".join(people(kept.to, kept.reply_to)),
-        ]
+        # Stable across attempts, so a duplicate after an ambiguous failure is recognisable.
+        message_id = "" if decoy else make_msgid(idstring=task_id, domain=self.message_id_domain)
+        values = _task_values(task_id, kept, message_id)
         # Without an Idempotency-Key the script neither reads nor keeps a fingerprint.
         once_key, fingerprint = keys.task(task_id), ""
         if idempotency is not None:
@@ -308,6 +294,26 @@ class TaskStore:
                 detail,
             ],
         )
+
+
+def _task_values(task_id: str, request: EmailRequest, message_id: str) -> list[str | int]:
+    """What the enqueue script stores of a task, in its order (see `scripts.ENQUEUE`)."""
+    return [
+        task_id,
+        request.to,
+        request.subject,
+        request.body,
+        request.username,
+        message_id,
+        int(time.time()),
+        request.reply_to,
+        request.html,
+        request.from_name,
+        int(request.rendered),
+        int(request.alert),
+        request.shown_to,
+        " ".join(people(request.to, request.reply_to)),
+    ]
 
 
 def _digest(text: str) -> str:
