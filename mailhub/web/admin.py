@@ -10,15 +10,21 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from mailhub.errors import TaskNotFailed, TaskNotFound, ValidationFailed
+from mailhub.settings import Settings
 from mailhub.store import smtp_status
 from mailhub.store.admin import Resend, TaskAdmin
+from mailhub.store.alerts import alert_state
 from mailhub.store.index import Cursor, TaskIndex
 from mailhub.store.overview import overview
+from mailhub.store.webhooks import delivery_state
 from mailhub.web import appkeys
 from mailhub.web.admin_auth import API_PREFIX, PAGE_PATH, AdminAccess, Mode
 from mailhub.web.admin_schemas import AddressPathSchema, BulkResendSchema, TaskListQuerySchema
@@ -145,4 +151,14 @@ async def overview_view(request: web.Request) -> web.Response:
         "checked_at": status.checked_at if status else None,
         "capture_mode": request.app[appkeys.SETTINGS].capture_mode,
     }
+    view.update(await _notifications(redis, request.app[appkeys.SETTINGS]))
     return web.json_response(view)
+
+
+async def _notifications(redis: Redis, settings: Settings) -> dict[str, Any]:
+    """Webhook delivery (per URL) and the alert mails waiting, for the overview."""
+    alerts = asdict(await alert_state(redis)) if settings.alert_email else None
+    return {
+        "webhooks": asdict(await delivery_state(redis, settings.webhook_urls)),
+        "alerts": {"email": settings.alert_email, **alerts} if alerts else None,
+    }

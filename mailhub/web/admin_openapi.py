@@ -156,6 +156,12 @@ def _other_paths(spec: APISpec) -> None:
     spec.path(
         path=API_PREFIX + "/overview",
         operations={
-            "get": _operation("Queue, outcomes, workers, sending", {"200": _json("Overview", "Now")})
+            "get": _operation(
+                "Queue, outcomes, workers, sending, webhooks, alerts",
+                {"200": _json("Overview", "Now")},
+                description="`webhooks`: deliveries waiting, delivered, failed attempts and dropped, "
+                "the last success and failure, per URL too; `alerts` (with ALERT_EMAIL): alert "
+                "mails not yet queued, failures waiting for the next digest, the last digest.",
+            )
         },
     )
