@@ -57,8 +57,9 @@ class Client:
 
 
 async def test_acceptance_1_failed_listed_resent_delivered_deleted(
-    tmp_path: Path, valkey: Any, smtp: SmtpServer, receiver: WebhookReceiver
+    tmp_path: Path, valkey: Any, redis: Any, smtp: SmtpServer, receiver: WebhookReceiver
 ) -> None:
+    # `redis` flushes the shared Valkey: nothing another test left is delivered here.
     smtp.handler.faults.append(Fault.reply_rcpt("550 5.1.1 no such user"))
     env = smtp_env(
         smtp,

@@ -153,6 +153,41 @@ class SendingSchema(Schema):
     capture_mode = fields.Boolean(required=True)
 
 
+def _moment(description: str) -> fields.String:
+    return fields.String(allow_none=True, required=True, metadata={"description": description})
+
+
+class WebhookCountsSchema(Schema):
+    pending = fields.Integer(required=True, metadata={"description": "Waiting (or being POSTed)."})
+    delivered = fields.Integer(required=True)
+    failed_attempts = fields.Integer(required=True, metadata={"description": "POSTs that failed."})
+    dropped = fields.Integer(required=True, metadata={"description": "Given up (WEBHOOK_MAX_AGE, 410)."})
+    last_success_at = _moment("The last 2xx answer.")
+    last_failure_at = _moment("The last failed POST.")
+    last_error = fields.String(allow_none=True, required=True)
+
+
+class WebhookEndpointSchema(WebhookCountsSchema):
+    url = fields.String(required=True, metadata={"description": "Without credentials or query."})
+    last_status = fields.String(allow_none=True, required=True, metadata={"description": "HTTP status."})
+
+
+class WebhooksSchema(WebhookCountsSchema):
+    configured = fields.Boolean(required=True, metadata={"description": "WEBHOOK_URL is set."})
+    next_attempt_at = _moment("When the next waiting delivery is due.")
+    endpoints = fields.List(fields.Nested(WebhookEndpointSchema), required=True)
+
+
+class AlertsSchema(Schema):
+    email = fields.String(required=True, metadata={"description": "ALERT_EMAIL."})
+    notices_waiting = fields.Integer(
+        required=True, metadata={"description": "Pauses and resumes whose mail is not queued yet."}
+    )
+    failures_waiting = fields.Integer(required=True, metadata={"description": "For the next digest."})
+    last_digest_at = _moment("When the last digest was queued.")
+    next_digest_in = fields.Float(required=True, metadata={"description": "Seconds until one may go."})
+
+
 class OverviewSchema(Schema):
     now = fields.String(required=True)
     queue = fields.Nested(QueueSchema, required=True)
@@ -160,3 +195,7 @@ class OverviewSchema(Schema):
     per_minute = fields.Nested(PerMinuteSchema, required=True)
     workers = fields.List(fields.Nested(WorkerSchema), required=True)
     sending = fields.Nested(SendingSchema, required=True)
+    webhooks = fields.Nested(WebhooksSchema, required=True)
+    alerts = fields.Nested(
+        AlertsSchema, allow_none=True, required=True, metadata={"description": "Null without ALERT_EMAIL."}
+    )
