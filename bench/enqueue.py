@@ -12,7 +12,9 @@ target gets a 2 s warm-up; then `--rounds` measured runs per target,
 interleaved (baseline, bare, mailhub, baseline, ...) so that a noisy moment
 of the shared machine hits all alike; Redis is flushed before each; the
 medians are reported. With `--profile FILE`, py-spy samples mailhub's web
-process during its first round.
+process during its first round. With `--replica`, the Valkey gets a replica,
+so mailhub (REDIS_MIN_REPLICAS auto) answers each batch of submits only once
+the replica confirmed it (WAIT); the baseline does not wait.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,7 @@ from mailhub.store.queue import WorkQueue
 from mailhub.store.redis_client import connect
 from tests.helpers import free_port
 from tests.processes import clean_env
+from tests.redis_servers import acknowledging_replicas, wait_until
 
 WRK_SCRIPT = r"""
 local counter = 0
@@ -194,12 +197,19 @@ async def main() -> int:
         "--loadgen", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python"
     )
     parser.add_argument("--profile", type=Path, help="py-spy mailhub's first round; raw stacks to this file")
+    parser.add_argument(
+        "--replica", action="store_true", help="give the Valkey a replica: mailhub then waits for it (WAIT)"
+    )
     args = parser.parse_args()
+    # A replica's first sync starts at once rather than after 5 s.
+    primary_args = ["--repl-diskless-sync-delay", "0"] if args.replica else []
     with (
         tempfile.TemporaryDirectory(prefix="mailhub-bench-") as tmp,
-        EmbeddedRedis(Path(tmp) / "valkey") as valkey,
+        EmbeddedRedis(Path(tmp) / "valkey", args=primary_args) as valkey,
         contextlib.ExitStack() as stack,
     ):
+        if args.replica:
+            stack.enter_context(replica_of(valkey, Path(tmp) / "replica"))
         targets = start_targets(stack, valkey.url, Path(tmp))
         rounds = await interleaved_rounds(targets, valkey.url, args, Path(tmp))
     results = {
@@ -214,11 +224,21 @@ async def main() -> int:
     return 0
 
 
+@contextlib.contextmanager
+def replica_of(primary: EmbeddedRedis, data_dir: Path) -> Iterator[EmbeddedRedis]:
+    """A replica of `primary`, in sync (it confirms writes) before this yields."""
+    args = ["--replicaof", "127.0.0.1", str(primary.port)]
+    with EmbeddedRedis(data_dir, persist=False, args=args) as replica:
+        wait_until(lambda: acknowledging_replicas(primary.port) == 1, 30, "the replica in sync")
+        yield replica
+
+
 def show(results: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
     base, mailhub, bare = results["baseline"], results["mailhub"], results["bare"]
     baseline = "JSON + 1 pipeline HSET/XADD/EXPIRE"
     print_table(
         f"Enqueue ({args.connections} connections, {args.duration:g} s, {args.loadgen}, "
+        f"{'a replica, mailhub waits for it, ' if args.replica else ''}"
         f"median of {args.rounds} interleaved rounds)",
         [
             Row("mailhub POST rate", mailhub["rate"], "req/s", base["rate"], baseline, "ratio >= 0.8"),
@@ -227,7 +247,7 @@ def show(results: dict[str, dict[str, float]], args: argparse.Namespace) -> None
             Row("bare aiohttp handler (ceiling)", bare["rate"], "req/s", base["rate"], baseline),
         ],
         f"python -m bench.enqueue --duration {args.duration:g} --connections {args.connections} "
-        f"--rounds {args.rounds} --loadgen {args.loadgen}",
+        f"--rounds {args.rounds} --loadgen {args.loadgen}{' --replica' if args.replica else ''}",
     )
 
 

@@ -1,8 +1,9 @@
 """`python run.py check`: try the Redis and SMTP settings before going live.
 
-Each step is tried for real (PING; connect, TLS, login, MAIL FROM then RSET;
-no mail is sent) and reported as ok, warn or FAIL, with a hint for the
-usual mistakes. The exit code is 1 if any step failed.
+Each step is tried for real (PING, and what the Redis does with queued mail,
+see `store.redis_check`; connect, TLS, login, MAIL FROM then RSET; no mail
+is sent) and reported as ok, warn or FAIL, with a hint for the usual
+mistakes. The exit code is 1 if any step failed.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from dataclasses import dataclass, replace
 from email.utils import parseaddr
 from enum import Enum
 from typing import TextIO
-from urllib.parse import urlsplit
 
 import aiosmtplib
 from redis.exceptions import RedisError
 
 from mailhub.delivery.smtp_pool import close_now
 from mailhub.settings import Settings
-from mailhub.store.redis_client import connect
+from mailhub.store import redis_check, redis_client
+from mailhub.store.redis_check import Level
 
 #: The longest a check waits for any one reply: a wrong TLS mode shows as silence.
 CHECK_TIMEOUT = 10.0
@@ -50,7 +51,7 @@ class _Stop(Exception):
 
 async def run_checks(settings: Settings) -> list[Step]:
     """Try Redis, then the SMTP server, and say how each step went; then list the forms."""
-    steps = [await check_redis(settings), *await check_smtp(settings)]
+    steps = [*await check_redis(settings), *await check_smtp(settings)]
     forms = check_forms(settings)
     return [*steps, forms] if forms is not None else steps
 
@@ -79,31 +80,43 @@ def check_forms(settings: Settings) -> Step | None:
     return Step("forms", Outcome.OK, f"{source}: {described}")
 
 
-async def check_redis(settings: Settings) -> Step:
-    """PING the configured Redis, or note that an embedded one will be started."""
-    if not settings.redis_url:
-        return Step(
-            "Redis",
-            Outcome.OK,
-            f"REDIS_URL is not set: `python run.py` starts an embedded Valkey in {settings.data_dir}/valkey",
-            "separate `web` and `worker` processes need a shared REDIS_URL",
-        )
-    redis = connect(settings.redis_url)
+_OUTCOMES = {Level.OK: Outcome.OK, Level.WARN: Outcome.WARN, Level.REFUSE: Outcome.FAIL}
+
+
+async def check_redis(settings: Settings) -> list[Step]:
+    """PING the configured Redis and say whether it keeps queued mail; or note the embedded one."""
+    if settings.embedded_redis:
+        return [
+            Step(
+                "Redis",
+                Outcome.OK,
+                "REDIS_URL is not set: `python run.py` starts an embedded Valkey in "
+                f"{settings.data_dir}/valkey",
+                "separate `web` and `worker` processes need a shared REDIS_URL (or REDIS_SENTINELS)",
+            )
+        ]
+    where = redis_client.describe(settings)
+    redis = redis_client.from_settings(settings)
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
             await redis.ping()
-            info = await redis.info("server")
+            findings = await redis_check.inspect(redis, allow_eviction=settings.redis_allow_eviction)
     except (RedisError, OSError, TimeoutError) as exc:
-        return Step(
-            "Redis",
-            Outcome.FAIL,
-            f"{_safe_url(settings.redis_url)}: {exc}",
-            "is Redis running and reachable? REDIS_URL looks like redis://[:password@]host:6379/0",
-        )
+        return [Step("Redis", Outcome.FAIL, f"{where}: {exc or 'no answer'}", _unreachable_hint(settings))]
     finally:
         await redis.aclose()
-    version = info.get("valkey_version") or info.get("redis_version", "?")
-    return Step("Redis", Outcome.OK, f"{_safe_url(settings.redis_url)} answers (version {version})")
+    version, *rest = findings
+    steps = [Step("Redis", _OUTCOMES[version.level], f"{where} answers ({version.text})")]
+    return steps + [Step(finding.topic, _OUTCOMES[finding.level], finding.text) for finding in rest]
+
+
+def _unreachable_hint(settings: Settings) -> str:
+    if settings.redis_sentinels:
+        return (
+            "do the sentinels answer, and do they monitor a primary by the name REDIS_SENTINEL_MASTER? "
+            "(REDIS_SENTINEL_PASSWORD for them, REDIS_PASSWORD for the primary)"
+        )
+    return "is Redis running and reachable? REDIS_URL looks like redis://[:password@]host:6379/0"
 
 
 async def check_smtp(settings: Settings) -> list[Step]:
@@ -269,14 +282,6 @@ def _describe(exc: Exception) -> str:
 def _tls_version(smtp: aiosmtplib.SMTP) -> str:
     ssl_object = smtp.get_transport_info("ssl_object")
     return ssl_object.version() if ssl_object is not None else "TLS"
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def report(steps: list[Step], out: TextIO) -> int:

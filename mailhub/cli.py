@@ -20,11 +20,11 @@ from mailhub import check, metrics, process
 from mailhub.delivery.capture import start_capture_server
 from mailhub.delivery.sender import SmtpSender
 from mailhub.delivery.worker import Worker
-from mailhub.errors import SettingsError
+from mailhub.errors import SettingsError, UnsuitableRedis
 from mailhub.notify import notifier
 from mailhub.settings import Settings, load_settings
+from mailhub.store import redis_check, redis_client
 from mailhub.store.embedded_valkey import EmbeddedRedis
-from mailhub.store.redis_client import connect
 from mailhub.store.tasks import TaskStore
 from mailhub.web.app import create_runner, create_worker_runner
 
@@ -73,15 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     settings = replace(settings, host=args.host or settings.host, port=args.port or settings.port)
     configure_logging(settings)
     run_web, run_worker = args.command in ("all", "web"), args.command in ("all", "worker")
-    if not settings.redis_url and args.command != "all":
+    if settings.embedded_redis and args.command != "all":
         print(
-            "mailhub: REDIS_URL is missing: separate web and worker processes must share "
-            "one Redis (the embedded one serves the all-in-one run only)",
+            "mailhub: REDIS_URL (or REDIS_SENTINELS) is missing: separate web and worker processes "
+            "must share one Redis (the embedded one serves the all-in-one run only)",
             file=sys.stderr,
         )
         return 2
     try:
         asyncio.run(serve(settings, web_app=run_web, worker=run_worker))
+    except UnsuitableRedis as exc:
+        print(f"mailhub: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         pass
     return 0
@@ -92,11 +95,12 @@ async def serve(settings: Settings, *, web_app: bool, worker: bool) -> None:
     process.raise_file_limit()
     process.AcceptErrorLog(asyncio.get_running_loop()).install()
     async with contextlib.AsyncExitStack() as stack:
-        if not settings.redis_url:
+        if settings.embedded_redis:
             embedded = EmbeddedRedis(settings.data_dir / "valkey")
             await asyncio.to_thread(embedded.start)
             stack.callback(embedded.stop)
             settings = replace(settings, redis_url=embedded.url)
+        await _check_redis(settings)
         if worker:
             await stack.enter_async_context(running_worker(settings))
             if settings.metrics_port and not web_app:
@@ -118,6 +122,15 @@ async def serve(settings: Settings, *, web_app: bool, worker: bool) -> None:
         _tune_garbage_collector()
         await _stop_requested()
         logger.info("stopping")
+
+
+async def _check_redis(settings: Settings) -> None:
+    """Refuse (`UnsuitableRedis`) a Redis that would lose queued mail; log what is risky."""
+    redis = redis_client.from_settings(settings)
+    try:
+        await redis_check.check_at_startup(redis, allow_eviction=settings.redis_allow_eviction)
+    finally:
+        await redis.aclose()
 
 
 def _tune_garbage_collector() -> None:
@@ -165,7 +178,7 @@ async def running_worker(settings: Settings) -> AsyncIterator[Settings]:
     the settings it delivers with (in capture mode, that server's address).
     """
     async with contextlib.AsyncExitStack() as stack:
-        redis = connect(settings.redis_url)
+        redis = redis_client.from_settings(settings)
         stack.push_async_callback(redis.aclose)
         if settings.capture_mode:
             settings = await _start_capturing(stack, redis, settings)

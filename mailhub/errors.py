@@ -18,6 +18,9 @@ MailhubError
  │    ├── RateLimited       429: too many submits from one client
  │    ├── TooManyStreams    429: too many open streams from one client
  │    └── ServiceUnavailable 503: Redis is unreachable
+ │         └── NotReplicated  503: no replica confirmed the write in time
+ ├── UnsuitableRedis        the Redis given would lose queued mail; start-up stops
+ ├── QueueGroupMissing      Redis lost the queue's worker group; the worker creates it again
  └── DeliveryError          one SMTP attempt failed
       ├── TransientFailure  try again later (4xx, connection trouble)
       ├── PermanentFailure  the mail can never go (5xx)
@@ -138,6 +141,28 @@ class TooManyStreams(ApiError):
 class ServiceUnavailable(ApiError):
     status = 503
     code = "unavailable"
+
+
+class NotReplicated(ServiceUnavailable):
+    """A submit was written, but no replica confirmed it within REDIS_WAIT_TIMEOUT.
+
+    Answered 503, so the client sends it again: with its Idempotency-Key the
+    second send returns the same task, once a replica holds it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The mail could not be stored safely yet; send it again (with the same Idempotency-Key).",
+            headers={"Retry-After": "1"},
+        )
+
+
+class UnsuitableRedis(MailhubError):
+    """The Redis mailhub was given may drop queued mail (it evicts keys) or lacks commands it needs."""
+
+
+class QueueGroupMissing(MailhubError):
+    """Redis answered NOGROUP: it restarted empty, was flushed, or failed over without the group."""
 
 
 class DeliveryError(MailhubError):

@@ -49,6 +49,11 @@ WEBHOOKS = Counter(
     ["outcome"],
 )
 WEBHOOKS_PENDING = Gauge("mailhub_webhooks_pending", "Webhook deliveries waiting (all URLs, all workers).")
+QUEUE_GROUP_RECREATED = Counter(
+    "mailhub_queue_group_recreated_total",
+    "Times this worker found the queue's worker group missing in Redis and created it again "
+    "(Redis restarted empty, was flushed, or failed over without it): queued mail may have been lost.",
+)
 
 
 class PoolUsage(Protocol):

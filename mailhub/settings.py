@@ -39,8 +39,22 @@ class Settings:
     metrics_port: int | None = None
     #: Set: /metrics needs it as a Bearer token, and /readyz shows its causes to it.
     metrics_token: str = field(default="", repr=False)
-    #: Empty: start an embedded Valkey server in `data_dir`.
+    #: Empty (and no `redis_sentinels`): start an embedded Valkey server in `data_dir`.
     redis_url: str = ""
+    #: Sentinels (host, port) to ask for the primary instead of `redis_url`.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    #: The name the sentinels monitor the primary under.
+    redis_sentinel_master: str = ""
+    redis_sentinel_password: str = field(default="", repr=False)
+    #: The password of the primary and its replicas when found through the sentinels.
+    redis_password: str = field(default="", repr=False)
+    #: Replicas a submit's write must reach before `queued` is answered; None: 1 if the
+    #: primary has any, else 0.
+    redis_min_replicas: int | None = None
+    #: Seconds a submit waits for the replicas to confirm its write (else 503).
+    redis_wait_timeout: float = 0.5
+    #: Start even on a Redis that may evict keys (queued mail) when its memory is full.
+    redis_allow_eviction: bool = False
     data_dir: Path = Path("mailhub-data")
     #: Empty: start a capture SMTP server; mail is shown at /dev/inbox, not delivered.
     smtp_host: str = ""
@@ -120,6 +134,11 @@ class Settings:
     def capture_mode(self) -> bool:
         """True when no SMTP server is configured: mail is captured locally."""
         return not self.smtp_host
+
+    @property
+    def embedded_redis(self) -> bool:
+        """True when no Redis is configured: `run.py` starts an embedded Valkey."""
+        return not self.redis_url and not self.redis_sentinels
 
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
@@ -227,6 +246,35 @@ def _rate_limit(raw: str) -> str:
     return raw
 
 
+def _host_port(raw: str) -> tuple[str, int]:
+    host, colon, port = raw.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:26379
+    if not colon or not host:
+        raise ValueError(f"{raw!r} is not host:port")
+    return host, _port(port)
+
+
+def _host_ports(raw: str) -> tuple[tuple[str, int], ...]:
+    return tuple(_host_port(item.strip()) for item in raw.split(",") if item.strip())
+
+
+def _replicas(raw: str) -> int | None:
+    if raw.lower() == "auto":
+        return None
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be auto, 0 or more")
+    return value
+
+
+def _flag(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be 1 or 0")
+
+
 def _http_url(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -283,6 +331,20 @@ def _check_abuse_settings(settings: Settings) -> None:
         )
 
 
+def _check_redis_settings(settings: Settings) -> None:
+    """One way to reach Redis: a URL, or the sentinels and the name they know the primary by."""
+    if settings.redis_sentinels and settings.redis_url:
+        raise SettingsError(
+            "REDIS_URL and REDIS_SENTINELS are both set: use REDIS_URL for one Redis, or "
+            "REDIS_SENTINELS with REDIS_SENTINEL_MASTER to follow a primary Sentinel names"
+        )
+    if bool(settings.redis_sentinels) != bool(settings.redis_sentinel_master):
+        raise SettingsError(
+            "REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together: the sentinels' host:port "
+            "list, and the name they monitor the primary under"
+        )
+
+
 def _parse(env: _Reader) -> Settings:
     d = Settings()
     smtp_host = env.get("SMTP_HOST", str, d.smtp_host)
@@ -299,6 +361,13 @@ def _parse(env: _Reader) -> Settings:
         metrics_port=env.get("METRICS_PORT", _port, d.metrics_port),
         metrics_token=env.get("METRICS_TOKEN", str, d.metrics_token),
         redis_url=env.get("REDIS_URL", str, d.redis_url),
+        redis_sentinels=env.get("REDIS_SENTINELS", _host_ports, d.redis_sentinels),
+        redis_sentinel_master=env.get("REDIS_SENTINEL_MASTER", str, d.redis_sentinel_master),
+        redis_sentinel_password=env.get("REDIS_SENTINEL_PASSWORD", str, d.redis_sentinel_password),
+        redis_password=env.get("REDIS_PASSWORD", str, d.redis_password),
+        redis_min_replicas=env.get("REDIS_MIN_REPLICAS", _replicas, d.redis_min_replicas),
+        redis_wait_timeout=env.get("REDIS_WAIT_TIMEOUT", _positive(float), d.redis_wait_timeout),
+        redis_allow_eviction=env.get("REDIS_ALLOW_EVICTION", _flag, d.redis_allow_eviction),
         data_dir=env.get("DATA_DIR", Path, d.data_dir),
         smtp_host=smtp_host,
         smtp_port=smtp_port,
@@ -351,6 +420,7 @@ def _parse(env: _Reader) -> Settings:
         raise SettingsError("WEBHOOK_SECRET is missing: WEBHOOK_URL is set, and every webhook is signed")
     settings = replace(settings, forms=_forms(settings))
     _check_abuse_settings(settings)
+    _check_redis_settings(settings)
     # A send can take SMTP_TIMEOUT, plus as long again to reset a refused transaction.
     if settings.claim_timeout < 2 * settings.smtp_timeout:
         raise SettingsError(

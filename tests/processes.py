@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: a process a test (or a benchmark) starts goes without them.
 _CLEARED = (
     "SMTP_",
-    "REDIS_URL",
+    "REDIS_",
     "MAIL_FROM",
     "HOST",
     "PORT",

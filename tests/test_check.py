@@ -13,6 +13,7 @@ import pytest
 
 from mailhub.check import Outcome, Step, hint_for, report, run_checks
 from mailhub.settings import Settings
+from mailhub.store.embedded_valkey import EmbeddedRedis
 from tests.helpers import free_port, settings_for, smtp_env
 from tests.processes import ROOT, clean_env
 from tests.smtp_server import SmtpServer
@@ -27,13 +28,29 @@ def failure(steps: list[Step]) -> Step:
     return failed
 
 
-async def test_good_settings_pass_every_step(settings, smtp):
-    steps = await run_checks(settings)
+@pytest.fixture
+def persistent_valkey(tmp_path):
+    """A Valkey that keeps an append-only file, as a production Redis should."""
+    with EmbeddedRedis(tmp_path / "valkey", persist=True) as server:
+        yield server
+
+
+async def test_good_settings_pass_every_step(settings, smtp, persistent_valkey):
+    steps = await run_checks(replace(settings, redis_url=persistent_valkey.url))
     assert set(outcomes(steps).values()) == {Outcome.OK}
-    assert list(outcomes(steps)) == ["Redis", "SMTP connect", "TLS", "login", "sender"]
+    assert list(outcomes(steps)) == [
+        "Redis",
+        "eviction",
+        "persistence",
+        "SMTP connect",
+        "TLS",
+        "login",
+        "sender",
+    ]
     out = io.StringIO()
     assert report(steps, out) == 0
     assert "STARTTLS" in out.getvalue() and "logged in as mailhub" in out.getvalue()
+    assert "(Valkey 9." in out.getvalue() and "append-only file on" in out.getvalue()
     assert smtp.handler.messages == []  # nothing was sent
 
 

@@ -168,3 +168,44 @@ def test_bad_notification_settings_name_the_variable_in_one_line(env, variable):
     message = str(raised.value)
     assert variable in message and "\n" not in message
     assert "sekrit" not in message  # a secret is never repeated
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"REDIS_SENTINELS": "127.0.0.1:26379"}, "REDIS_SENTINEL_MASTER"),
+        ({"REDIS_SENTINEL_MASTER": "mymaster"}, "REDIS_SENTINELS"),
+        ({"REDIS_SENTINELS": "h:1", "REDIS_SENTINEL_MASTER": "m", "REDIS_URL": "redis://h"}, "REDIS_URL"),
+        ({"REDIS_SENTINELS": "sentinel.local", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS"),
+        ({"REDIS_SENTINELS": "h:99999", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS"),
+        ({"REDIS_MIN_REPLICAS": "-1"}, "REDIS_MIN_REPLICAS"),
+        ({"REDIS_MIN_REPLICAS": "some"}, "REDIS_MIN_REPLICAS"),
+        ({"REDIS_WAIT_TIMEOUT": "0"}, "REDIS_WAIT_TIMEOUT"),
+        ({"REDIS_ALLOW_EVICTION": "maybe"}, "REDIS_ALLOW_EVICTION"),
+    ],
+)
+def test_bad_redis_settings_name_the_variable(env, variable):
+    with pytest.raises(SettingsError, match=variable) as raised:
+        load_settings(env, env_file=None)
+    assert "\n" not in str(raised.value)
+
+
+def test_redis_settings_are_parsed():
+    settings = load_settings(
+        {
+            "REDIS_SENTINELS": "10.0.0.1:26379, [::1]:26380",
+            "REDIS_SENTINEL_MASTER": "mymaster",
+            "REDIS_MIN_REPLICAS": "2",
+            "REDIS_WAIT_TIMEOUT": "0.25",
+            "REDIS_ALLOW_EVICTION": "1",
+        },
+        env_file=None,
+    )
+    assert settings.redis_sentinels == (("10.0.0.1", 26379), ("::1", 26380))
+    assert (settings.redis_sentinel_master, settings.redis_min_replicas) == ("mymaster", 2)
+    assert (settings.redis_wait_timeout, settings.redis_allow_eviction) == (0.25, True)
+    assert not settings.embedded_redis
+    defaults = load_settings({}, env_file=None)
+    assert (defaults.redis_min_replicas, defaults.redis_wait_timeout) == (None, 0.5)
+    assert defaults.embedded_redis and not defaults.redis_allow_eviction
+    assert load_settings({"REDIS_MIN_REPLICAS": "auto"}, env_file=None).redis_min_replicas is None

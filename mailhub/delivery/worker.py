@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from mailhub import metrics, reasons
 from mailhub.background import forever
 from mailhub.delivery.sending_gate import Sender, SendingGate
-from mailhub.errors import ConfigurationFailure, DeliveryError, PermanentFailure
+from mailhub.errors import ConfigurationFailure, DeliveryError, PermanentFailure, QueueGroupMissing
 from mailhub.settings import Settings
 from mailhub.store.queue import QueueEntry
 from mailhub.store.tasks import Attempt, TaskStore
@@ -203,7 +203,11 @@ class Worker:
         await self._claim(self._read_new, self.concurrency)
 
     async def _read_new(self, count: int) -> list[QueueEntry]:
-        return await self.queue.read_new(self.name, count, block=READ_BLOCK)
+        try:
+            return await self.queue.read_new(self.name, count, block=READ_BLOCK)
+        except QueueGroupMissing:
+            await self._recover_group()
+            return []
 
     async def _reclaim_stalled(self) -> None:
         claimed = await self._claim(self._read_stalled, self.concurrency)
@@ -214,7 +218,23 @@ class Worker:
         await asyncio.sleep(min(5.0, self.claim_timeout / 4))
 
     async def _read_stalled(self, count: int) -> list[QueueEntry]:
-        return await self.queue.claim_stalled(self.name, count, idle=self.claim_timeout)
+        try:
+            return await self.queue.claim_stalled(self.name, count, idle=self.claim_timeout)
+        except QueueGroupMissing:
+            await self._recover_group()
+            return []
+
+    async def _recover_group(self) -> None:
+        """Redis lost the queue's group: create it again; the worker that does it says so, once."""
+        if not await self.queue.ensure_group():
+            return  # another worker was first
+        metrics.QUEUE_GROUP_RECREATED.inc()
+        logger.warning(
+            "worker %s: the queue's worker group was missing in Redis and has been created again: "
+            "Redis restarted without its data, was flushed, or failed over to a replica without it. "
+            "Mail queued before that may have been lost with it; mail queued since is delivered",
+            self.name,
+        )
 
     async def _promote_retries(self) -> None:
         await self.queue.promote_due_retries()

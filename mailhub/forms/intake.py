@@ -99,14 +99,15 @@ class FormIntake:
             values = clean_values(form, post.values)
             mail = compose(form, values)
             earlier = await self._repeat(post, mail)
-            if earlier is not None:
-                await self.counter.count(quota)
-                return Outcome(form, earlier, "duplicate")
-            await self._check_captcha(form, post)
+            if earlier is None:
+                await self._check_captcha(form, post)
         except ApiError:
             await self.counter.count(quota)
             raise
-        decoy = bool(form.honeypot and post.values.get(form.honeypot))
+        # A repeat is answered by `accept` too: the same task, counted once, and
+        # with replicas only once they hold it (a resend after a 503 must not
+        # be told `queued` before that).
+        decoy = earlier is None and bool(form.honeypot and post.values.get(form.honeypot))
         queued = await self.store.accept(mail, post.idempotency_key, quota, decoy=decoy)
         if decoy:
             logger.warning(

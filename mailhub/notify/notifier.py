@@ -20,9 +20,9 @@ from mailhub.background import forever
 from mailhub.notify.alerts import AlertMailer
 from mailhub.notify.webhooks import WebhookDeliverer, WebhookPoster
 from mailhub.settings import Settings
+from mailhub.store import redis_client
 from mailhub.store.alerts import AlertStore
 from mailhub.store.outbox import FAN_OUT_BATCH, Outbox
-from mailhub.store.redis_client import connect
 from mailhub.store.tasks import TaskStore
 from mailhub.store.webhooks import WebhookQueue
 
@@ -118,7 +118,7 @@ async def running(settings: Settings) -> AsyncIterator[Notifier | None]:
     if not enabled(settings):
         yield None
         return
-    redis = connect(settings.redis_url)
+    redis = redis_client.from_settings(settings)
     notifier = Notifier(redis, settings)
     try:
         await notifier.start()

@@ -9,6 +9,12 @@ loop turn: nothing waits for company.
 
 Each call is still its own atomic script run; batching changes how calls
 travel, not what they do.
+
+A call made with `replicated=True` (a submit) is answered only once the
+primary's replicas hold its writes: the pipeline ends with one `WAIT` for
+the whole batch (`replication`), and if too few replicas confirm in time,
+those calls raise `NotReplicated` (their writes are done, and a repeat with
+the same Idempotency-Key finds them).
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from mailhub.errors import NotReplicated
+from mailhub.store.replication import Replication
+
 #: Calls one pipeline carries at most; more go out as further pipelines at once.
 MAX_BATCH = 256
 
@@ -33,21 +42,30 @@ class _Call:
     keys: Sequence[Any]
     args: Sequence[Any]
     future: asyncio.Future[Any]
+    replicated: bool
 
 
 class ScriptBatcher:
     """Runs scripts like `await script(keys=..., args=...)`, pipelining concurrent calls."""
 
-    def __init__(self, redis: Redis, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, redis: Redis, max_batch: int = MAX_BATCH, replication: Replication | None = None
+    ) -> None:
         self.redis = redis
         self.max_batch = max_batch
+        self.replication = replication
         self._pending: list[_Call] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
-    async def run(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """The script's reply, or the exception Redis or the connection raised."""
+    async def run(
+        self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any], *, replicated: bool = False
+    ) -> Any:
+        """The script's reply, or the exception Redis or the connection raised.
+
+        `replicated`: only once the replicas `replication` asks for hold its writes (else `NotReplicated`).
+        """
         loop = asyncio.get_running_loop()
-        call = _Call(script, keys, args, loop.create_future())
+        call = _Call(script, keys, args, loop.create_future(), replicated)
         self._pending.append(call)
         if len(self._pending) == 1:
             loop.call_soon(self._send_pending)
@@ -64,10 +82,14 @@ class ScriptBatcher:
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for call in batch:
-                    pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
-                replies = await pipe.execute(raise_on_error=False)
+            replies = await self._execute(batch, cached=True)
+            missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                # Redis restarted, its scripts were flushed, or a failover's new primary
+                # never saw them: send their source (which caches them again).
+                again = await self._execute([batch[n] for n in missing], cached=False)
+                for n, reply in zip(missing, again):
+                    replies[n] = reply
         except BaseException as exc:
             for call in batch:
                 _settle(call.future, error=exc)
@@ -75,16 +97,37 @@ class ScriptBatcher:
                 raise
             return
         for call, reply in zip(batch, replies):
-            if isinstance(reply, NoScriptError):
-                # Redis restarted or its scripts were flushed: the script object loads it again.
-                try:
-                    reply = await call.script(keys=call.keys, args=call.args)
-                except Exception as exc:
-                    reply = exc
             if isinstance(reply, Exception):
                 _settle(call.future, error=reply)
             else:
                 _settle(call.future, result=reply)
+
+    async def _execute(self, batch: list[_Call], *, cached: bool) -> list[Any]:
+        """Each call's reply or error, in one pipeline (ended by a WAIT if a call must be replicated)."""
+        wanted = 0
+        if self.replication is not None and any(call.replicated for call in batch):
+            wanted = await self.replication.wanted(self.redis)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call in batch:
+                if cached:
+                    pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+                else:
+                    pipe.execute_command("EVAL", call.script.script, len(call.keys), *call.keys, *call.args)
+            if wanted and self.replication is not None:
+                pipe.execute_command("WAIT", wanted, self.replication.timeout_ms)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        if not wanted or self.replication is None:
+            return replies
+        acknowledged = replies.pop()
+        if isinstance(acknowledged, Exception):
+            raise acknowledged
+        if int(acknowledged) >= wanted:
+            return replies
+        self.replication.fell_short(int(acknowledged), wanted)
+        return [
+            NotReplicated() if call.replicated and not isinstance(reply, Exception) else reply
+            for call, reply in zip(batch, replies)
+        ]
 
 
 def _settle(future: asyncio.Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -40,10 +41,14 @@ def _free_port() -> int:
 class EmbeddedRedis:
     """A valkey-server child process listening on 127.0.0.1."""
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, persist: bool = True):
+    def __init__(
+        self, data_dir: Path, *, port: int | None = None, persist: bool = True, args: Sequence[str] = ()
+    ):
+        """`args`: more valkey-server options, after (so over) mailhub's own."""
         self.data_dir = Path(data_dir).resolve()
         self.port = port or _free_port()
         self.persist = persist
+        self.args = tuple(args)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,6 +80,7 @@ class EmbeddedRedis:
             str(self.data_dir / "valkey.log"),
             "--protected-mode",
             "yes",
+            *self.args,
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         self._wait_ready(timeout)

@@ -5,6 +5,11 @@ read stays pending on it until the task's outcome script acknowledges and
 deletes it, so an entry held by a worker that died is found again by
 `claim_stalled`. A failed attempt's task waits in the retries set, scored
 by its due time, until `promote_due_retries` puts it back on the stream.
+
+The group lives in Redis like the tasks: a Redis restarted without its data,
+a FLUSHALL, or a failover to a replica that never had it, loses it, and the
+reads then raise `QueueGroupMissing`. The worker that meets it creates the
+group again (`ensure_group`); entries added since (new submits) are all read.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from mailhub.errors import QueueGroupMissing
 from mailhub.store import keys, scripts
 
 
@@ -52,23 +58,31 @@ class WorkQueue:
         self.redis = redis
         self._promote = redis.register_script(scripts.source(scripts.PROMOTE_DUE))
 
-    async def ensure_group(self) -> None:
-        """Create the worker group (and the stream) unless they exist."""
+    async def ensure_group(self) -> bool:
+        """Create the worker group (and the stream) unless they exist; True if this call created it."""
         try:
             await self.redis.xgroup_create(keys.QUEUE, keys.WORKERS_GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+            return False
+        return True
 
     async def read_new(self, consumer: str, count: int, *, block: float | None) -> list[QueueEntry]:
         """Up to `count` entries no worker has read yet, for `consumer`.
 
         With none there, waits up to `block` seconds for one (None: answers at once).
+        Raises `QueueGroupMissing` if Redis has lost the group.
         """
         wait_ms = None if block is None else max(1, int(block * 1000))  # BLOCK 0 would wait forever
-        reply: Any = await self.redis.xreadgroup(
-            keys.WORKERS_GROUP, consumer, {keys.QUEUE: ">"}, count=count, block=wait_ms
-        )
+        try:
+            reply: Any = await self.redis.xreadgroup(
+                keys.WORKERS_GROUP, consumer, {keys.QUEUE: ">"}, count=count, block=wait_ms
+            )
+        except ResponseError as exc:
+            if str(exc).startswith("NOGROUP"):
+                raise QueueGroupMissing(str(exc)) from None
+            raise
         return [
             QueueEntry(entry_id, fields["task_id"])
             for _, entries in reply or []
@@ -76,15 +90,23 @@ class WorkQueue:
         ]
 
     async def claim_stalled(self, consumer: str, count: int, *, idle: float) -> list[QueueEntry]:
-        """Take over up to `count` entries another worker has held for `idle` seconds or more."""
-        reply: Any = await self.redis.xautoclaim(
-            keys.QUEUE,
-            keys.WORKERS_GROUP,
-            consumer,
-            min_idle_time=int(idle * 1000),
-            start_id="0-0",
-            count=count,
-        )
+        """Take over up to `count` entries another worker has held for `idle` seconds or more.
+
+        Raises `QueueGroupMissing` if Redis has lost the group.
+        """
+        try:
+            reply: Any = await self.redis.xautoclaim(
+                keys.QUEUE,
+                keys.WORKERS_GROUP,
+                consumer,
+                min_idle_time=int(idle * 1000),
+                start_id="0-0",
+                count=count,
+            )
+        except ResponseError as exc:
+            if str(exc).startswith("NOGROUP"):
+                raise QueueGroupMissing(str(exc)) from None
+            raise
         # An entry deleted while it was pending comes back without fields.
         return [QueueEntry(entry_id, fields["task_id"]) for entry_id, fields in reply[1] if fields]
 

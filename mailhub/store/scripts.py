@@ -115,9 +115,17 @@ end
 
 -- True when the caller still owns the attempt it is reporting on: a worker
 -- that stalled past the claim timeout may report after another took over.
+-- An attempt whose start a failover lost (the new primary has the task still
+-- waiting, one attempt short) is taken as begun here, so its outcome counts
+-- and the task does not wait for an entry this outcome removes.
 local function owns_attempt(key, attempt)
   local f = redis.call('HMGET', key, 'state', 'attempts')
-  return f[1] == 'sending' and f[2] == attempt
+  if f[1] == 'sending' then return f[2] == attempt end
+  if (f[1] == 'queued' or f[1] == 'retrying') and tonumber(f[2]) + 1 == tonumber(attempt) then
+    redis.call('HSET', key, 'state', 'sending', 'attempts', attempt)
+    return true
+  end
+  return false
 end
 """
 
@@ -139,11 +147,18 @@ ENQUEUE = """
 local wait, window = over_limit(4, 5)
 if wait then return {wait, -2, window} end
 local once = KEYS[3] ~= KEYS[1]
--- A retry of this very call (its reply was lost with the connection).
-if redis.call('EXISTS', KEYS[1]) == 1 then return {redis.call('HGET', KEYS[1], 'task_id'), 0} end
+-- A repeat answers with the earlier task after writing something, so that a WAIT
+-- after this call (see `replication`) covers the earlier task's writes too.
+-- A retry of this very call (its reply was lost with the connection):
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local task_id = redis.call('HGET', KEYS[1], 'task_id')
+  redis.call('HSET', KEYS[1], 'task_id', task_id)
+  return {task_id, 0}
+end
 if once then
   local seen = redis.call('GET', KEYS[3])
   if seen then
+    redis.call('SET', KEYS[3], seen, 'KEEPTTL')
     local task_id, fingerprint = string.match(seen, '^(%S+) (.*)$')
     if fingerprint == ARGV[2] then return {task_id, 0} end
     return {task_id, -1}
@@ -183,11 +198,16 @@ return {task_id, 1}
 #: KEYS: task, queue. ARGV: entry id, at, max attempts, retention seconds,
 #: now (epoch s), max queue age (s), the public reasons of a task whose last
 #: attempt was interrupted and of one too old to send.
-#: Returns the fields to send with; false when there is nothing to send; the
-#: detail when it has just failed the task instead (interrupted or too old).
+#: Returns the fields to send with; false when there is nothing to send; 0
+#: when the task is gone (the entry is dropped); the detail when it has just
+#: failed the task instead (interrupted or too old).
 BEGIN_ATTEMPT = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == 'success' or state == 'failed' then
+if not state then
+  done_with_entry(KEYS[2], ARGV[1])
+  return 0
+end
+if state == 'success' or state == 'failed' then
   done_with_entry(KEYS[2], ARGV[1])
   return false
 end

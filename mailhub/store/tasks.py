@@ -29,6 +29,7 @@ from mailhub.store.addresses import people
 from mailhub.store.batching import ScriptBatcher
 from mailhub.store.outbox import Outbox
 from mailhub.store.queue import QueueEntry, WorkQueue
+from mailhub.store.replication import Replication
 
 if TYPE_CHECKING:
     from mailhub.store.rate_limit import Quota
@@ -123,7 +124,9 @@ class TaskStore:
         message_id_domain: str,
         max_queue_age: int = Settings.max_queue_age,
         notify: bool = False,
+        replication: Replication | None = None,
     ) -> None:
+        """`replication`: the replicas a submit must reach before it is answered (None: no WAIT)."""
         self.redis = redis
         self.retention = retention
         self.max_attempts = max_attempts
@@ -131,7 +134,7 @@ class TaskStore:
         self.message_id_domain = message_id_domain
         #: The stream and retries set the tasks wait in.
         self.queue = WorkQueue(redis)
-        self._batcher = ScriptBatcher(redis)
+        self._batcher = ScriptBatcher(redis, replication=replication)
         #: With `notify`, the end of each task is queued for webhooks and alerts.
         self.outbox = Outbox(redis) if notify else None
         self._enqueue = redis.register_script(scripts.source(scripts.ENQUEUE, outbox=notify))
@@ -150,6 +153,7 @@ class TaskStore:
             message_id_domain=domain,
             max_queue_age=settings.max_queue_age,
             notify=bool(settings.webhook_urls or settings.alert_email),
+            replication=replication_for(settings),
         )
 
     async def accept(
@@ -164,6 +168,9 @@ class TaskStore:
 
         With a `quota`, the submit is first counted against the client's rate
         limits; over one, nothing is stored and its `RateLimited` is raised.
+        When the primary has replicas, answers only once they hold the task
+        (`replication`), else raises `NotReplicated`: the task is stored, and
+        a repeat with the same Idempotency-Key returns it.
         With an `idempotency` key this client used in the last 24 h, returns
         the earlier task instead (`created` False), or raises
         `IdempotencyConflict` if the body differs. A `decoy` (a filled
@@ -190,6 +197,7 @@ class TaskStore:
             self._enqueue,
             [keys.task(task_id), keys.QUEUE, once_key, *limit_keys],
             [now, fingerprint, IDEMPOTENCY_TTL, decoy_retention, *limit_args, *values],
+            replicated=True,
         )
         outcome = int(answer[1])
         if outcome == _OVER_LIMIT and quota is not None:
@@ -219,7 +227,8 @@ class TaskStore:
         """Count a new attempt for the entry's task, or None if there is nothing to send.
 
         A task whose last allowed attempt was interrupted, or that waited past
-        `max_queue_age`, is failed here instead (and logged with its detail).
+        `max_queue_age`, is failed here instead (and logged with its detail);
+        an entry whose task is gone from Redis is dropped (and logged).
         """
         row = await self._batcher.run(
             self._begin,
@@ -237,6 +246,10 @@ class TaskStore:
         )
         if isinstance(row, str | bytes):
             logger.warning("task %s: %s", entry.task_id, _text(row))
+            return None
+        if row == 0:
+            # Redis lost the hash (a restart, an eviction) or it was deleted: nothing to send.
+            logger.warning("task %s: its queue entry has no task in Redis; entry dropped", entry.task_id)
             return None
         if not row:
             return None
@@ -294,6 +307,13 @@ class TaskStore:
                 detail,
             ],
         )
+
+
+def replication_for(settings: Settings) -> Replication | None:
+    """What submits wait for, as REDIS_MIN_REPLICAS and REDIS_WAIT_TIMEOUT say (None: never wait)."""
+    if settings.redis_min_replicas == 0:
+        return None
+    return Replication(settings.redis_min_replicas, settings.redis_wait_timeout)
 
 
 def _task_values(task_id: str, request: EmailRequest, message_id: str) -> list[str | int]:

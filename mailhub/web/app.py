@@ -13,9 +13,9 @@ from aiohttp.typedefs import Handler
 from mailhub.forms.captcha import VERIFY_TIMEOUT, CaptchaVerifier
 from mailhub.forms.intake import FormIntake
 from mailhub.settings import Settings
+from mailhub.store import redis_client
 from mailhub.store.form_ledger import FormLedger
 from mailhub.store.rate_limit import RateCounter
-from mailhub.store.redis_client import connect
 from mailhub.store.tasks import TaskStore
 from mailhub.web import (
     admin,
@@ -52,7 +52,7 @@ MAX_REQUEST_BYTES = 512 * 1024
 
 async def _redis_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[appkeys.SETTINGS]
-    redis = connect(settings.redis_url)
+    redis = redis_client.from_settings(settings)
     app[appkeys.REDIS] = redis
     app[appkeys.STORE] = TaskStore.from_settings(redis, settings)
     app[appkeys.GUARD] = SubmitGuard(settings, redis)
