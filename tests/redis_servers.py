@@ -51,9 +51,14 @@ class SentinelServer:
     as down, and a replica promoted within about two more.
     """
 
-    def __init__(self, data_dir: Path, primary_port: int) -> None:
+    def __init__(
+        self, data_dir: Path, primary_port: int, *, password: str = "", primary_password: str = ""
+    ) -> None:
+        """`password`: the Sentinel's own; `primary_password`: what it logs in to the primary with."""
         self.data_dir = data_dir
         self.primary_port = primary_port
+        self.password = password
+        self.primary_password = primary_password
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -66,6 +71,8 @@ class SentinelServer:
             f"sentinel monitor {MASTER} 127.0.0.1 {self.primary_port} 1\n"
             f"sentinel down-after-milliseconds {MASTER} 1000\n"
             f"sentinel failover-timeout {MASTER} 5000\n"
+            + (f"requirepass {self.password}\n" if self.password else "")
+            + (f"sentinel auth-pass {MASTER} {self.primary_password}\n" if self.primary_password else "")
         )
         self.process = subprocess.Popen(
             [str(get_binary_path()), str(config), "--sentinel"],
@@ -76,17 +83,20 @@ class SentinelServer:
 
     def primary(self) -> tuple[str, int] | None:
         """The primary's address as Sentinel names it now (None if it does not answer)."""
-        with contextlib.suppress(redis.RedisError), redis.Redis(port=self.port, socket_timeout=1) as client:
+        with contextlib.suppress(redis.RedisError), self._client() as client:
             host, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER)
             return host.decode(), int(port)
         return None
 
     def knows_replicas(self) -> int:
         """Replicas Sentinel has found and takes as up (a failover needs one)."""
-        with contextlib.suppress(redis.RedisError), redis.Redis(port=self.port, socket_timeout=1) as client:
+        with contextlib.suppress(redis.RedisError), self._client() as client:
             replicas = client.sentinel_slaves(MASTER)
             return sum(1 for r in replicas if not (r["is_sdown"] or r["is_odown"] or r["is_disconnected"]))
         return 0
+
+    def _client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, password=self.password or None, socket_timeout=1)
 
     def stop(self) -> None:
         if self.process is not None:

@@ -128,7 +128,11 @@ class EmbeddedRedis:
         self.process = None
 
     def __enter__(self) -> EmbeddedRedis:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # a server that never answered is not left running
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
