@@ -429,3 +429,13 @@ async def _text_of(redis, key: str) -> str:
     if kind == "zset":
         return str(await redis.zrange(key, 0, -1))
     return str(await redis.xrange(key)) if kind == "stream" else ""
+
+
+async def test_a_form_mail_is_announced_with_its_real_recipients(store, settings, receiver):
+    form_mail = EmailRequest("owner@example.com", "Contact", "text", rendered=True, shown_to="…@example.com")
+    async with running_worker(store, settings), notifier.running(settings):
+        task_id = await enqueue(store, form_mail)
+        document = await wait_for_status(store, task_id)
+        [hook] = await receiver.wait_for("email.delivered")
+    assert document["to"] == "…@example.com"  # what a visitor sees
+    assert hook.payload is not None and hook.payload["data"]["to"] == "owner@example.com"

@@ -12,7 +12,10 @@ atomic step each: one webhook delivery per configured URL
 (`store.webhooks`), and with alerts on, a failed mail to the next digest's
 list, a sending change to the alert mails' list.
 
-An alert mail's own outcome (its task hash has `alert`) never enters the
+An event's `data` is the task's result document, except that `to` holds
+the real recipients (a form's result shows them masked: the owner's
+notifications do not) and a failure adds `detail`, the full error. An
+alert mail's own outcome (its task hash has `alert`) never enters the
 outbox: alerts cannot announce themselves in a loop.
 """
 
@@ -37,10 +40,11 @@ from mailhub.store.webhooks import erase_deliveries
 ANNOUNCE = """
 local function announce(key, event, at, doc)
   if event ~= 'success' and event ~= 'failed' then return end
-  local f = redis.call('HMGET', key, 'alert', 'detail')
+  local f = redis.call('HMGET', key, 'alert', 'detail', 'to')
   if f[1] then return end
   local data = {}
   for name, value in pairs(doc) do data[name] = value end
+  data.to = f[3]
   if event == 'failed' then data.detail = f[2] or '' end
   local kind = event == 'success' and 'email.delivered' or 'email.failed'
   local body = cjson.encode({type=kind, timestamp=at, data=data})
