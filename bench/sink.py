@@ -22,7 +22,11 @@ _headers = BytesHeaderParser(policy=default)
 
 
 class CountingHandler:
-    """Counts accepted mail; with `refuse_first`, answers 451 to each Message-ID's first DATA."""
+    """Counts accepted mail; with `refuse_first`, answers 451 to each Message-ID's first DATA.
+
+    The 451 carries 4.3.0, a plain transient failure: a 4.7.x one would ask
+    mailhub to slow down (a throttling reply) and measure the slow-down instead.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -52,7 +56,7 @@ class CountingHandler:
         with self.lock:
             if self.refuse_first and message_id not in self.refused:
                 self.refused.add(message_id)
-                return "451 4.7.1 try again later"
+                return "451 4.3.0 try again later"
             self.message_ids[message_id] += 1
             self.subjects[subject] += 1
             self.ids_by_subject.setdefault(subject, set()).add(message_id)

@@ -23,6 +23,8 @@ MailhubError
  ├── QueueGroupMissing      Redis lost the queue's worker group; the worker creates it again
  └── DeliveryError          one SMTP attempt failed
       ├── TransientFailure  try again later (4xx, connection trouble)
+      │    └── Throttled    the server asks to slow down (421; 451/454
+      │                     with 4.7.x or "rate", "too many", "throttl")
       ├── PermanentFailure  the mail can never go (5xx)
       │    └── UnsendableMessage  mailhub cannot build it safely (a value
       │                           it refuses, a header it did not write)
@@ -180,6 +182,10 @@ class DeliveryError(MailhubError):
 
 class TransientFailure(DeliveryError):
     """Worth another attempt later."""
+
+
+class Throttled(TransientFailure):
+    """The server says mail comes too fast: every send should slow down, not only this one."""
 
 
 class PermanentFailure(DeliveryError):

@@ -37,6 +37,16 @@ ATTEMPT_SECONDS = Histogram(
     "Time of one SMTP delivery attempt.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+THROTTLED = Counter(
+    "mailhub_smtp_throttled_total",
+    "Throttling replies from the SMTP server (421; 451/454 with 4.7.x or 'too many', 'rate'): "
+    "reply counts each, slowdown each one that started or deepened a shared slow-down.",
+    ["event"],
+)
+PACE_WAIT_SECONDS = Counter(
+    "mailhub_pace_wait_seconds_total",
+    "Seconds this worker's claim loops waited for a send permit (SMTP_RATE or a slow-down).",
+)
 QUEUE_DEPTH = Gauge("mailhub_queue_depth", "Tasks waiting for an attempt.", ["where"])
 OLDEST_QUEUED_SECONDS = Gauge("mailhub_oldest_queued_seconds", "Age of the oldest entry on the queue stream.")
 SUBSCRIBERS = Gauge("mailhub_stream_subscribers", "Open SSE and WebSocket task subscriptions.")

@@ -65,6 +65,12 @@ class Settings:
     smtp_timeout: float = 30.0
     #: Open SMTP connections kept and reused by each worker process.
     smtp_pool_size: int = 16
+    #: Sends allowed to start, all workers together, e.g. "14/second;500/hour"; "" for no pace.
+    smtp_rate: str = ""
+    #: Seconds no send starts after a throttling reply; doubles while they keep coming.
+    smtp_throttle_pause: float = 2.0
+    #: Seconds without a new throttling reply after which the slowed pace is lifted.
+    smtp_throttle_recovery: float = 60.0
     mail_from: str = "mailhub@localhost"
     max_attempts: int = 3
     #: First retry delay in seconds; each later one doubles, with jitter.
@@ -275,6 +281,11 @@ def _flag(raw: str) -> bool:
     raise ValueError("must be 1 or 0")
 
 
+def _send_rate(raw: str) -> str:
+    """SMTP_RATE: like RATE_LIMIT; `off` (or nothing) sends as fast as the worker can."""
+    return "" if raw.lower() == "off" else _rate_limit(raw)
+
+
 def _http_url(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -377,6 +388,9 @@ def _parse(env: _Reader) -> Settings:
         smtp_timeout=env.get("SMTP_TIMEOUT", _positive(float), d.smtp_timeout),
         # One connection per send slot unless told otherwise: a send never waits for one.
         smtp_pool_size=env.get("SMTP_POOL_SIZE", _positive(int), worker_concurrency),
+        smtp_rate=env.get("SMTP_RATE", _send_rate, d.smtp_rate),
+        smtp_throttle_pause=env.get("SMTP_THROTTLE_PAUSE", _positive(float), d.smtp_throttle_pause),
+        smtp_throttle_recovery=env.get("SMTP_THROTTLE_RECOVERY", _positive(float), d.smtp_throttle_recovery),
         mail_from=env.get("MAIL_FROM", _address, smtp_user or d.mail_from),
         max_attempts=env.get("MAX_ATTEMPTS", _positive(int), d.max_attempts),
         retry_base_delay=env.get("RETRY_BASE_DELAY", _positive(float), d.retry_base_delay),

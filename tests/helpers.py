@@ -138,7 +138,7 @@ def smtp_env(smtp: SmtpServer, **extra: str) -> dict[str, str]:
 
 
 def settings_for(smtp: SmtpServer, **overrides: Any) -> Settings:
-    """Settings that deliver to `smtp`, with quick retries for tests."""
+    """Settings that deliver to `smtp`, with quick retries (and throttling pauses) for tests."""
     values: dict[str, Any] = dict(
         smtp_host=smtp.host,
         smtp_port=smtp.port,
@@ -148,6 +148,7 @@ def settings_for(smtp: SmtpServer, **overrides: Any) -> Settings:
         mail_from="Site <noreply@example.com>",
         retry_base_delay=0.02,
         retry_max_delay=0.1,
+        smtp_throttle_pause=0.05,
         smtp_timeout=5.0,
         allowed_recipients=("*",),
         rate_limit="off",

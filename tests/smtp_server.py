@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import itertools
 import ssl
 import threading
 import time
@@ -87,14 +88,25 @@ class Fault:
         return cls("hold_data")
 
 
+@dataclass(frozen=True)
+class Throttle:
+    """A provider's sending limit: once `per_second` mails were accepted in the last second,
+    every MAIL FROM gets ``line`` (see ``RecordingHandler.throttle``)."""
+
+    per_second: int
+    line: str = "421 4.7.0 Too many messages, slow down"
+
+
 @dataclass
 class Captured:
-    """One message as received: envelope, raw bytes (CRLF), the parsed message."""
+    """One message as received: envelope, raw bytes (CRLF), the parsed message, when
+    (``time.monotonic()``)."""
 
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
     message: EmailMessage = field(repr=False)
+    received_at: float = 0.0
 
 
 class RecordingHandler:
@@ -105,6 +117,8 @@ class RecordingHandler:
     MAIL FROM (e.g. failed AUTH) consume nothing. ``messages`` gets accepted
     mail, ``dropped`` mail read but never answered, both under ``lock`` from the
     server thread. ``require_auth`` (set by SmtpServer): MAIL before AUTH -> 530.
+    ``throttle`` (a ``Throttle``): a limit on accepted mails per second, past
+    which MAIL FROM is refused; ``throttled`` counts those refusals.
     """
 
     def __init__(self) -> None:
@@ -112,6 +126,8 @@ class RecordingHandler:
         self.dropped: list[Captured] = []
         self.faults: list[Fault] = []
         self.require_auth = False
+        self.throttle: Throttle | None = None
+        self.throttled = 0
         self.lock = threading.Lock()
         self._released = threading.Event()
 
@@ -133,6 +149,14 @@ class RecordingHandler:
                 raise TimeoutError(f"expected {n} {which}, got {len(items)}")
             await asyncio.sleep(0.01)
 
+    def _over_throttle(self) -> bool:
+        """Under ``lock``: the ``throttle``'s limit is reached for the last second."""
+        if self.throttle is None:
+            return False
+        since = time.monotonic() - 1.0
+        recent = itertools.takewhile(lambda m: m.received_at > since, reversed(self.messages))
+        return sum(1 for _ in recent) >= self.throttle.per_second
+
     @staticmethod
     async def _drop(server: SMTP) -> str:
         """Abort the connection; SMTP.connection_lost() then cancels this task."""
@@ -146,6 +170,9 @@ class RecordingHandler:
         if self.require_auth and not session.authenticated:
             return "530 5.7.0 Authentication required"
         with self.lock:
+            if self._over_throttle():
+                self.throttled += 1
+                return cast(Throttle, self.throttle).line
             fault = self.faults.pop(0) if self.faults else None
         if fault is not None and fault.kind == "drop_before_data":
             return await self._drop(server)
@@ -167,7 +194,9 @@ class RecordingHandler:
             await asyncio.sleep(0.005)
         data = envelope.original_content or b""
         message = cast(EmailMessage, email.message_from_bytes(data, policy=email.policy.default))
-        captured = Captured(envelope.mail_from or "", list(envelope.rcpt_tos), data, message)
+        captured = Captured(
+            envelope.mail_from or "", list(envelope.rcpt_tos), data, message, time.monotonic()
+        )
         dropping = fault is not None and fault.kind == "drop_after_data"
         with self.lock:
             (self.dropped if dropping else self.messages).append(captured)

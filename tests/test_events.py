@@ -151,7 +151,7 @@ async def test_transitions_between_subscribe_and_read_are_sent_once(hub, store, 
 
 
 async def test_racing_the_real_worker_misses_nothing_and_repeats_nothing(hub, store, settings, smtp, how):
-    smtp.handler.faults.extend([Fault.reply_data("451 4.7.1 busy")] * 10)
+    smtp.handler.faults.extend([Fault.reply_data("451 4.3.0 busy")] * 10)
 
     async def subscriber(task_id: str, delay_rounds: int) -> list[int]:
         for _ in range(delay_rounds):

@@ -10,7 +10,7 @@ import pytest
 
 from mailhub.delivery.failures import classify
 from mailhub.delivery.sender import SmtpSender
-from mailhub.errors import ConfigurationFailure, PermanentFailure, TransientFailure
+from mailhub.errors import ConfigurationFailure, PermanentFailure, Throttled, TransientFailure
 from tests.helpers import settings_for
 from tests.smtp_server import SmtpServer
 
@@ -57,8 +57,18 @@ CASES = [
     # Later may work: a 4xx, or trouble on the way.
     (_refused(450), TransientFailure, "recipient refused: 450 no"),
     (_refused(550, 450), TransientFailure, "550 no; 450 no"),
-    (aiosmtplib.SMTPDataError(451, "4.7.1 try again later"), TransientFailure, "451 4.7.1 try again later"),
-    (aiosmtplib.SMTPResponseException(421, "4.3.2 closing"), TransientFailure, "421 4.3.2 closing"),
+    (aiosmtplib.SMTPDataError(451, "4.3.0 try again later"), TransientFailure, "451 4.3.0 try again later"),
+    (_refused(452), TransientFailure, "recipient refused: 452 no"),
+    # ...and a throttling reply: the server asks every send to slow down.
+    (aiosmtplib.SMTPDataError(451, "4.7.1 try again later"), Throttled, "451 4.7.1 try again later"),
+    (aiosmtplib.SMTPResponseException(421, "4.3.2 closing"), Throttled, "421 4.3.2 closing"),
+    (
+        aiosmtplib.SMTPDataError(454, "Throttling failure: Maximum sending rate exceeded."),
+        Throttled,
+        "454 Throttling failure",
+    ),
+    (aiosmtplib.SMTPSenderRefused(450, "4.2.1 too many messages", "a@example.com"), Throttled, "450"),
+    (_refused(550, 421), Throttled, "550 no; 421 no"),
     (aiosmtplib.SMTPTimeoutError("timed out"), TransientFailure, "timed out talking"),
     (aiosmtplib.SMTPReadTimeoutError("read timed out"), TransientFailure, "timed out talking"),
     (TimeoutError(), TransientFailure, "timed out talking"),

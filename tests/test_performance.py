@@ -88,7 +88,7 @@ async def test_delivery_reuses_connections_and_delivers_everything(store, settin
 
 async def test_retry_storm_drains_with_the_default_backoff(store, smtp, drain, capsys):
     count = 50
-    smtp.handler.faults.extend([Fault.reply_data("451 4.7.1 try again later")] * count)
+    smtp.handler.faults.extend([Fault.reply_data("451 4.3.0 try again later")] * count)
     task_ids = [await enqueue(store, request(n)) for n in range(count)]
     started = time.perf_counter()
     await drain(timeout=60, worker_concurrency=32, retry_base_delay=2.0, retry_max_delay=600.0)

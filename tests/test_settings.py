@@ -128,6 +128,20 @@ def test_abuse_settings_are_parsed():
     assert settings.cors_origins == ("https://www.example.com",)
 
 
+def test_send_pace_settings_are_parsed():
+    assert load_settings({}, env_file=None).smtp_rate == ""
+    assert load_settings({"SMTP_RATE": "off"}, env_file=None).smtp_rate == ""
+    settings = load_settings(
+        {"SMTP_RATE": "14/second;500/hour", "SMTP_THROTTLE_PAUSE": "5", "SMTP_THROTTLE_RECOVERY": "120"},
+        env_file=None,
+    )
+    assert settings.smtp_rate == "14/second;500/hour"
+    assert (settings.smtp_throttle_pause, settings.smtp_throttle_recovery) == (5.0, 120.0)
+    for env in ({"SMTP_RATE": "fast"}, {"SMTP_THROTTLE_PAUSE": "0"}):
+        with pytest.raises(SettingsError, match=next(iter(env))):
+            load_settings(env, env_file=None)
+
+
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 
 

@@ -133,7 +133,7 @@ async def test_transitions_while_connecting_are_neither_lost_nor_repeated(
 async def test_streams_racing_the_real_worker_are_complete_and_without_repeats(
     live, session, store, settings, smtp
 ):
-    smtp.handler.faults.extend([Fault.reply_data("451 4.7.1 busy")] * 10)
+    smtp.handler.faults.extend([Fault.reply_data("451 4.3.0 busy")] * 10)
 
     async def follow(task_id: str) -> tuple[str, list[int]]:
         async with stream(session, live, task_id) as reader:

@@ -140,8 +140,9 @@ async def test_untrusted_certificate_pauses_sending_without_failing_mail(
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     with SmtpServer(tls_material, tls="starttls", user="u", password="p") as server:
         settings = settings_for(server, redis_url=valkey.url)
+        # Queued first, so the worker's first claim takes it before its login check closes the gate.
+        task_id = await enqueue(store)
         async with running_worker(store, settings, smtp_recheck_interval=0.05) as worker:
-            task_id = await enqueue(store)
             await eventually(lambda: worker.gate.paused, what="the gate to close")
             document = await wait_for_event(store, task_id, "retry")
             status = await smtp_status.read(redis)

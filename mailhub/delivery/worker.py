@@ -2,7 +2,8 @@
 
 Any number of workers share the queue through one Redis consumer group.
 A send slot is never held while waiting: a failed attempt schedules its
-retry in the retries set and frees the slot at once.
+retry in the retries set and frees the slot at once, and mail over the
+shared send pace waits on the stream, unread (`delivery.claims`).
 """
 
 from __future__ import annotations
@@ -21,20 +22,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mailhub import metrics, reasons
 from mailhub.background import forever
+from mailhub.delivery.claims import Claims
 from mailhub.delivery.sending_gate import Sender, SendingGate
-from mailhub.errors import ConfigurationFailure, DeliveryError, PermanentFailure, QueueGroupMissing
+from mailhub.errors import ConfigurationFailure, DeliveryError, PermanentFailure, Throttled
 from mailhub.settings import Settings
+from mailhub.store.pace import SendPace
 from mailhub.store.queue import QueueEntry
 from mailhub.store.tasks import Attempt, TaskStore
 
 logger = logging.getLogger(__name__)
 
-#: Seconds after which a consumer holding nothing is removed from the group.
-CONSUMER_RETENTION = 3600.0
 #: Seconds between looks at the retries set for retries that are due.
 POLL_INTERVAL = 0.1
-#: Seconds a read of new entries waits for one before reading again.
-READ_BLOCK = 1.0
 
 
 async def _until_recorded(write: Callable[[], Awaitable[None]], cap: float = 2.0) -> None:
@@ -83,19 +82,29 @@ class Worker:
         recheck_interval: float,
         shutdown_grace: float,
         poll_interval: float = POLL_INTERVAL,
+        pace: SendPace | None = None,
     ) -> None:
         self.store = store
         self.queue = store.queue
         self.sender = sender
         self.concurrency = concurrency
-        self.claim_timeout = claim_timeout
         self.retry_base_delay = retry_base_delay
         self.retry_max_delay = retry_max_delay
         self.shutdown_grace = shutdown_grace
         self.poll_interval = poll_interval
+        #: Permits to start sends, shared with every other worker (no SMTP_RATE: throttling only).
+        self.pace = pace or SendPace(store.redis)
         self.name = consumer_name()
         self.gate = SendingGate(sender, store.redis, self.name, recheck_interval, outbox=store.outbox)
-        self._slots = asyncio.Semaphore(concurrency)
+        self.claims = Claims(
+            self.queue,
+            self.pace,
+            self.gate,
+            name=self.name,
+            concurrency=concurrency,
+            claim_timeout=claim_timeout,
+            start=self._start,
+        )
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         #: Set by the retries loop once nothing is left, while `drain()` waits for it.
@@ -116,6 +125,7 @@ class Worker:
             recheck_interval=settings.smtp_recheck_interval,
             shutdown_grace=settings.shutdown_grace,
             poll_interval=poll_interval,
+            pace=SendPace.from_settings(store.redis, settings),
         )
 
     @property
@@ -128,8 +138,8 @@ class Worker:
         await self.queue.ensure_group()
         owner = f"worker {self.name}"
         self._loops = [
-            asyncio.create_task(forever(self._claim_new, owner), name="worker-claim"),
-            asyncio.create_task(forever(self._reclaim_stalled, owner), name="worker-reclaim"),
+            asyncio.create_task(forever(self.claims.claim_new, owner), name="worker-claim"),
+            asyncio.create_task(forever(self.claims.reclaim_stalled, owner), name="worker-reclaim"),
             asyncio.create_task(forever(self._promote_retries, owner), name="worker-retries"),
             asyncio.create_task(self.gate.watch(), name="worker-smtp-login"),
         ]
@@ -174,67 +184,10 @@ class Worker:
         finally:
             self._drained = None
 
-    async def _take_slots(self, wanted: int) -> int:
-        await self.gate.wait_open()
-        await self._slots.acquire()
-        taken = 1
-        while taken < wanted and not self._slots.locked():
-            await self._slots.acquire()
-            taken += 1
-        return taken
-
-    async def _claim(self, read: Callable[[int], Awaitable[list[QueueEntry]]], batch: int) -> int:
-        taken = await self._take_slots(batch)
-        try:
-            entries = await read(taken)
-        except BaseException:
-            for _ in range(taken):
-                self._slots.release()
-            raise
-        for _ in range(taken - len(entries)):
-            self._slots.release()
-        for entry in entries:
-            task = asyncio.create_task(self._process(entry))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
-        return len(entries)
-
-    async def _claim_new(self) -> None:
-        await self._claim(self._read_new, self.concurrency)
-
-    async def _read_new(self, count: int) -> list[QueueEntry]:
-        try:
-            return await self.queue.read_new(self.name, count, block=READ_BLOCK)
-        except QueueGroupMissing:
-            await self._recover_group()
-            return []
-
-    async def _reclaim_stalled(self) -> None:
-        claimed = await self._claim(self._read_stalled, self.concurrency)
-        if claimed:
-            logger.warning("worker %s took over %d stalled tasks", self.name, claimed)
-            return
-        await self.queue.forget_idle_consumers(CONSUMER_RETENTION, keep=self.name)
-        await asyncio.sleep(min(5.0, self.claim_timeout / 4))
-
-    async def _read_stalled(self, count: int) -> list[QueueEntry]:
-        try:
-            return await self.queue.claim_stalled(self.name, count, idle=self.claim_timeout)
-        except QueueGroupMissing:
-            await self._recover_group()
-            return []
-
-    async def _recover_group(self) -> None:
-        """Redis lost the queue's group: create it again; the worker that does it says so, once."""
-        if not await self.queue.ensure_group():
-            return  # another worker was first
-        metrics.QUEUE_GROUP_RECREATED.inc()
-        logger.warning(
-            "worker %s: the queue's worker group was missing in Redis and has been created again: "
-            "Redis restarted without its data, was flushed, or failed over to a replica without it. "
-            "Mail queued before that may have been lost with it; mail queued since is delivered",
-            self.name,
-        )
+    def _start(self, entry: QueueEntry, permitted_at: int) -> None:
+        task = asyncio.create_task(self._process(entry, permitted_at))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
 
     async def _promote_retries(self) -> None:
         await self.queue.promote_due_retries()
@@ -242,17 +195,18 @@ class Worker:
             self._drained.set()
         await asyncio.sleep(self.poll_interval)
 
-    async def _process(self, entry: QueueEntry) -> None:
+    async def _process(self, entry: QueueEntry, permitted_at: int) -> None:
         try:
             attempt = await self.store.begin_attempt(entry)
             if attempt is not None:
-                await self._attempt(attempt)
+                await self._attempt(attempt, permitted_at)
         except Exception:
             logger.exception("task %s: could not record its outcome; it will be retried", entry.task_id)
+            self.claims.lost_sight()
         finally:
-            self._slots.release()
+            self.claims.done(entry)
 
-    async def _attempt(self, attempt: Attempt) -> None:
+    async def _attempt(self, attempt: Attempt, permitted_at: int) -> None:
         logger.info("task %s: attempt %d to %s", attempt.task_id, attempt.number, attempt.to)
         try:
             with metrics.ATTEMPT_SECONDS.time():
@@ -261,8 +215,10 @@ class Worker:
             metrics.FAILURES.labels(reasons.failure_class(failure)).inc()
             if isinstance(failure, ConfigurationFailure):
                 await self._defer(attempt, failure)
-            else:
-                await self._handle_failure(attempt, failure)
+                return
+            if isinstance(failure, Throttled):
+                await self._slow_down(attempt, failure, permitted_at)
+            await self._handle_failure(attempt, failure)
         else:
             # First thing after the server's 250: a crash now would mean a resend.
             await _until_recorded(lambda: self.store.succeed(attempt))
@@ -279,6 +235,34 @@ class Worker:
         metrics.MAILS.labels("deferred").inc()
         logger.info("task %s: attempt %d given back, %s", attempt.task_id, attempt.number, detail)
         await self.gate.pause(failure)
+
+    async def _slow_down(self, attempt: Attempt, failure: Throttled, permitted_at: int) -> None:
+        """Slow every worker down, so queued mail waits instead of spending attempts on refusals.
+
+        The throttled mail keeps its attempt counted: a reply that says
+        "too fast" can also be a refusal of this very mail (a policy, a
+        greylist), and counting keeps the promise of `max_attempts`.
+        """
+        metrics.THROTTLED.labels("reply").inc()
+        try:
+            slowdown = await self.pace.throttled(permitted_at)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            logger.warning(
+                "task %s: throttled, but Redis is unreachable to slow down (%s)", attempt.task_id, exc
+            )
+            return
+        if slowdown is None:
+            return
+        metrics.THROTTLED.labels("slowdown").inc()
+        logger.warning(
+            "task %s: the SMTP server asks to slow down (%s): no sends for %.1f s, then at most %d/s "
+            "until nothing is throttled for a while (slow-down level %d)",
+            attempt.task_id,
+            failure.reason,
+            slowdown.pause,
+            slowdown.per_second,
+            slowdown.level,
+        )
 
     async def _handle_failure(self, attempt: Attempt, failure: DeliveryError) -> None:
         n = attempt.number

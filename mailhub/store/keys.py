@@ -24,6 +24,8 @@ STATUS_INDEX = PREFIX + "index:"
 #: Prefix of the per-address index: one sorted set of task ids per address a
 #: task is about (each recipient, and Reply-To), named by the address's digest.
 ADDRESS_INDEX = PREFIX + "address:"
+#: Hash of the slow-down after a throttling reply (`store.pace`): since, until, level, cap.
+PACE_THROTTLE = PREFIX + "pace:throttle"
 
 
 def task(task_id: str) -> str:
@@ -48,6 +50,11 @@ def rate_limit(window: int, client: str) -> str:
     clock) to name one window's counter, which expires with its window.
     """
     return f"{PREFIX}ratelimit:{window}:{client}"
+
+
+def pace_log(seconds: int) -> str:
+    """Sorted set of the sends started in the last `seconds` seconds (all workers), scored by time (ms)."""
+    return f"{PREFIX}pace:{seconds}"
 
 
 def idempotency(scope: str, key: str) -> str:

@@ -14,7 +14,9 @@ group again (`ensure_group`); entries added since (new submits) are all read.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,26 +77,75 @@ class WorkQueue:
         Raises `QueueGroupMissing` if Redis has lost the group.
         """
         wait_ms = None if block is None else max(1, int(block * 1000))  # BLOCK 0 would wait forever
-        try:
+        with _group_needed():
             reply: Any = await self.redis.xreadgroup(
                 keys.WORKERS_GROUP, consumer, {keys.QUEUE: ">"}, count=count, block=wait_ms
             )
-        except ResponseError as exc:
-            if str(exc).startswith("NOGROUP"):
-                raise QueueGroupMissing(str(exc)) from None
-            raise
         return [
             QueueEntry(entry_id, fields["task_id"])
             for _, entries in reply or []
             for entry_id, fields in entries
         ]
 
+    async def read_own(self, consumer: str, count: int) -> list[QueueEntry]:
+        """Up to `count` entries `consumer` holds already (read, not acknowledged), oldest first.
+
+        Raises `QueueGroupMissing` if Redis has lost the group.
+        """
+        with _group_needed():
+            reply: Any = await self.redis.xreadgroup(
+                keys.WORKERS_GROUP, consumer, {keys.QUEUE: "0"}, count=count
+            )
+        # An entry deleted while it was held comes back without fields.
+        return [
+            QueueEntry(entry_id, fields["task_id"])
+            for _, batch in reply or []
+            for entry_id, fields in batch
+            if fields
+        ]
+
+    async def read_new_or_mark(self, consumer: str, count: int) -> tuple[list[QueueEntry], str | None]:
+        """Up to `count` new entries for `consumer`, at once; with none, a mark for `wait_for_new`.
+
+        Never blocks, so whoever reads holds nothing (a send permit) while it
+        waits. The mark is the newest id the stream ever had, read in the same
+        transaction as the empty read: an entry added after it is newer.
+        Raises `QueueGroupMissing` if Redis has lost the group.
+        """
+        entries = await self.read_new(consumer, count, block=None)
+        if entries:
+            return entries, None
+        with _group_needed():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xreadgroup(keys.WORKERS_GROUP, consumer, {keys.QUEUE: ">"}, count=count)
+                pipe.xinfo_stream(keys.QUEUE)
+                reply, info = await pipe.execute()
+        entries = [
+            QueueEntry(entry_id, fields["task_id"]) for _, batch in reply or [] for entry_id, fields in batch
+        ]
+        return entries, None if entries else info["last-generated-id"]
+
+    async def wait_for_new(self, mark: str, *, timeout: float) -> None:
+        """Return once an entry newer than `mark` is on the stream, or after `timeout` seconds."""
+        await self.redis.xread({keys.QUEUE: mark}, count=1, block=max(1, int(timeout * 1000)))
+
+    async def count_stalled(self, *, idle: float, limit: int) -> int:
+        """How many entries (at most `limit`) some worker has held for `idle` seconds or more.
+
+        Raises `QueueGroupMissing` if Redis has lost the group.
+        """
+        with _group_needed():
+            held = await self.redis.xpending_range(
+                keys.QUEUE, keys.WORKERS_GROUP, min="-", max="+", count=limit, idle=int(idle * 1000)
+            )
+        return len(held)
+
     async def claim_stalled(self, consumer: str, count: int, *, idle: float) -> list[QueueEntry]:
         """Take over up to `count` entries another worker has held for `idle` seconds or more.
 
         Raises `QueueGroupMissing` if Redis has lost the group.
         """
-        try:
+        with _group_needed():
             reply: Any = await self.redis.xautoclaim(
                 keys.QUEUE,
                 keys.WORKERS_GROUP,
@@ -103,10 +154,6 @@ class WorkQueue:
                 start_id="0-0",
                 count=count,
             )
-        except ResponseError as exc:
-            if str(exc).startswith("NOGROUP"):
-                raise QueueGroupMissing(str(exc)) from None
-            raise
         # An entry deleted while it was pending comes back without fields.
         return [QueueEntry(entry_id, fields["task_id"]) for entry_id, fields in reply[1] if fields]
 
@@ -161,3 +208,14 @@ class WorkQueue:
         for name in stale:
             await self.redis.xgroup_delconsumer(keys.QUEUE, keys.WORKERS_GROUP, name)
         return len(stale)
+
+
+@contextlib.contextmanager
+def _group_needed() -> Iterator[None]:
+    """Turn Redis's answer to a command on a lost group (or stream) into `QueueGroupMissing`."""
+    try:
+        yield
+    except ResponseError as exc:
+        if str(exc).startswith("NOGROUP") or "no such key" in str(exc):
+            raise QueueGroupMissing(str(exc)) from None
+        raise
