@@ -8,6 +8,7 @@ from apispec import APISpec
 
 from mailhub.web import admin_schemas as s
 from mailhub.web.admin_auth import API_PREFIX
+from mailhub.web.openapi_parts import error_answer, json_answer
 
 TAG = "admin"
 SCHEME = "adminToken"
@@ -23,17 +24,6 @@ _SCHEMAS = {
 _TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 
 
-def _json(schema: str, description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-    }
-
-
-def _error(description: str) -> dict[str, Any]:
-    return _json("Error", description)
-
-
 def _operation(summary: str, responses: dict[str, Any], **more: Any) -> dict[str, Any]:
     """An admin operation: tagged, behind the token, with the answers every one of them may give."""
     return {
@@ -42,9 +32,9 @@ def _operation(summary: str, responses: dict[str, Any], **more: Any) -> dict[str
         "security": [{SCHEME: []}],
         "responses": {
             **responses,
-            "401": _error("Missing or wrong admin token"),
-            "404": _error("Unknown task, or the admin API is off (no ADMIN_TOKEN)"),
-            "503": _error("Redis unavailable"),
+            "401": error_answer("Missing or wrong admin token"),
+            "404": error_answer("Unknown task, or the admin API is off (no ADMIN_TOKEN)"),
+            "503": error_answer("Redis unavailable"),
         },
         **more,
     }
@@ -74,7 +64,7 @@ def _task_paths(spec: APISpec) -> None:
         operations={
             "get": _operation(
                 "List tasks, newest first",
-                {"200": _json("TaskPage", "A page of tasks"), "422": _error("Invalid query")},
+                {"200": json_answer("TaskPage", "A page of tasks"), "422": error_answer("Invalid query")},
                 description="Newest first by when each task entered its status. Pass `next_cursor` "
                 "back as `cursor` for the next page.",
                 parameters=[{"in": "query", "schema": s.TaskListQuerySchema}],
@@ -86,14 +76,14 @@ def _task_paths(spec: APISpec) -> None:
         operations={
             "get": _operation(
                 "One task in full, with its timeline",
-                {"200": _json("AdminTaskDetail", "The task"), "422": _error("Malformed task id")},
+                {"200": json_answer("AdminTaskDetail", "The task"), "422": error_answer("Malformed task id")},
                 parameters=[_TASK_ID],
             ),
             "delete": _operation(
                 "Delete a task and every trace of it",
                 {
                     "204": {"description": "Deleted: result and events answer 404 from now on"},
-                    "422": _error("Malformed task id"),
+                    "422": error_answer("Malformed task id"),
                 },
                 description="Removes the task's hash, index entries, queue entry or retry, its "
                 "Idempotency-Key record and the dev inbox's copy. A send already in flight "
@@ -108,9 +98,9 @@ def _task_paths(spec: APISpec) -> None:
             "post": _operation(
                 "Re-send a failed task",
                 {
-                    "200": _json("Result", "Queued again (event `requeued`)"),
-                    "409": _error("Not failed"),
-                    "422": _error("Malformed task id"),
+                    "200": json_answer("Result", "Queued again (event `requeued`)"),
+                    "409": error_answer("Not failed"),
+                    "422": error_answer("Malformed task id"),
                 },
                 description="A fresh attempt budget, the same Message-ID; its events go on.",
                 parameters=[_TASK_ID],
@@ -123,10 +113,10 @@ def _task_paths(spec: APISpec) -> None:
             "post": _operation(
                 "Re-send failed tasks in bulk",
                 {
-                    "200": _json("BulkResendAnswer", "How many"),
-                    "400": _error("Not JSON or not UTF-8"),
-                    "415": _error("Not application/json"),
-                    "422": _error("Invalid body"),
+                    "200": json_answer("BulkResendAnswer", "How many"),
+                    "400": error_answer("Not JSON or not UTF-8"),
+                    "415": error_answer("Not application/json"),
+                    "422": error_answer("Invalid body"),
                 },
                 description="Oldest failure first, at most `limit` per call; call again while "
                 "`remaining` is above 0.",
@@ -145,7 +135,10 @@ def _other_paths(spec: APISpec) -> None:
         operations={
             "delete": _operation(
                 "Erase an address: delete every task to it (or with it as Reply-To)",
-                {"200": _json("Erased", "How many tasks were deleted"), "422": _error("Not an address")},
+                {
+                    "200": json_answer("Erased", "How many tasks were deleted"),
+                    "422": error_answer("Not an address"),
+                },
                 description="Also drops the dev inbox's mails that mention the address.",
                 parameters=[
                     {"name": "address", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -158,7 +151,7 @@ def _other_paths(spec: APISpec) -> None:
         operations={
             "get": _operation(
                 "Queue, outcomes, workers, sending, webhooks, alerts",
-                {"200": _json("Overview", "Now")},
+                {"200": json_answer("Overview", "Now")},
                 description="`webhooks`: deliveries waiting, delivered, failed attempts and dropped, "
                 "the last success and failure, per URL too; `alerts` (with ALERT_EMAIL): alert "
                 "mails not yet queued, failures waiting for the next digest, the last digest.",

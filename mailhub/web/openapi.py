@@ -11,6 +11,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from mailhub import __version__
 from mailhub.web import admin_openapi, schemas
+from mailhub.web.openapi_parts import error_answer, json_answer
 
 SWAGGER_STATIC = "/docs/static"
 
@@ -24,17 +25,6 @@ _DOCS_PAGE = f"""<!doctype html>
 #: A file, not an inline script, so the page's Content-Security-Policy can refuse
 #: inline scripts. No validator badge: it would load an image from swagger.io.
 _DOCS_INIT = 'SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", validatorUrl: null});\n'
-
-
-def _json(schema: str, description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-    }
-
-
-def _error(description: str) -> dict[str, Any]:
-    return _json("Error", description)
 
 
 def build_spec() -> dict[str, Any]:
@@ -65,12 +55,12 @@ def build_spec() -> dict[str, Any]:
                     },
                 },
                 "responses": {
-                    "200": _json("Queued", "Queued"),
-                    "400": _error("Not JSON or not UTF-8"),
-                    "413": _error("Request too large"),
-                    "415": _error("Not application/json"),
-                    "422": _error("Invalid fields"),
-                    "503": _error("Queue unavailable"),
+                    "200": json_answer("Queued", "Queued"),
+                    "400": error_answer("Not JSON or not UTF-8"),
+                    "413": error_answer("Request too large"),
+                    "415": error_answer("Not application/json"),
+                    "422": error_answer("Invalid fields"),
+                    "503": error_answer("Queue unavailable"),
                 },
             }
         },
@@ -89,10 +79,10 @@ def build_spec() -> dict[str, Any]:
                     }
                 ],
                 "responses": {
-                    "200": _json("Result", "pending, success or failed"),
-                    "404": _error("Unknown or expired task id"),
-                    "422": _error("Missing or malformed task id"),
-                    "503": _error("Queue unavailable"),
+                    "200": json_answer("Result", "pending, success or failed"),
+                    "404": error_answer("Unknown or expired task id"),
+                    "422": error_answer("Missing or malformed task id"),
+                    "503": error_answer("Queue unavailable"),
                 },
             }
         },
@@ -145,9 +135,9 @@ def _add_live_paths(spec: APISpec) -> None:
                         },
                     },
                     "204": {"description": "Last-Event-ID already covers the final state: nothing more"},
-                    "404": _error("Unknown or expired task id"),
-                    "422": _error("Missing or malformed task id"),
-                    "503": _error("Queue unavailable"),
+                    "404": error_answer("Unknown or expired task id"),
+                    "422": error_answer("Missing or malformed task id"),
+                    "503": error_answer("Queue unavailable"),
                 },
             }
         },
@@ -166,7 +156,7 @@ def _add_live_paths(spec: APISpec) -> None:
                 ),
                 "responses": {
                     "101": {"description": "Switching to the WebSocket protocol"},
-                    "400": _error("Not a WebSocket handshake"),
+                    "400": error_answer("Not a WebSocket handshake"),
                 },
             }
         },
@@ -247,20 +237,20 @@ def _add_form_paths(spec: APISpec) -> None:
                     },
                 },
                 "responses": {
-                    "200": _json("Queued", "Queued; follow it with result_url, SSE or WebSocket"),
+                    "200": json_answer("Queued", "Queued; follow it with result_url, SSE or WebSocket"),
                     "303": {"description": "A plain HTML post: to the form's redirect or /forms/thanks"},
-                    "400": _error("Not JSON, not UTF-8, or not an object"),
-                    "403": _error(
+                    "400": error_answer("Not JSON, not UTF-8, or not an object"),
+                    "403": error_answer(
                         "origin_not_allowed, or the CAPTCHA: captcha_missing, captcha_invalid "
                         "(bad, expired or reused), captcha_unverifiable"
                     ),
-                    "404": _error("form_not_found"),
-                    "409": _error("Idempotency-Key reused with another body"),
-                    "413": _error("Request too large, or too many fields"),
-                    "415": _error("Not JSON, urlencoded or multipart"),
-                    "422": _error("Invalid fields: `fields` and `field_codes` say which and why"),
-                    "429": _error("Too many posts from this client"),
-                    "503": _error("Queue unavailable"),
+                    "404": error_answer("form_not_found"),
+                    "409": error_answer("Idempotency-Key reused with another body"),
+                    "413": error_answer("Request too large, or too many fields"),
+                    "415": error_answer("Not JSON, urlencoded or multipart"),
+                    "422": error_answer("Invalid fields: `fields` and `field_codes` say which and why"),
+                    "429": error_answer("Too many posts from this client"),
+                    "503": error_answer("Queue unavailable"),
                 },
             }
         },
