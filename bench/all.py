@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "backlog": ["bench.backlog"],
     "acceptance_2000": ["bench.acceptance_2000"],
     "acceptance_2000_kill": ["bench.acceptance_2000", "--kill"],
+    "resend_window": ["bench.resend_window"],
 }
 
 
