@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import resource
 import signal
@@ -10,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from tests.helpers import free_port
@@ -136,3 +139,15 @@ def _answers(url: str) -> bool:
             return True
     except (urllib.error.URLError, OSError):
         return False
+
+
+@contextlib.asynccontextmanager
+async def mailhub_serving(*args: str, cwd: Path, env: dict[str, str]) -> AsyncIterator[MailhubProcess]:
+    """`python run.py ...`, ready; stopped with SIGTERM on exit, for async tests. It waits in a
+    thread, so what the test serves on its own event loop (a webhook receiver) keeps answering."""
+    process = MailhubProcess(*args, cwd=cwd, env=env)
+    try:
+        yield await asyncio.to_thread(process.wait_ready)
+    finally:
+        await asyncio.to_thread(process.stop)
+        process.__exit__()

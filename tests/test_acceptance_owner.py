@@ -4,8 +4,6 @@ receiver that verifies every signature with the `standardwebhooks` reference pac
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +13,7 @@ import aiohttp
 import pytest
 
 from tests.helpers import MAIL_JSON, RESULT, SUBMIT, smtp_env
-from tests.processes import MailhubProcess
+from tests.processes import mailhub_serving
 from tests.smtp_server import Fault, SmtpServer
 from tests.webhook_receiver import SECRET, WebhookReceiver
 
@@ -27,18 +25,6 @@ ADMIN = "/api/v1/admin"
 async def receiver() -> AsyncIterator[WebhookReceiver]:
     async with WebhookReceiver() as running:
         yield running
-
-
-@contextlib.asynccontextmanager
-async def mailhub(cwd: Path, env: dict[str, str]) -> AsyncIterator[MailhubProcess]:
-    """`python run.py`, ready; stopped with SIGTERM on exit. Waits in a thread: the
-    receiver runs on this event loop and must keep answering meanwhile."""
-    process = MailhubProcess(cwd=cwd, env=env)
-    try:
-        yield await asyncio.to_thread(process.wait_ready)
-    finally:
-        await asyncio.to_thread(process.stop)
-        process.__exit__()
 
 
 class Client:
@@ -69,7 +55,7 @@ async def test_acceptance_1_failed_listed_resent_delivered_deleted(
         WEBHOOK_SECRET=SECRET,
         WEBHOOK_RETRY_BASE_DELAY="0.5",
     )
-    async with mailhub(tmp_path, env) as server, aiohttp.ClientSession() as http:
+    async with mailhub_serving(cwd=tmp_path, env=env) as server, aiohttp.ClientSession() as http:
         client = Client(http, server.url)
         status, queued = await client.call("POST", SUBMIT, token=None, json=MAIL_JSON)
         assert status == 200

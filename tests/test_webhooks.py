@@ -35,7 +35,7 @@ from tests.helpers import (
     smtp_env,
     wait_for_status,
 )
-from tests.processes import MailhubProcess
+from tests.processes import mailhub_serving
 from tests.smtp_server import Fault
 from tests.webhook_receiver import SECRET, WebhookReceiver
 
@@ -293,18 +293,6 @@ async def test_a_restart_while_paused_announces_nothing_new_and_resuming_is_anno
     assert len(receiver.of_type("sending.paused")) == 1
 
 
-@contextlib.asynccontextmanager
-async def mailhub_process(cwd, env) -> AsyncIterator[MailhubProcess]:
-    """`python run.py`, ready; stopped with SIGTERM on exit. Waits in a thread: the receiver
-    runs on this event loop and must keep answering meanwhile."""
-    process = MailhubProcess(cwd=cwd, env=env)
-    try:
-        yield await asyncio.to_thread(process.wait_ready)
-    finally:
-        await asyncio.to_thread(process.stop)
-        process.__exit__()
-
-
 async def test_a_webhook_waiting_for_its_retry_is_delivered_after_a_restart(
     tmp_path, valkey, redis, smtp, receiver
 ):
@@ -316,13 +304,13 @@ async def test_a_webhook_waiting_for_its_retry_is_delivered_after_a_restart(
         WEBHOOK_SECRET=SECRET,
         WEBHOOK_RETRY_BASE_DELAY="3",
     )
-    async with mailhub_process(tmp_path, env) as first, aiohttp.ClientSession() as http:
+    async with mailhub_serving(cwd=tmp_path, env=env) as first, aiohttp.ClientSession() as http:
         async with http.post(first.url + SUBMIT, json=MAIL_JSON) as answer:
             assert answer.status == 200
         [refused] = await receiver.wait_for("email.delivered")
         assert refused.answered == 500
     assert await redis.zcard(keys.WEBHOOKS) == 1  # it waits in Redis for its retry, not in memory
-    async with mailhub_process(tmp_path, env):
+    async with mailhub_serving(cwd=tmp_path, env=env):
         _, delivered = await receiver.wait_for("email.delivered", 2, timeout=15)
     assert (delivered.answered, delivered.id, delivered.body) == (200, refused.id, refused.body)
     assert await redis.zcard(keys.WEBHOOKS) == 0
