@@ -13,6 +13,8 @@ import aiohttp
 class SseMessage:
     id: str | None
     data: str
+    #: The `event:` field; None for the default (`message`).
+    event: str | None = None
 
     @property
     def doc(self) -> dict[str, Any]:
@@ -29,6 +31,7 @@ class SseReader:
     async def next(self) -> SseMessage | None:
         """The next message, or None once the server closed the stream."""
         message_id: str | None = None
+        event: str | None = None
         data: list[str] = []
         while True:
             raw = await self.response.content.readline()
@@ -37,7 +40,7 @@ class SseReader:
             line = raw.decode().rstrip("\r\n")
             if line == "":
                 if data:
-                    return SseMessage(message_id, "\n".join(data))
+                    return SseMessage(message_id, "\n".join(data), event)
                 continue
             name, _, value = line.partition(":")
             value = value.removeprefix(" ")
@@ -47,6 +50,8 @@ class SseReader:
                 message_id = value
             elif name == "data":
                 data.append(value)
+            elif name == "event":
+                event = value
 
     async def rest(self) -> list[SseMessage]:
         """Every message until the server closes the stream."""

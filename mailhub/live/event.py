@@ -8,6 +8,20 @@ from dataclasses import dataclass
 from mailhub.store.tasks import TERMINAL_STATES
 
 _TERMINAL = frozenset(state.value for state in TERMINAL_STATES)
+#: How a deletion notice (`{"task_id", "event": "deleted", "at"}`, published
+#: when the owner deletes a task) reads in the channel: a result document's
+#: `event` is never "deleted", and inside a JSON string these quotes would be escaped.
+_DELETION_MARK = '"event":"deleted"'
+
+
+def deleted_task(data: str) -> str | None:
+    """The task id of a deletion notice; None for anything else."""
+    if _DELETION_MARK not in data:
+        return None
+    try:
+        return str(json.loads(data)["task_id"])
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 @dataclass(frozen=True)

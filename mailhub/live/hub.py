@@ -3,8 +3,10 @@
 The Lua scripts of `store.scripts` publish every transition on `keys.EVENTS`.
 An `EventHub` holds the process's only subscription to that channel and
 hands each event to the `Subscription`s of its task (one per SSE stream, one
-per task a WebSocket follows); after a reconnect it tells every one of them
-to re-read the stored state.
+per task a WebSocket follows), and every message to the `AllTasks` feeds of
+the owner's dashboards; after a reconnect it tells every one of them to
+re-read the stored state. When the owner deletes a task, its followers'
+subscriptions are closed.
 
 Nothing here imports aiohttp: the web layer passes the task store (and so
 its Redis client) in.
@@ -19,8 +21,9 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from mailhub.live.event import Event
+from mailhub.live.event import Event, deleted_task
 from mailhub.live.subscription import Subscription
+from mailhub.live.watch import AllTasks
 from mailhub.store import keys
 from mailhub.store.tasks import TaskStore
 
@@ -30,9 +33,9 @@ logger = logging.getLogger(__name__)
 class EventHub:
     """The process's one subscription to the events channel, shared by all clients.
 
-    The hub listens only while someone follows a task, and for `linger`
-    seconds after the last one left: a web process nobody watches does not
-    read every transition of every mail.
+    The hub listens only while someone follows a task (or all of them), and
+    for `linger` seconds after the last one left: a web process nobody
+    watches does not read every transition of every mail.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class EventHub:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self._topics: dict[str, set[Subscription]] = {}
+        self._all: set[AllTasks] = set()
         self.linger = linger
         self.ready_timeout = ready_timeout
         self._listener: asyncio.Task[None] | None = None
@@ -91,6 +95,18 @@ class EventHub:
         self._listen_while_needed()
         return subscription
 
+    def watch_all(self, queue_size: int = 1000) -> AllTasks:
+        """Start receiving every task's events and deletions; see `listening`."""
+        feed = AllTasks(on_close=self._forget_feed, queue_size=queue_size)
+        self._all.add(feed)
+        self._listen_while_needed()
+        return feed
+
+    async def listening(self) -> bool:
+        """Wait until the channel is subscribed (nothing published from then on is missed);
+        False if that takes longer than `ready_timeout`."""
+        return self._ready.is_set() or await self._wait_ready()
+
     async def current(self, task_id: str) -> Event | None:
         """The task's stored state, or None if it is unknown or expired.
 
@@ -118,6 +134,8 @@ class EventHub:
         for subs in list(self._topics.values()):
             for subscription in list(subs):
                 subscription.close()
+        for feed in list(self._all):
+            feed.close()
 
     def _forget(self, subscription: Subscription) -> None:
         subs = self._topics.get(subscription.task_id)
@@ -125,7 +143,14 @@ class EventHub:
             subs.discard(subscription)
             if not subs:
                 del self._topics[subscription.task_id]
-        if not self._topics and self._listener is not None and self._idle_stop is None:
+        self._stop_when_idle()
+
+    def _forget_feed(self, feed: AllTasks) -> None:
+        self._all.discard(feed)
+        self._stop_when_idle()
+
+    def _stop_when_idle(self) -> None:
+        if not self._topics and not self._all and self._listener is not None and self._idle_stop is None:
             with contextlib.suppress(RuntimeError):  # no running loop: the hub is going anyway
                 self._idle_stop = asyncio.get_running_loop().call_later(self.linger, self._stop_listening)
 
@@ -138,7 +163,7 @@ class EventHub:
 
     def _stop_listening(self) -> None:
         self._idle_stop = None
-        if self._topics or self._listener is None:
+        if self._topics or self._all or self._listener is None:
             return
         self._listener.cancel()  # its pub/sub connection closes as it ends
         self._listener = None
@@ -191,12 +216,22 @@ class EventHub:
         for subs in list(self._topics.values()):
             for subscription in list(subs):
                 subscription.resync()
+        for feed in list(self._all):
+            feed.resync()
 
     def _dispatch(self, data: str) -> None:
-        try:
-            event = Event.parse(data)
-        except ValueError:
-            logger.warning("ignoring a malformed message on %s: %.200r", self.channel, data)
-            return
-        for subscription in self._topics.get(event.task_id, ()):
-            subscription.deliver(event)
+        deleted = deleted_task(data)
+        if deleted is not None:
+            # Its followers' streams end; a reconnect finds no task (404).
+            for subscription in list(self._topics.get(deleted, ())):
+                subscription.close()
+        else:
+            try:
+                event = Event.parse(data)
+            except ValueError:
+                logger.warning("ignoring a malformed message on %s: %.200r", self.channel, data)
+                return
+            for subscription in self._topics.get(event.task_id, ()):
+                subscription.deliver(event)
+        for feed in self._all:
+            feed.deliver(data)

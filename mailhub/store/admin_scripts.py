@@ -4,7 +4,7 @@ Re-sending is a transition like those of `scripts` (same prelude: `emit`,
 `entered`), so its event reaches the live streams and the task's timeline.
 Deleting removes every trace of a task in one atomic step: its hash, its
 index entries, its queue entry or retry, its Idempotency-Key record and the
-dev inbox's copy.
+dev inbox's copy; live followers get a `deleted` notice (`live.event.deleted_task`).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ local function forget(task_id, at)
     if seen and string.sub(seen, 1, #task_id + 1) == task_id .. ' ' then redis.call('DEL', f[3]) end
   end
   redis.call('DEL', key)
+  redis.call('PUBLISH', '$EVENTS', cjson.encode({task_id=task_id, event='deleted', at=at}))
   return f[4] or ''
 end
 

@@ -25,8 +25,8 @@ from mailhub.store.alerts import alert_state
 from mailhub.store.index import Cursor, TaskIndex
 from mailhub.store.overview import overview
 from mailhub.store.webhooks import delivery_state
-from mailhub.web import appkeys
-from mailhub.web.admin_auth import API_PREFIX, PAGE_PATH, AdminAccess, Mode
+from mailhub.web import admin_events, appkeys
+from mailhub.web.admin_auth import API_PREFIX, EVENTS_PATH, PAGE_PATH, AdminAccess, Mode
 from mailhub.web.admin_schemas import AddressPathSchema, BulkResendSchema, TaskListQuerySchema
 from mailhub.web.views import read_json, validated
 
@@ -63,6 +63,8 @@ def setup(app: web.Application, access: AdminAccess, static_dir: Path) -> None:
     app.router.add_post(API_PREFIX + "/tasks/{task_id}/resend", resend_task)
     app.router.add_delete(API_PREFIX + "/tasks/{task_id}", delete_task)
     app.router.add_delete(API_PREFIX + "/recipients/{address}", erase_recipient)
+    app.router.add_post(EVENTS_PATH + "/ticket", admin_events.event_ticket)
+    app.router.add_get(EVENTS_PATH, admin_events.admin_events)
 
 
 def _task_id(request: web.Request) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 from apispec import APISpec
 
 from mailhub.web import admin_schemas as s
-from mailhub.web.admin_auth import API_PREFIX
+from mailhub.web.admin_auth import API_PREFIX, TICKET_SECONDS
 from mailhub.web.openapi_parts import error_answer, json_answer
 
 TAG = "admin"
@@ -20,6 +20,16 @@ _SCHEMAS = {
     "BulkResendAnswer": s.BulkResendAnswerSchema,
     "Erased": s.ErasedSchema,
     "Overview": s.OverviewSchema,
+    "Ticket": s.TicketSchema,
+}
+#: One event of the admin stream, as SSE readers (and schemathesis) take it apart.
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["message", "ready", "deleted", "resync"]},
+        "data": {"type": "string", "description": "JSON: a Result document, a deletion notice, or {}"},
+    },
+    "required": ["data"],
 }
 _TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 
@@ -155,6 +165,42 @@ def _other_paths(spec: APISpec) -> None:
                 description="`webhooks`: deliveries waiting, delivered, failed attempts and dropped, "
                 "the last success and failure, per URL too; `alerts` (with ALERT_EMAIL): alert "
                 "mails not yet queued, failures waiting for the next digest, the last digest.",
+            )
+        },
+    )
+    spec.path(
+        path=API_PREFIX + "/events/ticket",
+        operations={
+            "post": _operation(
+                "A ticket for the event stream",
+                {"200": json_answer("Ticket", f"Valid {TICKET_SECONDS} s")},
+                description="EventSource cannot send headers: open `/api/v1/admin/events?ticket=...` "
+                "with it instead of the token.",
+            )
+        },
+    )
+    spec.path(
+        path=API_PREFIX + "/events",
+        operations={
+            "get": _operation(
+                "Every task's transitions, live (Server-Sent Events)",
+                {
+                    "200": {
+                        "description": "`event: ready` once listening (load the list now); then each "
+                        "transition's Result document as `data`; `event: deleted` for a deleted task; "
+                        "`event: resync` when events may have been missed (reload the list)",
+                        "content": {"text/event-stream": {"schema": _SSE_EVENT}},
+                    }
+                },
+                parameters=[
+                    {
+                        "name": "ticket",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "From `POST /api/v1/admin/events/ticket`, instead of the token.",
+                    }
+                ],
             )
         },
     )
