@@ -27,6 +27,11 @@
   let source = null;
   let retryDelay = 1000;
   const later = { list: null, overview: null, detail: null };
+  // A list load answers with the state of when it was read: what the stream
+  // brings meanwhile is applied again once it is shown, or a deleted mail
+  // would come back and a finished one look pending.
+  let loads = 0;
+  let replay = [];
 
   class Refused extends Error {}
 
@@ -155,6 +160,7 @@
   }
 
   function applyEvent(doc) {
+    if (loads) replay.push(() => applyEvent(doc));
     const row = rows.get(doc.task_id);
     const wanted = ui.filters.elements.status.value;
     if (row) {
@@ -268,6 +274,20 @@
     if (status) query.set("status", status);
     if (to) query.set("to", to);
     if (!fromTop && cursor) query.set("cursor", cursor);
+    loads += 1;
+    try {
+      await showTasks(fromTop, query);
+    } finally {
+      loads -= 1;
+      if (!loads) {
+        const missed = replay;
+        replay = [];
+        for (const apply of missed) apply();
+      }
+    }
+  }
+
+  async function showTasks(fromTop, query) {
     let result;
     try {
       result = await api("GET", `/tasks?${query}`);
@@ -305,6 +325,8 @@
   }
 
   function updateRow(row, doc) {
+    if (doc.seq < Number(row.dataset.seq || 0)) return; // older than what the row shows
+    row.dataset.seq = String(doc.seq);
     const cell = (name) => row.querySelector(`.col-${name}`);
     cell("at").textContent = new Date(doc.at).toLocaleString();
     const status = cell("status");
@@ -327,6 +349,7 @@
   }
 
   function removeTask(taskId) {
+    if (loads) replay.push(() => removeTask(taskId));
     removeRow(taskId);
     if (taskId === shown) {
       shown = null;

@@ -3,12 +3,13 @@ and the real STARTTLS + AUTH SMTP server: a failed mail listed, re-sent live, de
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, Route, expect
 
 from tests.browser import WAIT_MS, requests_of, screenshot, violations, watch_policy
 from tests.helpers import MAIL_JSON, SUBMIT, running_worker, wait_for_status
@@ -88,17 +89,31 @@ async def test_a_failed_mail_is_listed_re_sent_live_and_deleted(desk, site, stor
     assert await violations(desk) == []
 
 
-async def test_a_mail_deleted_elsewhere_vanishes_from_an_open_dashboard(desk, site):
+async def test_a_mail_deleted_elsewhere_vanishes_even_while_the_list_reloads(desk, site):
     task_id = await submit(site)
     await sign_in(desk, site)
     row = desk.locator(f"tr[data-task-id='{task_id}']")
     await expect(row).to_have_count(1, timeout=WAIT_MS)
     await expect(desk.locator("#live-state")).to_have_text("Live: updates as they happen.", timeout=WAIT_MS)
+    read, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        answer = await route.fetch()  # the list as it is now: the mail still in it
+        read.set()
+        await release.wait()
+        await route.fulfill(response=answer)
+
+    await desk.route("**/api/v1/admin/tasks?*", hold)
+    await desk.get_by_role("button", name="Show").click()
+    await asyncio.wait_for(read.wait(), WAIT_MS / 1000)
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with aiohttp.ClientSession() as session:
         async with session.delete(f"{site.url}/api/v1/admin/tasks/{task_id}", headers=headers) as response:
             assert response.status == 204
-    await expect(row).to_have_count(0, timeout=WAIT_MS)
+    await expect(row).to_have_count(0, timeout=WAIT_MS)  # the stream's `deleted`
+    release.set()  # now the list read before the deletion arrives
+    await expect(desk.locator("#tasks-note")).to_have_text("No mail here.", timeout=WAIT_MS)
+    await expect(row).to_have_count(0)
 
 
 async def test_a_wrong_token_is_refused_and_not_kept(desk, site):
