@@ -14,7 +14,8 @@
     live: $("live-state"), signOut: $("sign-out"), off: $("off"),
     login: $("login"), token: $("token"), loginError: $("login-error"),
     dashboard: $("dashboard"), sending: $("sending"), stats: $("stats"), chart: $("chart"),
-    workers: $("workers"), filters: $("filters"), tasksNote: $("tasks-note"), tasks: $("tasks"),
+    workers: $("workers"), alerts: $("alerts"), webhooksNote: $("webhooks-note"),
+    webhooks: $("webhooks"), webhookRows: $("webhook-rows"), filters: $("filters"), tasksNote: $("tasks-note"), tasks: $("tasks"),
     more: $("more"), resendFailed: $("resend-failed"), detail: $("detail"),
     detailFields: $("detail-fields"), timeline: $("detail-timeline"), detailNote: $("detail-note"),
     resend: $("resend"), remove: $("delete"), closeDetail: $("close-detail"),
@@ -219,6 +220,31 @@
       row.append(cell);
       ui.workers.append(row);
     }
+    renderNotifications(view.webhooks, view.alerts);
+  }
+
+  function renderNotifications(webhooks, alerts) {
+    ui.alerts.textContent = alerts
+      ? `Alert mails go to ${alerts.email}: ${alerts.notices_waiting} pause or resume notices and ` +
+        `${alerts.failures_waiting} failed mails wait for the next one.`
+      : "Alert mails are off (ALERT_EMAIL).";
+    if (!webhooks || !webhooks.configured) {
+      ui.webhooksNote.textContent = "Webhooks are off (WEBHOOK_URL).";
+      ui.webhooks.hidden = true;
+      return;
+    }
+    ui.webhooksNote.textContent = webhooks.next_attempt_at
+      ? `Next webhook attempt: ${new Date(webhooks.next_attempt_at).toLocaleString()}.` : "";
+    ui.webhooks.hidden = false;
+    ui.webhookRows.replaceChildren(...webhooks.endpoints.map((endpoint) => {
+      const row = element("tr");
+      const error = endpoint.last_error
+        ? `${endpoint.last_status ? `${endpoint.last_status}: ` : ""}${endpoint.last_error}` : "";
+      row.append(element("td", "col-subject", endpoint.url), element("td", "", String(endpoint.pending)),
+        element("td", "", String(endpoint.delivered)), element("td", "", String(endpoint.failed_attempts)),
+        element("td", "", String(endpoint.dropped)), element("td", "col-detail", error));
+      return row;
+    }));
   }
 
   function drawChart(perMinute) {

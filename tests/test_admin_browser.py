@@ -4,6 +4,7 @@ and the real STARTTLS + AUTH SMTP server: a failed mail listed, re-sent live, de
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -19,11 +20,14 @@ from tests.smtp_server import Fault
 pytestmark = pytest.mark.browser
 
 TOKEN = "test-admin-token-0123456789abcdef"
+HOOK = "http://127.0.0.1:9/mailhub-hooks"
 
 
 @pytest.fixture
-async def site(settings) -> AsyncIterator[Live]:  # type: ignore[no-untyped-def]
-    async with serving(replace(settings, admin_token=TOKEN)) as live:
+async def site(settings, redis) -> AsyncIterator[Live]:  # type: ignore[no-untyped-def]
+    """The server (and a flushed Valkey: the list shows every task in it)."""
+    hooks = {"webhook_urls": (HOOK,), "webhook_secret": "whsec_" + base64.b64encode(b"k" * 32).decode()}
+    async with serving(replace(settings, admin_token=TOKEN, **hooks)) as live:
         yield live
 
 
@@ -67,6 +71,8 @@ async def test_a_failed_mail_is_listed_re_sent_live_and_deleted(desk, site, stor
     await expect(desk.locator("#live-state")).to_have_text("Live: updates as they happen.", timeout=WAIT_MS)
     await expect(desk.locator("#stats")).to_contain_text("3 delivered, 1 failed")
     await expect(desk.locator("#chart rect.bar-failed")).to_have_count(60)
+    await expect(desk.locator("#webhooks")).to_contain_text(HOOK)
+    await expect(desk.locator("#alerts")).to_have_text("Alert mails are off (ALERT_EMAIL).")
     await row.click()
     await expect(desk.locator("#detail-timeline li")).to_have_count(3)
     await expect(desk.locator("#detail-timeline")).to_contain_text("failed")

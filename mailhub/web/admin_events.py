@@ -58,7 +58,7 @@ async def admin_events(request: web.Request) -> web.StreamResponse:
             raise ServiceUnavailable("Live events are unavailable: Redis does not answer.")
         async with sse_response(request, ping_interval=keepalive, response_cls=_AdminEventSource) as stream:
             stream.feed = feed
-            request.app[appkeys.STREAMS].add(stream)
+            await request.app[appkeys.STREAMS].add(stream)
             await stream.send("{}", event="ready")
             while True:
                 item = await feed.get(timeout=keepalive)
