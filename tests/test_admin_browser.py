@@ -15,6 +15,7 @@ from playwright.async_api import Browser, Page, Route, expect
 from tests.browser import WAIT_MS, requests_of, screenshot, violations, watch_policy
 from tests.helpers import MAIL_JSON, SUBMIT, running_worker, wait_for_status
 from tests.live_server import Live, serving
+from tests.processes import mailhub_serving
 from tests.smtp_server import Fault
 
 pytestmark = pytest.mark.browser
@@ -133,3 +134,20 @@ async def test_a_wrong_token_is_refused_and_not_kept(desk, site):
     await desk.reload()  # kept for the tab: no second prompt
     await expect(desk.locator("#dashboard")).to_be_visible(timeout=WAIT_MS)
     await expect(desk.locator("#login")).to_be_hidden()
+
+
+async def test_a_zero_config_run_opens_the_dashboard_without_a_token(desk, tmp_path):
+    async with mailhub_serving(cwd=tmp_path, env={}) as server:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(server.url + SUBMIT, json=MAIL_JSON) as response:
+                task_id = (await response.json())["task_id"]
+        await desk.goto(server.url + "/admin")
+        await expect(desk.locator("#dashboard")).to_be_visible(timeout=WAIT_MS)
+        await expect(desk.locator("#login")).to_be_hidden()
+        await expect(desk.locator("#sending")).to_contain_text("Capture mode")
+        row = desk.locator(f"tr[data-task-id='{task_id}']")
+        await expect(row.locator(".col-status")).to_have_text("success", timeout=WAIT_MS)
+        await expect(desk.locator("#live-state")).to_have_text(
+            "Live: updates as they happen.", timeout=WAIT_MS
+        )
+        assert await violations(desk) == []
