@@ -65,7 +65,9 @@ def add_paths(spec: APISpec) -> None:
     )
     spec.tag({"name": TAG, "description": "The owner's view: list, re-send, delete, erase, overview."})
     _task_paths(spec)
+    _resend_paths(spec)
     _other_paths(spec)
+    _event_paths(spec)
 
 
 def _task_paths(spec: APISpec) -> None:
@@ -102,6 +104,9 @@ def _task_paths(spec: APISpec) -> None:
             ),
         },
     )
+
+
+def _resend_paths(spec: APISpec) -> None:
     spec.path(
         path=API_PREFIX + "/tasks/{task_id}/resend",
         operations={
@@ -168,6 +173,9 @@ def _other_paths(spec: APISpec) -> None:
             )
         },
     )
+
+
+def _event_paths(spec: APISpec) -> None:
     spec.path(
         path=API_PREFIX + "/events/ticket",
         operations={
