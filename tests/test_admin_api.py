@@ -114,6 +114,9 @@ async def test_capture_mode_on_loopback_is_open_but_not_to_other_origins(session
     settings = replace(load_settings({}, env_file=None), redis_url=valkey.url)
     async with serving(settings) as live:
         assert (await Admin(session, live, None).call("GET", ADMIN + "/overview"))[0] == 200
+        async with session.get(live.url + "/admin") as page:
+            policy = page.headers["Content-Security-Policy"]  # the pages' policy: no inline script
+            assert page.status == 200 and "default-src 'self'" in policy and "unsafe-inline" not in policy
         status, answer = await Admin(session, live, None).call(
             "DELETE", ADMIN + "/tasks/" + UNKNOWN, headers={"Origin": "https://evil.example"}
         )
