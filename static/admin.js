@@ -238,8 +238,9 @@
     ui.webhooks.hidden = false;
     ui.webhookRows.replaceChildren(...webhooks.endpoints.map((endpoint) => {
       const row = element("tr");
+      // The last error with its time: a later success does not clear it, so it is dated.
       const error = endpoint.last_error
-        ? `${endpoint.last_status ? `${endpoint.last_status}: ` : ""}${endpoint.last_error}` : "";
+        ? `${endpoint.last_error} (${new Date(endpoint.last_failure_at).toLocaleString()})` : "";
       row.append(element("td", "col-subject", endpoint.url), element("td", "", String(endpoint.pending)),
         element("td", "", String(endpoint.delivered)), element("td", "", String(endpoint.failed_attempts)),
         element("td", "", String(endpoint.dropped)), element("td", "col-detail", error));

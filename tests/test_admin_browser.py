@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -12,11 +13,14 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, Route, expect
 
+from mailhub.notify import notifier
+from mailhub.store.tasks import TaskStore
 from tests.browser import WAIT_MS, requests_of, screenshot, violations, watch_policy
 from tests.helpers import MAIL_JSON, SUBMIT, running_worker, wait_for_status
 from tests.live_server import Live, serving
 from tests.processes import mailhub_serving
 from tests.smtp_server import Fault
+from tests.webhook_receiver import SECRET, WebhookReceiver
 
 pytestmark = pytest.mark.browser
 
@@ -151,3 +155,27 @@ async def test_a_zero_config_run_opens_the_dashboard_without_a_token(desk, tmp_p
             "Live: updates as they happen.", timeout=WAIT_MS
         )
         assert await violations(desk) == []
+
+
+async def test_the_dashboard_shows_webhook_delivery_and_where_alerts_go(desk, settings, redis):
+    async with WebhookReceiver() as receiver:
+        receiver.answers.append(500)
+        notified = replace(
+            settings,
+            admin_token=TOKEN,
+            webhook_urls=(receiver.url,),
+            webhook_secret=SECRET,
+            webhook_retry_base_delay=0.3,
+            alert_email="owner@example.com",
+        )
+        store = TaskStore.from_settings(redis, notified)
+        async with serving(notified) as live, running_worker(store, notified), notifier.running(notified):
+            await wait_for_status(store, await submit(live))
+            await receiver.wait_for("email.delivered", 2)  # a 500, then a 200
+            await sign_in(desk, live)
+            cells = desk.locator("#webhook-rows tr td")
+            await expect(cells).to_have_text(
+                [receiver.url, "0", "1", "1", "0", re.compile(r"^HTTP 500 \(.+\)$")], timeout=WAIT_MS
+            )
+            await expect(desk.locator("#alerts")).to_contain_text("Alert mails go to owner@example.com")
+            await screenshot(desk, "dashboard-webhooks.png")
