@@ -59,9 +59,11 @@ def setup(app: web.Application, access: AdminAccess, static_dir: Path) -> None:
     app.router.add_get(API_PREFIX + "/overview", overview_view)
     app.router.add_get(API_PREFIX + "/tasks", list_tasks)
     app.router.add_post(API_PREFIX + "/tasks/resend", resend_failed)
-    app.router.add_get(API_PREFIX + "/tasks/{task_id}", task_view)
-    app.router.add_post(API_PREFIX + "/tasks/{task_id}/resend", resend_task)
-    app.router.add_delete(API_PREFIX + "/tasks/{task_id}", delete_task)
+    # Not `resend`: else its OPTIONS and 405 would also offer this path's GET and DELETE.
+    one_task = API_PREFIX + "/tasks/{task_id:(?!resend$)[^{}/]+}"
+    app.router.add_get(one_task, task_view)
+    app.router.add_post(one_task + "/resend", resend_task)
+    app.router.add_delete(one_task, delete_task)
     app.router.add_delete(API_PREFIX + "/recipients/{address}", erase_recipient)
     app.router.add_post(EVENTS_PATH + "/ticket", admin_events.event_ticket)
     app.router.add_get(EVENTS_PATH, admin_events.admin_events)

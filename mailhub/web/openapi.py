@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -10,8 +11,17 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from swagger_ui_bundle import swagger_ui_path
 
 from mailhub import __version__
-from mailhub.web import admin_openapi, schemas
-from mailhub.web.openapi_parts import error_answer, json_answer
+from mailhub.forms.definitions import FormDefinition
+from mailhub.web import admin_openapi, appkeys, schemas
+from mailhub.web.openapi_forms import add_form_paths
+from mailhub.web.openapi_parts import (
+    EVENTS_OPERATION,
+    IDEMPOTENCY_KEY,
+    RESULT_OPERATION,
+    error_answer,
+    json_answer,
+    queued_answer,
+)
 
 SWAGGER_STATIC = "/docs/static"
 
@@ -27,7 +37,54 @@ _DOCS_PAGE = f"""<!doctype html>
 _DOCS_INIT = 'SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", validatorUrl: null});\n'
 
 
-def build_spec() -> dict[str, Any]:
+_TASK_ID_PARAM = {
+    "name": "task_id",
+    "in": "query",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid", "maxLength": schemas.MAX_TASK_ID},
+}
+#: One event of the SSE stream, as its fields are parsed (the schema of each event).
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["data", "id"],
+    "properties": {
+        "data": {"type": "string", "description": "A Result document, as JSON."},
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "The document's `seq`."},
+        "event": {"type": "string", "enum": ["message"]},
+    },
+}
+#: What `streams.task_events_ws` needs to switch protocols (RFC 6455), as header parameters.
+_WEBSOCKET_HANDSHAKE = [
+    {
+        "name": "Upgrade",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string", "enum": ["websocket"]},
+    },
+    {
+        "name": "Connection",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string", "enum": ["Upgrade"]},
+    },
+    {
+        "name": "Sec-WebSocket-Version",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string", "enum": ["13"]},
+    },
+    {
+        "name": "Sec-WebSocket-Key",
+        "in": "header",
+        "required": True,
+        "description": "16 random bytes, base64.",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9+/]{22}==$"},
+    },
+]
+
+
+def build_spec(forms: Mapping[str, FormDefinition] | None = None) -> dict[str, Any]:
+    """The spec of every path; `forms` (the settings' forms) each get a path of their own."""
     spec = APISpec(
         title="mailhub",
         version=__version__,
@@ -46,8 +103,10 @@ def build_spec() -> dict[str, Any]:
         path="/api/v1/email/received",
         operations={
             "post": {
+                "operationId": "submitEmail",
                 "summary": "Queue an email",
                 "description": "Answers at once with a task id; a worker delivers the mail.",
+                "parameters": [IDEMPOTENCY_KEY],
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -55,7 +114,8 @@ def build_spec() -> dict[str, Any]:
                     },
                 },
                 "responses": {
-                    "200": json_answer("Queued", "Queued"),
+                    "200": queued_answer("Queued; follow it with result_url, SSE or WebSocket"),
+                    "409": error_answer("Idempotency-Key reused with another body"),
                     "400": error_answer("Not JSON or not UTF-8"),
                     "413": error_answer("Request too large"),
                     "415": error_answer("Not application/json"),
@@ -69,15 +129,9 @@ def build_spec() -> dict[str, Any]:
         path="/api/v1/email/result",
         operations={
             "get": {
+                "operationId": RESULT_OPERATION,
                 "summary": "A task's result",
-                "parameters": [
-                    {
-                        "name": "task_id",
-                        "in": "query",
-                        "required": True,
-                        "schema": {"type": "string", "format": "uuid", "maxLength": schemas.MAX_TASK_ID},
-                    }
-                ],
+                "parameters": [_TASK_ID_PARAM],
                 "responses": {
                     "200": json_answer("Result", "pending, success or failed"),
                     "404": error_answer("Unknown or expired task id"),
@@ -88,17 +142,9 @@ def build_spec() -> dict[str, Any]:
         },
     )
     _add_live_paths(spec)
-    _add_form_paths(spec)
+    add_form_paths(spec, forms or {})
     admin_openapi.add_paths(spec)
     return spec.to_dict()
-
-
-_TASK_ID_PARAM = {
-    "name": "task_id",
-    "in": "query",
-    "required": True,
-    "schema": {"type": "string", "format": "uuid", "maxLength": schemas.MAX_TASK_ID},
-}
 
 
 def _add_live_paths(spec: APISpec) -> None:
@@ -107,6 +153,7 @@ def _add_live_paths(spec: APISpec) -> None:
         path="/api/v1/email/events",
         operations={
             "get": {
+                "operationId": EVENTS_OPERATION,
                 "summary": "Follow a task live (Server-Sent Events)",
                 "description": (
                     "Sends the task's current result document, then one event per transition, "
@@ -120,8 +167,9 @@ def _add_live_paths(spec: APISpec) -> None:
                         "name": "Last-Event-ID",
                         "in": "header",
                         "required": False,
-                        "schema": {"type": "integer", "minimum": 0},
-                        "description": "Skip events up to this seq.",
+                        "schema": {"type": "string"},
+                        "description": "Skip events up to this seq (a number, as the `id:` lines "
+                        "give it); any other value is ignored.",
                     },
                 ],
                 "responses": {
@@ -129,7 +177,7 @@ def _add_live_paths(spec: APISpec) -> None:
                         "description": "An event stream of Result documents",
                         "content": {
                             "text/event-stream": {
-                                "schema": {"type": "string"},
+                                "schema": _SSE_EVENT,
                                 "example": 'id: 1\ndata: {"seq": 1, ...}\n\n',
                             }
                         },
@@ -154,6 +202,7 @@ def _add_live_paths(spec: APISpec) -> None:
                     'final one. Mistakes are answered with `{"error": {"code", "message", '
                     '"task_id"?}}` and the connection stays open.'
                 ),
+                "parameters": _WEBSOCKET_HANDSHAKE,
                 "responses": {
                     "101": {"description": "Switching to the WebSocket protocol"},
                     "400": error_answer("Not a WebSocket handshake"),
@@ -177,88 +226,8 @@ def _add_live_paths(spec: APISpec) -> None:
     )
 
 
-_FORM_FIELDS = {
-    "type": "object",
-    "additionalProperties": True,
-    "description": (
-        "The form's declared fields by name (other names are dropped), plus the CAPTCHA "
-        "widget's token (`cf-turnstile-response`, `h-captcha-response` or "
-        "`g-recaptcha-response`) and optionally `lang` (`en`, `ko`) for the pages."
-    ),
-    "example": {"name": "Kim", "email": "kim@example.org", "message": "Hello!"},
-}
-
-
-def _add_form_paths(spec: APISpec) -> None:
-    """`POST /api/v1/forms/{form_id}`: the forms the owner defined in FORMS_FILE."""
-    spec.tag(
-        {
-            "name": "forms",
-            "description": "Forms defined on the server (FORMS_FILE): the page sends only field "
-            "values; recipients and wording are the owner's.",
-        }
-    )
-    spec.path(
-        path="/api/v1/forms/{form_id}",
-        operations={
-            "post": {
-                "tags": ["forms"],
-                "summary": "Post a form",
-                "description": (
-                    "Takes JSON, urlencoded or multipart (text fields only) bodies. A request whose "
-                    "`Accept` prefers `text/html` (a browser's plain post) gets `303 See Other` to the "
-                    "form's `redirect` or the built-in thank-you page, and its refusals as HTML pages; "
-                    "every other request gets these JSON answers. `Idempotency-Key` works as on "
-                    "`/api/v1/email/received`."
-                ),
-                "parameters": [
-                    {
-                        "name": "form_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "example": "contact"},
-                    },
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-                    },
-                ],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        media: {"schema": _FORM_FIELDS}
-                        for media in (
-                            "application/json",
-                            "application/x-www-form-urlencoded",
-                            "multipart/form-data",
-                        )
-                    },
-                },
-                "responses": {
-                    "200": json_answer("Queued", "Queued; follow it with result_url, SSE or WebSocket"),
-                    "303": {"description": "A plain HTML post: to the form's redirect or /forms/thanks"},
-                    "400": error_answer("Not JSON, not UTF-8, or not an object"),
-                    "403": error_answer(
-                        "origin_not_allowed, or the CAPTCHA: captcha_missing, captcha_invalid "
-                        "(bad, expired or reused), captcha_unverifiable"
-                    ),
-                    "404": error_answer("form_not_found"),
-                    "409": error_answer("Idempotency-Key reused with another body"),
-                    "413": error_answer("Request too large, or too many fields"),
-                    "415": error_answer("Not JSON, urlencoded or multipart"),
-                    "422": error_answer("Invalid fields: `fields` and `field_codes` say which and why"),
-                    "429": error_answer("Too many posts from this client"),
-                    "503": error_answer("Queue unavailable"),
-                },
-            }
-        },
-    )
-
-
 def setup(app: web.Application) -> None:
-    spec = build_spec()
+    spec = build_spec(app[appkeys.SETTINGS].forms)
 
     async def openapi_json(request: web.Request) -> web.Response:
         return web.json_response(spec)
