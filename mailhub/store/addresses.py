@@ -7,6 +7,7 @@ address itself, so a listing of Redis keys names nobody.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from email.utils import getaddresses
 
@@ -16,6 +17,7 @@ def normalized(address: str) -> str:
     return address.strip().lower()
 
 
+@functools.lru_cache(maxsize=4096)
 def address_digest(address: str) -> str:
     """The index's name for `address` (128 bits of SHA-256 of its normalized form)."""
     return hashlib.sha256(normalized(address).encode()).hexdigest()[:32]

@@ -15,7 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import make_msgid, parseaddr
+from email.utils import parseaddr
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
@@ -181,8 +181,9 @@ class TaskStore:
         task_id = str(uuid.uuid4())
         now = now_iso()
         kept = EmailRequest(request.to, "", "", shown_to=request.shown_to) if decoy else request
-        # Stable across attempts, so a duplicate after an ambiguous failure is recognisable.
-        message_id = "" if decoy else make_msgid(idstring=task_id, domain=self.message_id_domain)
+        # Stable across attempts, so a duplicate after an ambiguous failure is
+        # recognisable; unique because the task id is.
+        message_id = "" if decoy else f"<{task_id}@{self.message_id_domain}>"
         values = _task_values(task_id, kept, message_id)
         # Without an Idempotency-Key the script neither reads nor keeps a fingerprint.
         once_key, fingerprint = keys.task(task_id), ""
