@@ -1,6 +1,6 @@
 """Delivery: 2,000 mails through the API until all are `success`, against the sink's capacity.
 
-    python -m bench.delivery [--count 2000] [--pool 8]
+    python -m bench.delivery [--count 2000] [--pool 16]
 
 The sink is aiosmtpd with STARTTLS and AUTH, in this process. Its capacity is
 measured in the same run by a bare aiosmtplib client process with as many
@@ -19,16 +19,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from redis.asyncio import Redis
 
-from bench.profiling import cpu_seconds
+from bench.profiling import cpu_seconds, py_spy, stop_py_spy, summarize_profile
 from bench.sink import Sink
 from bench.support import (
     MailhubServer,
@@ -49,8 +49,17 @@ from tests.helpers import eventually
 from tests.processes import clean_env
 
 
-async def raw_client_rate(sink: Sink, count: int, connections: int, *, fresh: bool = False) -> float:
-    """Mails per second a bare aiosmtplib client process gets through `sink`."""
+@dataclass(frozen=True)
+class RawRun:
+    """A run of the bare client: its rate, and CPU seconds per mail of it (sending only) and of the sink."""
+
+    rate: float
+    client_cpu: float
+    sink_cpu: float
+
+
+async def raw_client(sink: Sink, count: int, connections: int, *, fresh: bool = False) -> RawRun:
+    """Send `count` mails through `sink` from a bare aiosmtplib client process."""
     sink.handler.reset()
     args = [
         sys.executable,
@@ -65,6 +74,7 @@ async def raw_client_rate(sink: Sink, count: int, connections: int, *, fresh: bo
         "--connections",
         str(connections),
     ]
+    sink_started = time.process_time()
     done = await asyncio.to_thread(
         subprocess.run,
         args + ["--fresh"] * fresh,
@@ -73,34 +83,31 @@ async def raw_client_rate(sink: Sink, count: int, connections: int, *, fresh: bo
         text=True,
         timeout=300,
     )
+    sink_cpu = time.process_time() - sink_started
     if done.returncode != 0:
         raise RuntimeError(f"smtp_client failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout)
     if sink.handler.delivered != count:
         raise RuntimeError(f"sink got {sink.handler.delivered} of {count} raw mails")
-    return count / result["seconds"]
+    return RawRun(count / result["seconds"], result["cpu_seconds"] / count, sink_cpu / count)
 
 
-def children_cpu() -> float:
-    """CPU seconds of this process's waited-for children so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+async def raw_client_rate(sink: Sink, count: int, connections: int, *, fresh: bool = False) -> float:
+    """Mails per second a bare aiosmtplib client process gets through `sink`."""
+    return (await raw_client(sink, count, connections, fresh=fresh)).rate
 
 
-async def raw_client_cpu(sink: Sink, count: int, connections: int) -> tuple[float, float, float]:
-    """`raw_client_rate`, and the CPU seconds per mail of the client process and of the sink."""
-    client0, sink0 = children_cpu(), time.process_time()
-    rate = await raw_client_rate(sink, count, connections)
-    return rate, (children_cpu() - client0) / count, (time.process_time() - sink0) / count
-
-
-async def mailhub_rate(sink: Sink, count: int, pool: int, work: Path) -> tuple[float, float, float]:
+async def mailhub_rate(
+    sink: Sink, count: int, pool: int, work: Path, profile: Path | None = None
+) -> tuple[float, float, float]:
     """Mails per second from the first submit to the last `success`, all checked delivered;
-    and the CPU seconds per mail of the mailhub process and of this one (sink, submits)."""
+    and the CPU seconds per mail of the mailhub process and of this one (sink, submits).
+    With `profile`, py-spy samples the mailhub process meanwhile."""
     sink.handler.reset()
     env = sink_env(sink, work / "data", SMTP_POOL_SIZE=str(pool))
     with running(MailhubServer(env=env, log_dir=work)) as server:
         server.wait_ready()
+        profiler = py_spy(server.pid, profile) if profile else None
         mailhub0, bench0 = cpu_seconds(server.pid), time.process_time()
         submitted = await submit_all(server.url, [mail(n, "delivery") for n in range(count)])
         if submitted.errors:
@@ -109,6 +116,8 @@ async def mailhub_rate(sink: Sink, count: int, pool: int, work: Path) -> tuple[f
         task_ids = [t for t in submitted.task_ids if t]
         documents = await wait_for_results(server.url, task_ids, timeout=60)
         mailhub_cpu, bench_cpu = cpu_seconds(server.pid) - mailhub0, time.process_time() - bench0
+        if profiler is not None:
+            stop_py_spy(profiler)
     statuses = {doc["status"] for doc in documents}
     if statuses != {"success"} or sink.handler.delivered != count:
         raise RuntimeError(f"statuses {statuses}, {sink.handler.delivered} delivered of {count}")
@@ -151,15 +160,18 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument(
-        "--pool", type=int, default=8, help="SMTP_POOL_SIZE, and the raw client's connections"
+        "--pool", type=int, default=16, help="SMTP_POOL_SIZE, and the raw client's connections"
     )
+    parser.add_argument("--profile", type=Path, help="py-spy the all-in-one run; raw stacks to this file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mailhub-bench-") as tmp, Sink(Path(tmp)) as sink:
-        capacity, raw_cpu, sink_cpu = await raw_client_cpu(sink, args.count, args.pool)
+        raw = await raw_client(sink, args.count, args.pool)
         fresh = await raw_client_rate(sink, args.count // 4, args.pool, fresh=True)
-        mailhub, mailhub_cpu, bench_cpu = await mailhub_rate(sink, args.count, args.pool, Path(tmp))
+        mailhub, mailhub_cpu, bench_cpu = await mailhub_rate(
+            sink, args.count, args.pool, Path(tmp), args.profile
+        )
         split = {n: await split_rate(sink, args.count, args.pool, n, Path(tmp)) for n in (1, 2)}
-        capacity = max(capacity, await raw_client_rate(sink, args.count, args.pool))
+        capacity = max(raw.rate, await raw_client_rate(sink, args.count, args.pool))
     reused = f"raw aiosmtplib, {args.pool} reused connections"
     print_table(
         "Delivery (aiosmtpd STARTTLS + AUTH sink)",
@@ -184,22 +196,25 @@ async def main() -> int:
             ),
             Row("raw aiosmtplib, new connection per mail", fresh, "mails/s", capacity, reused),
             Row(
-                "CPU per mail: the mailhub process (web + worker; Valkey apart)",
+                "CPU per mail: the mailhub process (accept, deliver, record, result polls; Valkey apart)",
                 mailhub_cpu * 1e6,
                 "µs",
-                raw_cpu * 1e6,
-                "the raw client process, all of it: start-up, building, sending",
+                raw.client_cpu * 1e6,
+                f"the raw client process sending pre-built mails, {args.pool} reused connections",
+                "ratio <= 2.5",
             ),
             Row(
-                "CPU per mail: the sink, while mailhub delivers (+ submits, result polls)",
+                "CPU per mail: this process, while mailhub delivers (sink, submits, result polls)",
                 bench_cpu * 1e6,
                 "µs",
-                sink_cpu * 1e6,
+                raw.sink_cpu * 1e6,
                 "the sink, while the raw client sends",
             ),
         ],
         f"python -m bench.delivery --count {args.count} --pool {args.pool}",
     )
+    if args.profile:
+        summarize_profile(args.profile)
     return 0
 
 
