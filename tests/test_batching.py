@@ -79,3 +79,19 @@ async def test_a_caller_cancelled_before_sending_is_not_sent_and_disturbs_no_one
     with pytest.raises(asyncio.CancelledError):
         await calls[1]
     assert await redis.get("calls") == "2"  # cancelled before it left: not sent
+
+
+async def test_single_commands_share_the_pipeline_and_get_parsed_replies(redis):
+    batcher = ScriptBatcher(redis)
+    echo = redis.register_script(ECHO)
+    await redis.hset("h", mapping={"a": "1", "b": "2"})
+    got = await asyncio.gather(
+        batcher.command("HGET", "h", "a"),
+        batcher.run(echo, ["calls"], ["x"]),
+        batcher.command("HGETALL", "h"),
+        batcher.command("HGET", "h", "missing"),
+        return_exceptions=True,
+    )
+    assert got == ["1", "x", {"a": "1", "b": "2"}, None]
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await batcher.command("GET", "h")

@@ -93,7 +93,7 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.poll_interval = poll_interval
         #: Permits to start sends, shared with every other worker (no SMTP_RATE: throttling only).
-        self.pace = pace or SendPace(store.redis)
+        self.pace = pace or SendPace(store.redis, batcher=store.batcher)
         self.name = consumer_name()
         self.gate = SendingGate(sender, store.redis, self.name, recheck_interval, outbox=store.outbox)
         self.claims = Claims(
@@ -125,7 +125,7 @@ class Worker:
             recheck_interval=settings.smtp_recheck_interval,
             shutdown_grace=settings.shutdown_grace,
             poll_interval=poll_interval,
-            pace=SendPace.from_settings(store.redis, settings),
+            pace=SendPace.from_settings(store.redis, settings, store.batcher),
         )
 
     @property

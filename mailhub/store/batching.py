@@ -1,4 +1,4 @@
-"""Script calls made in the same event-loop turn go to Redis as one pipeline.
+"""Script calls (and single commands) made in the same event-loop turn go to Redis as one pipeline.
 
 Under load, many submits (or a worker's many sends) run a Lua script at the
 same moment. Alone, each call pays redis-py's whole cost of a round trip: a
@@ -38,7 +38,8 @@ MAX_BATCH = 256
 
 @dataclass(frozen=True)
 class _Call:
-    script: AsyncScript
+    #: None for a single command: `args` is then the whole command.
+    script: AsyncScript | None
     keys: Sequence[Any]
     args: Sequence[Any]
     future: asyncio.Future[Any]
@@ -64,12 +65,21 @@ class ScriptBatcher:
 
         `replicated`: only once the replicas `replication` asks for hold its writes (else `NotReplicated`).
         """
+        return await self._queue(script, keys, args, replicated)
+
+    async def command(self, *args: Any) -> Any:
+        """The reply to one Redis command (e.g. `"HGET", key, field`), parsed as redis-py parses it."""
+        return await self._queue(None, (), args, False)
+
+    def _queue(
+        self, script: AsyncScript | None, keys: Sequence[Any], args: Sequence[Any], replicated: bool
+    ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         call = _Call(script, keys, args, loop.create_future(), replicated)
         self._pending.append(call)
         if len(self._pending) == 1:
             loop.call_soon(self._send_pending)
-        return await call.future
+        return call.future
 
     def _send_pending(self) -> None:
         # A caller cancelled before its call left (a client gone) is not sent.
@@ -109,7 +119,9 @@ class ScriptBatcher:
             wanted = await self.replication.wanted(self.redis)
         async with self.redis.pipeline(transaction=False) as pipe:
             for call in batch:
-                if cached:
+                if call.script is None:
+                    pipe.execute_command(*call.args)
+                elif cached:
                     pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
                 else:
                     pipe.execute_command("EVAL", call.script.script, len(call.keys), *call.keys, *call.args)

@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 
 from mailhub.settings import Settings
 from mailhub.store import keys
+from mailhub.store.batching import ScriptBatcher
 from mailhub.store.rate_limit import rate_windows
 
 #: The longest pause a slow-down grows to, in seconds.
@@ -143,7 +144,9 @@ class SendPace:
         *,
         throttle_pause: float = Settings.smtp_throttle_pause,
         throttle_recovery: float = Settings.smtp_throttle_recovery,
+        batcher: ScriptBatcher | None = None,
     ) -> None:
+        """`batcher`: shares pipelines with other calls (the task store's); by default one of its own."""
         amounts = dict((seconds, amount) for amount, seconds in windows)
         # The one-second log comes first, with or without an amount of its own.
         lengths = [_SECOND, *sorted(set(amounts) - {_SECOND})]
@@ -152,6 +155,7 @@ class SendPace:
         self._log_args = [n for s in lengths for n in (amounts.get(s, -1), s * 1000)]
         self._pause_ms = int(throttle_pause * 1000)
         self._recovery_ms = int(throttle_recovery * 1000)
+        self._batcher = batcher or ScriptBatcher(redis)
         self._reserve = redis.register_script(_RESERVE)
         self._give_back = redis.register_script(_GIVE_BACK)
         self._throttled = redis.register_script(_THROTTLED)
@@ -159,13 +163,16 @@ class SendPace:
         self._serial = itertools.count()
 
     @classmethod
-    def from_settings(cls, redis: Redis, settings: Settings) -> SendPace:
+    def from_settings(
+        cls, redis: Redis, settings: Settings, batcher: ScriptBatcher | None = None
+    ) -> SendPace:
         """The pace `SMTP_RATE` and the throttling settings ask for."""
         return cls(
             redis,
             rate_windows(settings.smtp_rate) if settings.smtp_rate else (),
             throttle_pause=settings.smtp_throttle_pause,
             throttle_recovery=settings.smtp_throttle_recovery,
+            batcher=batcher,
         )
 
     async def reserve(self, wanted: int) -> Permits:
@@ -175,8 +182,8 @@ class SendPace:
         crash only counts until its window ends.
         """
         token = f"{self._prefix}{next(self._serial)}"
-        granted, wait_ms, now_ms = await self._reserve(
-            keys=[keys.PACE_THROTTLE, *self._logs], args=[wanted, token, *self._log_args]
+        granted, wait_ms, now_ms = await self._batcher.run(
+            self._reserve, [keys.PACE_THROTTLE, *self._logs], [wanted, token, *self._log_args]
         )
         return Permits(int(granted), int(wait_ms) / 1000, int(now_ms), token)
 

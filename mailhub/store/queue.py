@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 
 from mailhub.errors import QueueGroupMissing
 from mailhub.store import keys, scripts
+from mailhub.store.batching import ScriptBatcher
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,10 @@ class QueueDepth:
 class WorkQueue:
     """Every Redis command on the queue stream and the retries set; takes a Redis client."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, batcher: ScriptBatcher | None = None) -> None:
+        """`batcher`: shares pipelines with other calls (the task store's); by default one of its own."""
         self.redis = redis
+        self._batcher = batcher or ScriptBatcher(redis)
         self._promote = redis.register_script(scripts.source(scripts.PROMOTE_DUE))
 
     async def ensure_group(self) -> bool:
@@ -76,11 +79,29 @@ class WorkQueue:
         With none there, waits up to `block` seconds for one (None: answers at once).
         Raises `QueueGroupMissing` if Redis has lost the group.
         """
-        wait_ms = None if block is None else max(1, int(block * 1000))  # BLOCK 0 would wait forever
         with _group_needed():
-            reply: Any = await self.redis.xreadgroup(
-                keys.WORKERS_GROUP, consumer, {keys.QUEUE: ">"}, count=count, block=wait_ms
-            )
+            reply: Any
+            if block is None:  # answers at once: it may share a pipeline
+                reply = await self._batcher.command(
+                    "XREADGROUP",
+                    "GROUP",
+                    keys.WORKERS_GROUP,
+                    consumer,
+                    "COUNT",
+                    count,
+                    "STREAMS",
+                    keys.QUEUE,
+                    ">",
+                )
+            else:
+                reply = await self.redis.xreadgroup(
+                    # BLOCK 0 would wait forever
+                    keys.WORKERS_GROUP,
+                    consumer,
+                    {keys.QUEUE: ">"},
+                    count=count,
+                    block=max(1, int(block * 1000)),
+                )
         return [
             QueueEntry(entry_id, fields["task_id"])
             for _, entries in reply or []

@@ -133,8 +133,9 @@ class TaskStore:
         self.max_queue_age = max_queue_age
         self.message_id_domain = message_id_domain
         #: The stream and retries set the tasks wait in.
-        self.queue = WorkQueue(redis)
-        self._batcher = ScriptBatcher(redis, replication=replication)
+        #: Pipelines this store's calls share (with the queue's and the send pace's).
+        self.batcher = ScriptBatcher(redis, replication=replication)
+        self.queue = WorkQueue(redis, self.batcher)
         #: With `notify`, the end of each task is queued for webhooks and alerts.
         self.outbox = Outbox(redis) if notify else None
         self._enqueue = redis.register_script(scripts.source(scripts.ENQUEUE, outbox=notify))
@@ -194,7 +195,7 @@ class TaskStore:
             )
         limit_keys, limit_args = (quota.counter_keys(), quota.script_args()) if quota else ([], [])
         decoy_retention = self.retention if decoy else 0
-        answer = await self._batcher.run(
+        answer = await self.batcher.run(
             self._enqueue,
             [keys.task(task_id), keys.QUEUE, once_key, *limit_keys],
             [now, fingerprint, IDEMPOTENCY_TTL, decoy_retention, *limit_args, *values],
@@ -221,7 +222,7 @@ class TaskStore:
 
     async def result(self, task_id: str) -> str | None:
         """The task's result document as JSON text, or None if unknown or expired."""
-        doc = await self.redis.hget(keys.task(task_id), "doc")
+        doc = await self.batcher.command("HGET", keys.task(task_id), "doc")
         return doc.decode() if isinstance(doc, bytes) else doc
 
     async def begin_attempt(self, entry: QueueEntry) -> Attempt | None:
@@ -231,7 +232,7 @@ class TaskStore:
         `max_queue_age`, is failed here instead (and logged with its detail);
         an entry whose task is gone from Redis is dropped (and logged).
         """
-        row = await self._batcher.run(
+        row = await self.batcher.run(
             self._begin,
             [keys.task(entry.task_id), keys.QUEUE],
             [
@@ -272,7 +273,7 @@ class TaskStore:
         )
 
     async def succeed(self, attempt: Attempt) -> None:
-        await self._batcher.run(
+        await self.batcher.run(
             self._succeed,
             [keys.task(attempt.task_id), keys.QUEUE],
             [attempt.entry_id, attempt.number, now_iso(), self.retention],
@@ -280,7 +281,7 @@ class TaskStore:
 
     async def fail(self, attempt: Attempt, reason: str, detail: str) -> None:
         """Fail the task for good: `reason` for the result document, `detail` kept in the hash only."""
-        await self._batcher.run(
+        await self.batcher.run(
             self._fail,
             [keys.task(attempt.task_id), keys.QUEUE],
             [attempt.entry_id, attempt.number, now_iso(), self.retention, reason, detail],
@@ -294,7 +295,7 @@ class TaskStore:
         `error` becomes the result document's `last_error`; `detail` is kept in the hash only.
         """
         due = time.time() + delay
-        await self._batcher.run(
+        await self.batcher.run(
             self._retry,
             [keys.task(attempt.task_id), keys.QUEUE, keys.RETRIES],
             [
