@@ -23,7 +23,10 @@ def address_digest(address: str) -> str:
     return hashlib.sha256(normalized(address).encode()).hexdigest()[:32]
 
 
-def people(to: str, reply_to: str = "") -> list[str]:
-    """Digests of everyone a task is about: each recipient, and its Reply-To."""
+@functools.lru_cache(maxsize=4096)
+def people(to: str, reply_to: str = "") -> tuple[str, ...]:
+    """Digests of everyone a task is about: each recipient, and its Reply-To.
+
+    Cached: the same recipients come back submit after submit."""
     found = [addr for _, addr in getaddresses([to, reply_to]) if "@" in addr]
-    return sorted({address_digest(addr) for addr in found})
+    return tuple(sorted({address_digest(addr) for addr in found}))
