@@ -1,10 +1,11 @@
-"""Every benchmark, one after the other, in one run: the README's Performance table.
+"""Every benchmark, one after the other, in one run: bench/README.md's results table.
 
     python -m bench.all [--out bench-results.md] [--backlog-count 100000] [--only NAME ...]
 
 Each benchmark runs as its own process (so one's leftovers cannot slow the
 next), with its default options; the report starts with the commit, the
-machine and its load, then each benchmark's table and its wall time. A
+machine and its load, every goal a benchmark checked (✓ met, ✗ not) in one
+table, then each benchmark's table and its wall time. A
 benchmark that fails is reported as failed and the others still run; the
 exit code is then 1. Postfix's smtp-sink benchmark is skipped when
 `/usr/sbin/smtp-sink` is missing.
@@ -61,7 +62,18 @@ def header() -> str:
     )
 
 
-def run_one(name: str, args: list[str], extra: list[str], report: list[str]) -> bool:
+def summary(goals: list[str]) -> str:
+    """Every checked goal of the run in one table, ahead of the benchmarks' own tables."""
+    head = "| benchmark | figure | value | baseline | ratio | goal |\n|---|---|---:|---|---:|---|\n"
+    return "\n## Goals, from this run\n\n" + head + "\n".join(goals) + "\n" if goals else ""
+
+
+def goal_rows(name: str, output: str) -> list[str]:
+    """The table rows of a benchmark's output that carry a checked goal (✓ or ✗), named after it."""
+    return [f"| {name} {line}" for line in output.splitlines() if line.endswith((" ✓ |", " ✗ |"))]
+
+
+def run_one(name: str, args: list[str], extra: list[str], report: list[str], goals: list[str]) -> bool:
     command = [sys.executable, "-m", *args, *extra]
     print(f"== {name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
     started = time.monotonic()
@@ -69,6 +81,7 @@ def run_one(name: str, args: list[str], extra: list[str], report: list[str]) -> 
     seconds = time.monotonic() - started
     report.append(f"\n## {name} ({seconds:.0f} s{', FAILED' if done.returncode else ''})\n")
     report.append(done.stdout.strip() + "\n")
+    goals += goal_rows(name, done.stdout)
     if done.returncode:
         report.append(f"\n```\n{done.stderr.strip()[-3000:]}\n```\n")
     return done.returncode == 0
@@ -80,7 +93,8 @@ def main() -> int:
     parser.add_argument("--backlog-count", type=int, default=100_000)
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these")
     args = parser.parse_args()
-    report = [header()]
+    report: list[str] = []
+    goals: list[str] = []
     ok = True
     for name, bench_args in BENCHMARKS.items():
         if args.only and name not in args.only:
@@ -89,9 +103,9 @@ def main() -> int:
             report.append(f"\n## {name}: skipped ({SMTP_SINK} missing: apt-get install postfix)\n")
             continue
         extra = ["--count", str(args.backlog_count)] if name == "backlog" else []
-        ok = run_one(name, bench_args, extra, report) and ok
-        args.out.write_text("".join(report))
-    print("".join(report))
+        ok = run_one(name, bench_args, extra, report, goals) and ok
+        args.out.write_text(header() + summary(goals) + "".join(report))
+    print(header() + summary(goals) + "".join(report))
     return 0 if ok else 1
 
 

@@ -45,5 +45,5 @@ def request(n: int, tag: str) -> EmailRequest:
 
 
 def task_id_in(message_id: str) -> str:
-    """The task id a mailhub Message-ID carries (`<TASK_ID@domain>`; before: `<time.pid.random.TASK_ID@domain>`)."""
+    """The task id in a mailhub Message-ID: `<TASK_ID@domain>` (or `<time.pid.random.TASK_ID@domain>`)."""
     return message_id.strip("<>").partition("@")[0].rpartition(".")[2]

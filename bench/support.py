@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -242,6 +243,23 @@ class Row:
     def ratio(self) -> str:
         return f"{self.value / self.baseline:.2f}" if self.baseline else "-"
 
+    @property
+    def verdict(self) -> str:
+        """✓ or ✗ for a goal of the form `ratio >= 0.9`, `<= 600 bytes` or `0`; "" for any other."""
+        match = _GOAL.fullmatch(self.goal.strip())
+        if match is None:
+            return ""
+        subject, operator, bound = match["subject"], match["op"] or "==", float(match["bound"])
+        if subject and not self.baseline:
+            return ""
+        measured = round(self.value / self.baseline, 2) if subject else self.value
+        met = {"==": measured == bound, ">=": measured >= bound, "<=": measured <= bound}[operator]
+        return "✓" if met else "✗"
+
+
+#: A goal `Row.verdict` can check: on the ratio or on the value itself, with an optional unit.
+_GOAL = re.compile(r"(?P<subject>ratio )?(?P<op>>=|<=)? ?(?P<bound>\d+(?:\.\d+)?)(?: [^\d]+)?")
+
 
 def print_table(title: str, rows: list[Row], command: str) -> None:
     """The results as a markdown table, with the command that produced them."""
@@ -255,7 +273,8 @@ def print_table(title: str, rows: list[Row], command: str) -> None:
             else row.baseline_name or "-"
         )
         print(
-            f"| {row.figure} | {_fmt(row.value)} {row.unit} | {baseline} | {row.ratio} | {row.goal or '-'} |"
+            f"| {row.figure} | {_fmt(row.value)} {row.unit} | {baseline} | {row.ratio} "
+            f"| {' '.join(filter(None, (row.goal, row.verdict))) or '-'} |"
         )
     print(f"\ncommand: `{command}`")
 
