@@ -18,13 +18,12 @@ of a gap (a pub/sub reconnect), re-reads the stored state instead.
 
 from __future__ import annotations
 
-import asyncio
-import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
 from mailhub.live.event import Event
+from mailhub.live.mailbox import Mailbox, Signal
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +41,6 @@ class Queued:
 
 
 Writer: TypeAlias = Direct | Queued
-
-
-class Signal(enum.Enum):
-    """What a subscription's queue may hold besides events."""
-
-    RESYNC = "resync"  #: events may have been lost (reconnect, overflow): re-read the stored state
-    CLOSED = "closed"  #: the subscription is over; nothing more will come
 
 
 class Subscription:
@@ -69,11 +61,7 @@ class Subscription:
         self.task_id = task_id
         self._read_state = read_state
         self._on_close = on_close
-        # A plain list and one future while the loop waits: an asyncio.Queue costs
-        # ~3 KiB, a sixth of what a stream costs the server at 10,000 of them.
-        self._queue: list[Event | Signal] = []
-        self._maxsize = queue_size
-        self._waiter: asyncio.Future[None] | None = None
+        self._queue: Mailbox[Event] = Mailbox(queue_size)
         self._writer: Writer | None = None
         self._live = False
         #: The seq of the last event given to the client.
@@ -90,11 +78,11 @@ class Subscription:
         if self._live:
             self._write_now(event)
         else:
-            self._put(event)
+            self._queue.put(event)
 
     def resync(self) -> None:
         """Events may have been lost: the loop re-reads the stored state."""
-        self._put(Signal.RESYNC)
+        self._queue.put(Signal.RESYNC)
 
     def close(self) -> None:
         """Stop receiving; `run` ends at its next step, or at once if it has not started."""
@@ -103,7 +91,7 @@ class Subscription:
         self.closed = True
         self._live = False
         self._on_close(self)
-        self._put(Signal.CLOSED)
+        self._queue.put(Signal.CLOSED)
 
     def __enter__(self) -> Subscription:
         return self
@@ -152,7 +140,7 @@ class Subscription:
         while True:
             # Nothing queued: a Direct writer goes live, and the hub writes from now on.
             self._live = isinstance(self._writer, Direct) and not self._queue and not self.closed
-            item = await self._get(idle if alive else None)
+            item = await self._queue.get(idle if alive else None)
             if isinstance(item, Event):
                 return item
             if item is Signal.CLOSED or (alive is not None and not alive()):
@@ -180,32 +168,9 @@ class Subscription:
         assert isinstance(self._writer, Direct)
         if not self._writer.write(event):
             self._live = False
-            self._put(Signal.RESYNC)  # re-read, and written again, once the client catches up
+            self._queue.put(Signal.RESYNC)  # re-read, and written again, once the client catches up
             return
         self.last = event.seq
         if event.terminal:
             self._live = False
-            self._put(event)  # already written: wakes the loop to end the feed
-
-    async def _get(self, timeout: float | None) -> Event | Signal | None:
-        """The next queued item; None if `timeout` seconds pass without one."""
-        if not self._queue:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._waiter
-            except TimeoutError:
-                return None
-            finally:
-                self._waiter = None
-        return self._queue.pop(0)
-
-    def _put(self, item: Event | Signal) -> None:
-        if len(self._queue) >= self._maxsize:
-            # A client this far behind skips to the stored state instead of
-            # holding an unbounded backlog in the server's memory.
-            self._queue.clear()
-            item = Signal.CLOSED if item is Signal.CLOSED else Signal.RESYNC
-        self._queue.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+            self._queue.put(event)  # already written: wakes the loop to end the feed

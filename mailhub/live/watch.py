@@ -9,10 +9,9 @@ instead of holding a backlog in the server's memory.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
-from mailhub.live.subscription import Signal
+from mailhub.live.mailbox import Mailbox, Signal
 
 
 class AllTasks:
@@ -23,46 +22,27 @@ class AllTasks:
 
     def __init__(self, *, on_close: Callable[[AllTasks], None], queue_size: int) -> None:
         self._on_close = on_close
-        self._queue: list[str | Signal] = []
-        self._maxsize = queue_size
-        self._waiter: asyncio.Future[None] | None = None
+        self._queue: Mailbox[str] = Mailbox(queue_size)
         self.closed = False
 
     def deliver(self, message: str) -> None:
         """Take one message of the channel (the hub calls this in publish order)."""
-        self._put(message)
+        self._queue.put(message)
 
     def resync(self) -> None:
         """Messages may have been lost (a pub/sub reconnect)."""
-        self._put(Signal.RESYNC)
+        self._queue.put(Signal.RESYNC)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         self._on_close(self)
-        self._put(Signal.CLOSED)
+        self._queue.put(Signal.CLOSED)
 
     async def get(self, timeout: float | None = None) -> str | Signal | None:
         """The next message or signal; None if `timeout` seconds pass without one."""
-        if not self._queue:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._waiter
-            except TimeoutError:
-                return None
-            finally:
-                self._waiter = None
-        return self._queue.pop(0)
-
-    def _put(self, item: str | Signal) -> None:
-        if len(self._queue) >= self._maxsize:
-            self._queue.clear()
-            item = Signal.CLOSED if item is Signal.CLOSED else Signal.RESYNC
-        self._queue.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        return await self._queue.get(timeout)
 
     def __enter__(self) -> AllTasks:
         return self

@@ -25,7 +25,7 @@ from aiohttp_sse import EventSourceResponse, sse_response
 
 from mailhub.errors import ServiceUnavailable
 from mailhub.live.event import deleted_task
-from mailhub.live.subscription import Signal
+from mailhub.live.mailbox import Signal
 from mailhub.live.watch import AllTasks
 from mailhub.web import appkeys
 from mailhub.web.admin_auth import TICKET_SECONDS
