@@ -14,6 +14,7 @@ from mailhub.store import keys, scripts
 from mailhub.store.addresses import address_digest
 from mailhub.store.admin import Resend, TaskAdmin
 from mailhub.store.index import Cursor, TaskIndex
+from mailhub.store.index import timeline as index_timeline
 from mailhub.store.overview import overview
 from mailhub.store.tasks import EmailRequest, TaskStore
 from tests.driver import TaskDriver
@@ -137,7 +138,7 @@ async def test_a_long_deferred_task_keeps_a_bounded_timeline_with_its_first_line
         )
     timeline = await redis.hget(keys.task(task_id), "timeline")
     assert len(timeline.encode()) <= scripts.TIMELINE_BYTES
-    lines = [json.loads(line) for line in timeline.splitlines()]
+    lines = index_timeline(timeline)
     assert lines[0]["event"] == "queued"
     assert lines[-1]["seq"] == 161 and lines[-1]["event"] == "retry"
     assert [line["seq"] for line in lines[1:]] == list(range(lines[1]["seq"], 162))
@@ -167,7 +168,7 @@ async def test_resend_requeues_only_a_failed_task_with_a_fresh_budget(store, red
     assert after["state"] == "queued" and after["attempts"] == "0" and after["resends"] == "1"
     assert after["message_id"] == before["message_id"]
     assert "reason" not in after and await redis.ttl(keys.task(task_id)) == -1
-    doc = json.loads(after["doc"])
+    doc = json.loads(await store.result(task_id) or "{}")
     assert (doc["status"], doc["event"], doc["seq"], doc["attempts"]) == ("pending", "requeued", 4, 0)
     assert await ids(index, status="pending") == [task_id] and await ids(index, status="failed") == []
     assert await admin.resend(task_id) is Resend.NOT_FAILED

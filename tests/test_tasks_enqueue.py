@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -83,4 +84,4 @@ async def test_a_repeated_enqueue_of_the_same_task_queues_it_once(store, redis, 
     assert (first.task_id, first.created) == (str(fixed), True)
     assert (again.task_id, again.created) == (str(fixed), False)
     assert await redis.xlen(keys.QUEUE) == 1
-    assert await redis.hget(keys.task(str(fixed)), "seq") == "1"
+    assert json.loads(await store.result(str(fixed)) or "{}")["seq"] == 1  # one `queued` event

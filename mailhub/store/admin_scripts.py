@@ -23,7 +23,7 @@ local function requeue(key, at)
   redis.call('HDEL', key, 'reason', 'detail', 'last_error', 'next_attempt_at')
   redis.call('HINCRBY', key, 'resends', 1)
   redis.call('PERSIST', key)
-  queue_task(key, '$QUEUE', redis.call('HGET', key, 'task_id'))
+  queue_task(key, '$QUEUE', task_id_of(key))
   emit(key, 'requeued', at)
   entered(key, 'pending')
   return 1
@@ -136,6 +136,28 @@ for i = 1, #rows, 2 do
   end
 end
 return page
+"""
+
+#: KEYS: task hashes. Returns for each, in order, what the owner's list shows
+#: of it: {to, subject, created_at, message_id, detail, last_error, reason,
+#: resends, decoy, result document (JSON)}, or nil if it is gone. Its
+#: `created_at` is its timeline's first line (a task written before the
+#: lines were compact also has the field).
+SUMMARIES = """
+local rows = {}
+for i, key in ipairs(KEYS) do
+  local doc = render(key)
+  rows[i] = false
+  if doc then
+    local f = redis.call('HMGET', key, 'to', 'subject', 'created_at', 'message_id', 'detail',
+                         'last_error', 'reason', 'resends', 'decoy', 'timeline')
+    local first = string.match(f[10] or '', '^[^\\n]*')
+    f[3] = f[3] or select(3, line_fields(first)) or false
+    f[10] = doc
+    rows[i] = f
+  end
+end
+return rows
 """
 
 _NAMES = {

@@ -4,7 +4,7 @@ The transition scripts file every task in one sorted set per public status
 (`keys.status_index`) and one per address it is about
 (`keys.address_index`), scored by when it entered its current status; a
 finished task's entries are trimmed when its hash expires. Reading a page
-costs one script call per set and one HMGET per task shown.
+costs one script call per set and one for the summaries of the tasks shown.
 
 A page ends with a cursor, the (score, task id) of its last task: the next
 page starts after it, so tasks filed meanwhile neither repeat nor shift it.
@@ -27,8 +27,8 @@ from mailhub.store.addresses import address_digest
 STATUSES = ("pending", "success", "failed")
 #: Entries of an address index examined at most per page when a status filters them too.
 MAX_EXAMINED = 1000
+#: What `admin_scripts.SUMMARIES` answers for a task, in its order.
 _SUMMARY_FIELDS = (
-    "doc",
     "to",
     "subject",
     "created_at",
@@ -38,6 +38,7 @@ _SUMMARY_FIELDS = (
     "reason",
     "resends",
     "decoy",
+    "doc",
 )
 _CURSOR = re.compile(r"^(\d{1,15}):([0-9a-f-]{36})$")
 
@@ -75,6 +76,7 @@ class TaskIndex:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._page = redis.register_script(admin_scripts.PAGE)
+        self._summaries = redis.register_script(admin_scripts.source(admin_scripts.SUMMARIES))
 
     async def page(
         self,
@@ -124,26 +126,32 @@ class TaskIndex:
         """Each task's `summary`, in order; None for one that is gone meanwhile."""
         if not task_ids:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for task_id in task_ids:
-                pipe.hmget(keys.task(task_id), _SUMMARY_FIELDS)
-            rows = await pipe.execute()
+        rows = await self._summaries(keys=[keys.task(task_id) for task_id in task_ids])
+        found = [dict(zip(_SUMMARY_FIELDS, row)) if row else None for row in rows]
         # A decoy (a filled honeypot) is filed under its address, for erasure, but never listed.
-        return [summary(dict(zip(_SUMMARY_FIELDS, row))) if row[0] and not row[-1] else None for row in rows]
+        return [summary(fields) if fields and not fields["decoy"] else None for fields in found]
 
     async def task(self, task_id: str) -> dict[str, Any] | None:
         """One task in full: its summary, its request and its timeline; None if gone."""
-        stored = {_text(k): _text(v) for k, v in (await self.redis.hgetall(keys.task(task_id))).items()}
-        if "doc" not in stored:
+        key = keys.task(task_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await self._summaries(keys=[key], client=pipe)
+            pipe.hgetall(key)
+            [row], everything = await pipe.execute()
+        stored = {_text(k): _text(v) for k, v in everything.items()}
+        if not row or not stored:
             return None
-        task = summary(stored)
-        for name in ("body", "username", "reply_to", "from_name", "delivered_at"):
+        task = summary(dict(zip(_SUMMARY_FIELDS, row)))
+        for name in ("body", "username", "reply_to", "from_name"):
             if stored.get(name):
                 task[name] = stored[name]
         task["html"] = bool(stored.get("html"))
         if stored.get("decoy"):
             task["decoy"] = True
-        task["timeline"] = [json.loads(line) for line in stored.get("timeline", "").splitlines()]
+        task["timeline"] = timeline(stored.get("timeline", ""))
+        delivered = [line["at"] for line in task["timeline"] if line["event"] == "success"]
+        if stored.get("delivered_at") or delivered:  # a task written before has the field
+            task["delivered_at"] = stored.get("delivered_at") or delivered[-1]
         return task
 
 
@@ -164,6 +172,26 @@ def summary(stored: dict[str, Any]) -> dict[str, Any]:
     if detail:
         task["detail"] = detail
     return task
+
+
+def timeline(text: str) -> list[dict[str, Any]]:
+    """A task's timeline, oldest first: each line's seq, event, at, attempts, and detail if any.
+
+    A line is `<seq> <event> <at> <attempts>[ <detail as a JSON string>]`;
+    a task written before the lines were compact has JSON objects.
+    """
+    entries: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            entries.append(json.loads(line))
+            continue
+        seq, event, at, rest = line.split(" ", 3)
+        attempts, _, detail = rest.partition(" ")
+        entry: dict[str, Any] = {"seq": int(seq), "event": event, "at": at, "attempts": int(attempts)}
+        if detail:
+            entry["detail"] = json.loads(detail)
+        entries.append(entry)
+    return entries
 
 
 def _text(value: Any) -> str:

@@ -1,12 +1,14 @@
 """Lua scripts that change a task's state.
 
-Each script writes the new state, renders the task's result document, stores
-it in the hash (`doc`), publishes it on the events channel and moves the queue
-entry, all in one atomic step: no state without its queue entry, no
-transition without its event. `emit` is the one renderer of the document
-that both the result endpoint and the live streams serve. The document is
-public, so failures appear in it as a fixed phrase (`mailhub.reasons`); the
-full text is kept in the hash's `detail` field, which `emit` never renders.
+Each script writes the new state, adds the transition to the task's timeline,
+renders the task's result document, publishes it on the events channel and
+moves the queue entry, all in one atomic step: no state without its queue
+entry, no transition without its event. The document is not stored: `render`
+builds it from the hash's fields and the timeline's last line (seq, event,
+time), so the result endpoint (`RESULT`) and the live streams serve the same
+text from one renderer. The document is public, so failures appear in it as
+a fixed phrase (`mailhub.reasons`); the full text is kept in the hash's
+`detail` field, which the document never shows.
 
 A submit is counted against the client's rate limits (`over_limit`, from
 `rate_limit`) by the same script that queues it, so an accepted submit is one
@@ -32,10 +34,16 @@ local function clock_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The owner's timeline: one JSON line per transition, in the hash (so it
--- expires and goes with it). Past $TIMELINE_BYTES bytes the oldest lines but
--- the first give way: a mail deferred for hours while sending is paused
--- does not grow it without end.
+-- A task's id is its key's suffix: the hash does not repeat it.
+local function task_id_of(key)
+  return string.sub(key, #'$TASK' + 1)
+end
+
+-- The owner's timeline: one line per transition, in the hash (so it expires
+-- and goes with it): `<seq> <event> <at> <attempts>`, and for a failure or
+-- a retry the error's full text as a JSON string. Past $TIMELINE_BYTES bytes
+-- the oldest lines but the first give way: a mail deferred for hours while
+-- sending is paused does not grow it without end.
 local function add_to_timeline(key, line)
   local text = (redis.call('HGET', key, 'timeline') or '') .. line .. '\\n'
   if #text > $TIMELINE_BYTES then
@@ -44,6 +52,56 @@ local function add_to_timeline(key, line)
     text = string.sub(text, 1, first) .. string.sub(text, cut + 1)
   end
   redis.call('HSET', key, 'timeline', text)
+end
+
+-- The last line of a timeline (its text ends with a line break; '' for none).
+local function last_line(text)
+  local stop = #text - 1
+  local start = stop
+  while start > 0 and string.byte(text, start) ~= 10 do start = start - 1 end
+  return string.sub(text, start + 1, stop)
+end
+
+-- A timeline line's seq (a number), event and time. A task written before
+-- the lines were compact has JSON objects (`{"seq":1,"event":...}`).
+local function line_fields(line)
+  if string.sub(line, 1, 1) == '{' then
+    local old = cjson.decode(line)
+    return old.seq, old.event, old.at
+  end
+  local seq, event, at = string.match(line, '^(%d+) (%S+) (%S+)')
+  return tonumber(seq), event, at
+end
+
+-- The fields the result document shows, then what a caller reads with them.
+local function read_shown(key, ...)
+  return redis.call('HMGET', key, 'state', 'to', 'attempts', 'reason', 'last_error',
+                    'next_attempt_at', 'shown_to', ...)
+end
+
+-- The result document of the task at `key`: `f` as `read_shown` read it,
+-- with the seq, event and time of its last transition. Nil if unknown.
+local function document(key, f, seq, event, at)
+  if not f[1] then return nil end
+  local doc = {task_id=task_id_of(key), to=f[7] or f[2], status=PUBLIC[f[1]],
+               attempts=tonumber(f[3]) or 0, seq=seq, event=event, at=at}
+  if f[1] == 'failed' then doc.reason = f[4] end
+  if f[1] == 'retrying' then
+    doc.last_error = f[5]
+    doc.next_attempt_at = f[6]
+  end
+  return doc
+end
+
+-- The result document as JSON, as the last transition published it (the
+-- timeline's last line has its seq, event and time); false if unknown. A
+-- hash written before documents were rendered (it has `doc`) keeps its
+-- stored one until its next transition.
+local function render(key)
+  local f = read_shown(key, 'timeline', 'doc')
+  if f[9] then return f[9] end
+  local doc = f[8] and document(key, f, line_fields(last_line(f[8])))
+  return doc and cjson.encode(doc) or false
 end
 
 -- Files the task under each address digest in `people`, scored `now`. With
@@ -69,15 +127,22 @@ end
 -- hash, `retention` seconds after it ended (nil while pending: no expiry).
 -- This is also where a delivered/failed notification would be queued.
 local function entered(key, status, retention)
-  local f = redis.call('HMGET', key, 'task_id', 'people')
-  local task_id, now = f[1], clock_ms()
+  local task_id, now = task_id_of(key), clock_ms()
   for _, other in ipairs(STATUSES) do
     if other ~= status then redis.call('ZREM', '$STATUS_INDEX' .. other, task_id) end
   end
   local index = '$STATUS_INDEX' .. status
   redis.call('ZADD', index, now, task_id)
   if retention then redis.call('ZREMRANGEBYSCORE', index, '-inf', now - tonumber(retention) * 1000) end
-  file_under_addresses(task_id, f[2], now, retention)
+  file_under_addresses(task_id, redis.call('HGET', key, 'people'), now, retention)
+end
+
+-- The task ended (`success` or `failed`): filed so, its queue entry
+-- forgotten (it is acknowledged), and the hash expires after `retention`.
+local function finished(key, status, retention)
+  entered(key, status, retention)
+  redis.call('HDEL', key, 'entry')
+  redis.call('EXPIRE', key, retention)
 end
 
 -- Puts the task on the queue and remembers its entry (a deleted task's goes too).
@@ -85,26 +150,22 @@ local function queue_task(key, queue, task_id)
   redis.call('HSET', key, 'entry', redis.call('XADD', queue, '*', 'task_id', task_id))
 end
 
+-- Records a transition: its timeline line, then its document, published
+-- (and announced to webhooks and alerts). Returns the document as JSON.
 local function emit(key, event, at)
-  local seq = redis.call('HINCRBY', key, 'seq', 1)
-  local f = redis.call('HMGET', key, 'task_id', 'to', 'state', 'attempts',
-                       'reason', 'last_error', 'next_attempt_at', 'shown_to', 'detail')
-  local doc = {task_id=f[1], to=f[8] or f[2], status=PUBLIC[f[3]],
-               attempts=tonumber(f[4]) or 0, seq=seq, event=event, at=at}
-  if f[3] == 'failed' then doc.reason = f[5] end
-  if f[3] == 'retrying' then
-    doc.last_error = f[6]
-    doc.next_attempt_at = f[7]
+  local f = read_shown(key, 'timeline', 'doc', 'detail')
+  local seq = (line_fields(last_line(f[8] or '')) or 0) + 1
+  local line = seq .. ' ' .. event .. ' ' .. at .. ' ' .. (tonumber(f[3]) or 0)
+  if f[1] == 'failed' or f[1] == 'retrying' then
+    local detail = f[10] or (f[1] == 'failed' and f[4]) or f[5] or ''
+    line = line .. ' ' .. cjson.encode(string.sub(detail, 1, 500))
   end
+  add_to_timeline(key, line)
+  if f[9] then redis.call('HDEL', key, 'doc', 'seq') end  -- written before: rendered from now on
+  local doc = document(key, f, seq, event, at)
   local json = cjson.encode(doc)
-  redis.call('HSET', key, 'doc', json)
   redis.call('PUBLISH', '$EVENTS', json)
   announce(key, event, at, doc)
-  local line = {seq=seq, event=event, at=at, attempts=doc.attempts}
-  if f[3] == 'failed' or f[3] == 'retrying' then
-    line.detail = string.sub(f[9] or (f[3] == 'failed' and f[5]) or f[6] or '', 1, 500)
-  end
-  add_to_timeline(key, cjson.encode(line))
   return json
 end
 
@@ -151,9 +212,8 @@ local once = KEYS[3] ~= KEYS[1]
 -- after this call (see `replication`) covers the earlier task's writes too.
 -- A retry of this very call (its reply was lost with the connection):
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  local task_id = redis.call('HGET', KEYS[1], 'task_id')
-  redis.call('HSET', KEYS[1], 'task_id', task_id)
-  return {task_id, 0}
+  redis.call('HSET', KEYS[1], 'state', redis.call('HGET', KEYS[1], 'state'))
+  return {task_id_of(KEYS[1]), 0}
 end
 if once then
   local seen = redis.call('GET', KEYS[3])
@@ -166,9 +226,9 @@ if once then
 end
 local v = 5 + 2 * (#KEYS - 3)
 local task_id = ARGV[v]
-redis.call('HSET', KEYS[1], 'task_id', task_id, 'to', ARGV[v + 1], 'subject', ARGV[v + 2],
-           'body', ARGV[v + 3], 'username', ARGV[v + 4], 'message_id', ARGV[v + 5],
-           'created_ts', ARGV[v + 6], 'created_at', ARGV[1], 'state', 'queued', 'attempts', 0)
+redis.call('HSET', KEYS[1], 'to', ARGV[v + 1], 'subject', ARGV[v + 2], 'body', ARGV[v + 3],
+           'username', ARGV[v + 4], 'message_id', ARGV[v + 5], 'created_ts', ARGV[v + 6],
+           'state', 'queued', 'attempts', 0)
 -- A form's parts, only when present: a contract mail's hash stays as it was.
 local optional = {'reply_to', 'html', 'from_name', 'rendered', 'alert', 'shown_to'}
 for i, name in ipairs(optional) do
@@ -227,15 +287,15 @@ end
 if reason then
   redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', reason, 'detail', detail)
   emit(KEYS[1], 'failed', ARGV[2])
-  entered(KEYS[1], 'failed', ARGV[4])
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  finished(KEYS[1], 'failed', ARGV[4])
   done_with_entry(KEYS[2], ARGV[1])
   return detail
 end
 redis.call('HSET', KEYS[1], 'state', 'sending', 'attempts', attempts + 1)
 emit(KEYS[1], 'attempt', ARGV[2])
-local f = redis.call('HMGET', KEYS[1], 'task_id', 'to', 'subject', 'body', 'username',
-                    'message_id', 'attempts', 'reply_to', 'html', 'from_name', 'rendered')
+local f = redis.call('HMGET', KEYS[1], 'to', 'subject', 'body', 'username', 'message_id',
+                    'attempts', 'reply_to', 'html', 'from_name', 'rendered')
+table.insert(f, 1, task_id_of(KEYS[1]))
 for i = 8, 11 do f[i] = f[i] or '' end
 return f
 """
@@ -243,10 +303,9 @@ return f
 #: KEYS: task, queue. ARGV: entry id, attempt, at, retention seconds.
 SUCCEED = """
 if owns_attempt(KEYS[1], ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'state', 'success', 'delivered_at', ARGV[3])
+  redis.call('HSET', KEYS[1], 'state', 'success')
   emit(KEYS[1], 'success', ARGV[3])
-  entered(KEYS[1], 'success', ARGV[4])
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  finished(KEYS[1], 'success', ARGV[4])
 end
 done_with_entry(KEYS[2], ARGV[1])
 """
@@ -257,8 +316,7 @@ FAIL = """
 if owns_attempt(KEYS[1], ARGV[2]) then
   redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', ARGV[5], 'detail', ARGV[6])
   emit(KEYS[1], 'failed', ARGV[3])
-  entered(KEYS[1], 'failed', ARGV[4])
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  finished(KEYS[1], 'failed', ARGV[4])
 end
 done_with_entry(KEYS[2], ARGV[1])
 """
@@ -271,10 +329,15 @@ if owns_attempt(KEYS[1], ARGV[2]) then
   redis.call('HSET', KEYS[1], 'state', 'retrying', 'last_error', ARGV[6],
              'next_attempt_at', ARGV[5], 'detail', ARGV[8])
   if ARGV[7] == '0' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
-  redis.call('ZADD', KEYS[3], ARGV[4], redis.call('HGET', KEYS[1], 'task_id'))
+  redis.call('ZADD', KEYS[3], ARGV[4], task_id_of(KEYS[1]))
   emit(KEYS[1], 'retry', ARGV[3])
 end
 done_with_entry(KEYS[2], ARGV[1])
+"""
+
+#: KEYS: task. Returns its result document (JSON), or false if it is unknown.
+RESULT = """
+return render(KEYS[1])
 """
 
 #: KEYS: retries, queue. ARGV: now (epoch ms), batch size.

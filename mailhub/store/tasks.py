@@ -143,6 +143,7 @@ class TaskStore:
         self._succeed = redis.register_script(scripts.source(scripts.SUCCEED, outbox=notify))
         self._fail = redis.register_script(scripts.source(scripts.FAIL, outbox=notify))
         self._retry = redis.register_script(scripts.source(scripts.RETRY_LATER, outbox=notify))
+        self._result = redis.register_script(scripts.source(scripts.RESULT))
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> TaskStore:
@@ -222,7 +223,7 @@ class TaskStore:
 
     async def result(self, task_id: str) -> str | None:
         """The task's result document as JSON text, or None if unknown or expired."""
-        doc = await self.batcher.command("HGET", keys.task(task_id), "doc")
+        doc = await self.batcher.run(self._result, [keys.task(task_id)], [])
         return doc.decode() if isinstance(doc, bytes) else doc
 
     async def begin_attempt(self, entry: QueueEntry) -> Attempt | None:
