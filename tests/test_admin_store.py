@@ -15,6 +15,7 @@ from mailhub.store.addresses import address_digest
 from mailhub.store.admin import Resend, TaskAdmin
 from mailhub.store.index import Cursor, TaskIndex
 from mailhub.store.index import timeline as index_timeline
+from mailhub.store.members import member
 from mailhub.store.overview import overview
 from mailhub.store.tasks import EmailRequest, TaskStore
 from tests.driver import TaskDriver
@@ -95,7 +96,7 @@ async def test_paging_returns_every_task_once_newest_first_even_with_equal_score
     assert pages == 4
     assert sorted(seen) == sorted(failed + others)
     assert set(seen[:5]) == set(others)  # newest first (ties within a millisecond by id)
-    scores = [await redis.zscore(keys.status_index("pending"), task_id) for task_id in failed]
+    scores = [await redis.zscore(keys.status_index("pending"), member(task_id)) for task_id in failed]
     assert len(set(scores)) == 1
 
 
@@ -155,8 +156,8 @@ async def test_finished_entries_are_trimmed_when_their_hash_expires(redis, setti
         assert time.monotonic() < deadline, "the failed task's hash did not expire"
         await asyncio.sleep(0.05)
     newer = await failed_task(short, "old@example.com")
-    assert await redis.zrange(keys.status_index("failed"), 0, -1) == [newer]
-    assert await redis.zrange(keys.address_index(address_digest("old@example.com")), 0, -1) == [newer]
+    assert await redis.zrange(keys.status_index("failed"), 0, -1) == [member(newer)]
+    assert await redis.zrange(keys.address_index(address_digest("old@example.com")), 0, -1) == [member(newer)]
     assert await ids(index, status="failed") == [newer]
 
 

@@ -15,14 +15,18 @@ from redis.asyncio import Redis
 
 from mailhub.store import keys
 from mailhub.store.addresses import address_digest
+from mailhub.store.admin import Resend, TaskAdmin
 from mailhub.store.index import TaskIndex
+from mailhub.store.queue import WorkQueue
 from tests.helpers import result_of
+from tests.smtp_server import Fault
 
 ACCEPTED = "2026-01-02T03:04:05.678Z"
 
 
-async def old_queued_task(redis: Redis, to: str = "old@example.com") -> str:
-    """A queued task exactly as the earlier layout stored it, on the queue and in the indexes."""
+async def old_queued_task(redis: Redis, to: str = "old@example.com", *, retrying: bool = False) -> str:
+    """A queued task exactly as the earlier layout stored it, on the queue and in the indexes;
+    `retrying`: waiting in the retries set instead, due now."""
     task_id = str(uuid.uuid4())
     key = keys.task(task_id)
     doc = {"task_id": task_id, "to": to, "status": "pending", "attempts": 0, "seq": 1}
@@ -48,9 +52,12 @@ async def old_queued_task(redis: Redis, to: str = "old@example.com") -> str:
             "timeline": json.dumps(line) + "\n",
         },
     )
-    await redis.xgroup_create(keys.QUEUE, keys.WORKERS_GROUP, id="0", mkstream=True)
-    entry = await redis.xadd(keys.QUEUE, {"task_id": task_id})
-    await redis.hset(key, "entry", entry)
+    if retrying:
+        await redis.hset(key, "state", "retrying")
+        await redis.zadd(keys.RETRIES, {task_id: 0})
+    else:
+        await WorkQueue(redis).ensure_group()
+        await redis.hset(key, "entry", await redis.xadd(keys.QUEUE, {"task_id": task_id}))
     score = (await redis.time())[0] * 1000
     await redis.zadd(keys.status_index("pending"), {task_id: score})
     await redis.zadd(keys.address_index(digest), {task_id: score})
@@ -92,3 +99,27 @@ async def test_an_old_task_is_listed_with_its_whole_timeline(store, redis, drain
         (3, "success"),
     ]
     assert task["delivered_at"] == task["timeline"][-1]["at"]
+
+
+async def test_an_old_retry_is_delivered(store, redis, drain, smtp):
+    task_id = await old_queued_task(redis, retrying=True)
+    await store.queue.ensure_group()
+    await drain()
+    assert (await result_of(store, task_id))["status"] == "success"
+    assert len(smtp.handler.messages) == 1
+
+
+async def test_an_old_failed_task_is_re_sent_and_an_old_address_erased(store, redis, drain, smtp):
+    smtp.handler.faults.append(Fault.reply_rcpt("550 5.1.1 no such user"))
+    task_id = await old_queued_task(redis)
+    other = await old_queued_task(redis, "other@example.com")
+    await drain()
+    assert (await result_of(store, task_id))["status"] == "failed"
+    admin = TaskAdmin(redis)
+    assert await admin.resend(task_id) is Resend.REQUEUED
+    await drain()
+    assert (await result_of(store, task_id))["status"] == "success"
+    assert await admin.erase_address("old@example.com") == 1
+    assert await store.result(task_id) is None
+    assert await redis.zrange(keys.status_index("success"), 0, -1) == [other]
+    assert not await redis.exists(keys.address_index(address_digest("old@example.com")))

@@ -23,7 +23,7 @@ local function requeue(key, at)
   redis.call('HDEL', key, 'reason', 'detail', 'last_error', 'next_attempt_at')
   redis.call('HINCRBY', key, 'resends', 1)
   redis.call('PERSIST', key)
-  queue_task(key, '$QUEUE', task_id_of(key))
+  queue_task(key, '$QUEUE')
   emit(key, 'requeued', at)
   entered(key, 'pending')
   return 1
@@ -35,16 +35,17 @@ local function forget(task_id, at)
   local key = '$TASK' .. task_id
   if redis.call('EXISTS', key) == 0 then return false end
   local f = redis.call('HMGET', key, 'people', 'entry', 'once', 'message_id')
-  for _, status in ipairs(STATUSES) do redis.call('ZREM', '$STATUS_INDEX' .. status, task_id) end
+  local member = member_of(key)
+  for _, status in ipairs(STATUSES) do redis.call('ZREM', '$STATUS_INDEX' .. status, member) end
   for digest in string.gmatch(f[1] or '', '%S+') do
-    redis.call('ZREM', '$ADDRESS_INDEX' .. digest, task_id)
+    redis.call('ZREM', '$ADDRESS_INDEX' .. digest, member)
   end
   if f[2] then
     -- A send in flight goes on, but its outcome finds no task to record.
     redis.call('XACK', '$QUEUE', '$GROUP', f[2])
     redis.call('XDEL', '$QUEUE', f[2])
   end
-  redis.call('ZREM', '$RETRIES', task_id)
+  redis.call('ZREM', '$RETRIES', member)
   if f[3] then
     local seen = redis.call('GET', f[3])
     if seen and string.sub(seen, 1, #task_id + 1) == task_id .. ' ' then redis.call('DEL', f[3]) end
@@ -79,11 +80,11 @@ return requeue(KEYS[1], ARGV[1])
 REQUEUE_FAILED = """
 local failed = '$STATUS_INDEX' .. 'failed'
 local requeued = 0
-for _, task_id in ipairs(redis.call('ZRANGEBYSCORE', failed, ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])) do
-  if requeue('$TASK' .. task_id, ARGV[3]) == 1 then
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', failed, ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])) do
+  if requeue(task_key(member), ARGV[3]) == 1 then
     requeued = requeued + 1
   else
-    redis.call('ZREM', failed, task_id)  -- expired a moment ago: only its entry was left
+    redis.call('ZREM', failed, member)  -- expired a moment ago: only its entry was left
   end
 end
 return {requeued, redis.call('ZCOUNT', failed, ARGV[1], '+inf')}
@@ -104,13 +105,14 @@ return 1
 ERASE = """
 local index = '$ADDRESS_INDEX' .. ARGV[1]
 local deleted, message_ids = {}, {}
-for _, task_id in ipairs(redis.call('ZRANGE', index, 0, tonumber(ARGV[3]) - 1)) do
+for _, member in ipairs(redis.call('ZRANGE', index, 0, tonumber(ARGV[3]) - 1)) do
+  local task_id = task_id_from(member)
   local message_id = forget(task_id, ARGV[4])
   if message_id then
     deleted[#deleted + 1] = task_id
     message_ids[message_id] = true
   end
-  redis.call('ZREM', index, task_id)  -- also an expired task's leftover entry
+  redis.call('ZREM', index, member)  -- also an expired task's leftover entry
 end
 drop_from_inbox(message_ids, ARGV[2])
 table.insert(deleted, 1, redis.call('EXISTS', index))
@@ -119,12 +121,16 @@ return deleted
 
 #: KEYS: a sorted set of the index. ARGV: highest score ('+inf' for the first
 #: page), the task id the last page ended with ('' for the first page), count.
-#: Returns up to `count` {task id, score} pairs, flattened, that come after
-#: the last page in the index's order (newest first; ties by id, descending).
+#: Returns up to `count` {member, score} pairs, flattened, that come after
+#: the last page in the index's order (newest first; ties by member, descending).
 PAGE = """
 local after, count = ARGV[2], tonumber(ARGV[3])
 local ties = 0
-if after ~= '' then ties = redis.call('ZCOUNT', KEYS[1], ARGV[1], ARGV[1]) end
+if after ~= '' then
+  -- The last task as this index names it (its UUID if it was written before members were compact).
+  if not redis.call('ZSCORE', KEYS[1], after) then after = compact(after) end
+  ties = redis.call('ZCOUNT', KEYS[1], ARGV[1], ARGV[1])
+end
 local rows = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], '-inf', 'WITHSCORES',
                         'LIMIT', 0, count + ties)
 local page = {}

@@ -16,11 +16,11 @@ import heapq
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
-from mailhub.store import admin_scripts, keys
+from mailhub.store import admin_scripts, keys, members
 from mailhub.store.addresses import address_digest
 
 #: The public statuses the index files tasks under.
@@ -62,6 +62,17 @@ class Cursor:
         return cls(int(match[1]), match[2])
 
 
+class _Filed(NamedTuple):
+    """One entry of an index: its score and its member (`members`)."""
+
+    score: int
+    member: str
+
+    @property
+    def cursor(self) -> Cursor:
+        return Cursor(self.score, members.task_id(self.member))
+
+
 @dataclass(frozen=True)
 class Page:
     """Tasks (result document + the owner's fields), newest first, and where to go on."""
@@ -75,7 +86,7 @@ class TaskIndex:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._page = redis.register_script(admin_scripts.PAGE)
+        self._page = redis.register_script(admin_scripts.source(admin_scripts.PAGE))
         self._summaries = redis.register_script(admin_scripts.source(admin_scripts.SUMMARIES))
 
     async def page(
@@ -91,9 +102,10 @@ class TaskIndex:
             return await self._address_page(address, status, limit, cursor)
         statuses = [status] if status else list(STATUSES)
         runs = [await self._entries(keys.status_index(s), limit + 1, cursor) for s in statuses]
-        entries = list(heapq.merge(*runs, reverse=True))
-        more = len(entries) > limit
-        entries = entries[:limit]
+        # Merged in the indexes' own order: by score, ties by member.
+        merged = list(heapq.merge(*runs, key=lambda entry: (entry.score, entry.member), reverse=True))
+        more = len(merged) > limit
+        entries = [entry.cursor for entry in merged[:limit]]
         tasks = await self._read([entry.task_id for entry in entries])
         return Page([task for task in tasks if task is not None], entries[-1] if more else None)
 
@@ -105,7 +117,7 @@ class TaskIndex:
         found: list[dict[str, Any]] = []
         examined = 0
         while True:
-            entries = await self._entries(index, chunk, cursor)
+            entries = [entry.cursor for entry in await self._entries(index, chunk, cursor)]
             for entry, task in zip(entries, await self._read([e.task_id for e in entries])):
                 examined += 1
                 cursor = entry
@@ -117,10 +129,10 @@ class TaskIndex:
             if len(entries) < chunk:
                 return Page(found, None)
 
-    async def _entries(self, index: str, count: int, cursor: Cursor | None) -> list[Cursor]:
+    async def _entries(self, index: str, count: int, cursor: Cursor | None) -> list[_Filed]:
         top, after = ("+inf", "") if cursor is None else (str(cursor.score), cursor.task_id)
         flat = await self._page(keys=[index], args=[top, after, count])
-        return [Cursor(int(float(flat[i + 1])), _text(flat[i])) for i in range(0, len(flat), 2)]
+        return [_Filed(int(float(flat[i + 1])), _text(flat[i])) for i in range(0, len(flat), 2)]
 
     async def _read(self, task_ids: list[str]) -> list[dict[str, Any] | None]:
         """Each task's `summary`, in order; None for one that is gone meanwhile."""

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from mailhub.errors import QueueGroupMissing
-from mailhub.store import keys, scripts
+from mailhub.store import keys, members, scripts
 from mailhub.store.batching import ScriptBatcher
 
 
@@ -34,6 +34,11 @@ class QueueEntry:
 
     entry_id: str
     task_id: str
+
+
+def _entry(entry_id: str, fields: dict[str, str]) -> QueueEntry:
+    """A stream entry as the worker takes it: the entry names its task by member (`members`)."""
+    return QueueEntry(entry_id, members.task_id(fields["task_id"]))
 
 
 @dataclass(frozen=True)
@@ -102,11 +107,7 @@ class WorkQueue:
                     count=count,
                     block=max(1, int(block * 1000)),
                 )
-        return [
-            QueueEntry(entry_id, fields["task_id"])
-            for _, entries in reply or []
-            for entry_id, fields in entries
-        ]
+        return [_entry(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries]
 
     async def read_own(self, consumer: str, count: int) -> list[QueueEntry]:
         """Up to `count` entries `consumer` holds already (read, not acknowledged), oldest first.
@@ -118,12 +119,7 @@ class WorkQueue:
                 keys.WORKERS_GROUP, consumer, {keys.QUEUE: "0"}, count=count
             )
         # An entry deleted while it was held comes back without fields.
-        return [
-            QueueEntry(entry_id, fields["task_id"])
-            for _, batch in reply or []
-            for entry_id, fields in batch
-            if fields
-        ]
+        return [_entry(entry_id, fields) for _, batch in reply or [] for entry_id, fields in batch if fields]
 
     async def read_new_or_mark(self, consumer: str, count: int) -> tuple[list[QueueEntry], str | None]:
         """Up to `count` new entries for `consumer`, at once; with none, a mark for `wait_for_new`.
@@ -141,9 +137,7 @@ class WorkQueue:
                 pipe.xreadgroup(keys.WORKERS_GROUP, consumer, {keys.QUEUE: ">"}, count=count)
                 pipe.xinfo_stream(keys.QUEUE)
                 reply, info = await pipe.execute()
-        entries = [
-            QueueEntry(entry_id, fields["task_id"]) for _, batch in reply or [] for entry_id, fields in batch
-        ]
+        entries = [_entry(entry_id, fields) for _, batch in reply or [] for entry_id, fields in batch]
         return entries, None if entries else info["last-generated-id"]
 
     async def wait_for_new(self, mark: str, *, timeout: float) -> None:
@@ -176,7 +170,7 @@ class WorkQueue:
                 count=count,
             )
         # An entry deleted while it was pending comes back without fields.
-        return [QueueEntry(entry_id, fields["task_id"]) for entry_id, fields in reply[1] if fields]
+        return [_entry(entry_id, fields) for entry_id, fields in reply[1] if fields]
 
     async def promote_due_retries(self, batch: int = 500) -> int:
         """Queue the retries whose time has come; returns how many."""

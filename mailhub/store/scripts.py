@@ -21,7 +21,7 @@ status changes, and `emit` adds each transition to the task's timeline.
 
 from __future__ import annotations
 
-from mailhub.store import keys, rate_limit
+from mailhub.store import keys, members, rate_limit
 from mailhub.store import outbox as outbox_scripts
 
 _PRELUDE = """
@@ -32,11 +32,6 @@ local STATUSES = {'pending', 'success', 'failed'}
 local function clock_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
--- A task's id is its key's suffix: the hash does not repeat it.
-local function task_id_of(key)
-  return string.sub(key, #'$TASK' + 1)
 end
 
 -- The owner's timeline: one line per transition, in the hash (so it expires
@@ -104,14 +99,14 @@ local function render(key)
   return doc and cjson.encode(doc) or false
 end
 
--- Files the task under each address digest in `people`, scored `now`. With
--- a `retention` (it has ended, or is a decoy) entries older than its hash's
--- lifetime go, and the set expires with its last task; without (pending),
--- the set stays.
-local function file_under_addresses(task_id, people, now, retention)
+-- Files the task (`member`, as `member_of` names it) under each address
+-- digest in `people`, scored `now`. With a `retention` (it has ended, or is a
+-- decoy) entries older than its hash's lifetime go, and the set expires with
+-- its last task; without (pending), the set stays.
+local function file_under_addresses(member, people, now, retention)
   for digest in string.gmatch(people or '', '%S+') do
     local index = '$ADDRESS_INDEX' .. digest
-    redis.call('ZADD', index, now, task_id)
+    redis.call('ZADD', index, now, member)
     if retention then
       redis.call('ZREMRANGEBYSCORE', index, '-inf', now - tonumber(retention) * 1000)
       redis.call('EXPIRE', index, retention)
@@ -127,14 +122,14 @@ end
 -- hash, `retention` seconds after it ended (nil while pending: no expiry).
 -- This is also where a delivered/failed notification would be queued.
 local function entered(key, status, retention)
-  local task_id, now = task_id_of(key), clock_ms()
+  local member, now = member_of(key), clock_ms()
   for _, other in ipairs(STATUSES) do
-    if other ~= status then redis.call('ZREM', '$STATUS_INDEX' .. other, task_id) end
+    if other ~= status then redis.call('ZREM', '$STATUS_INDEX' .. other, member) end
   end
   local index = '$STATUS_INDEX' .. status
-  redis.call('ZADD', index, now, task_id)
+  redis.call('ZADD', index, now, member)
   if retention then redis.call('ZREMRANGEBYSCORE', index, '-inf', now - tonumber(retention) * 1000) end
-  file_under_addresses(task_id, redis.call('HGET', key, 'people'), now, retention)
+  file_under_addresses(member, redis.call('HGET', key, 'people'), now, retention)
 end
 
 -- The task ended (`success` or `failed`): filed so, its queue entry
@@ -145,9 +140,10 @@ local function finished(key, status, retention)
   redis.call('EXPIRE', key, retention)
 end
 
--- Puts the task on the queue and remembers its entry (a deleted task's goes too).
-local function queue_task(key, queue, task_id)
-  redis.call('HSET', key, 'entry', redis.call('XADD', queue, '*', 'task_id', task_id))
+-- Puts the task on the queue (named by its member) and remembers its entry
+-- (a deleted task's goes too).
+local function queue_task(key, queue)
+  redis.call('HSET', key, 'entry', redis.call('XADD', queue, '*', 'task_id', member_of(key)))
 end
 
 -- Records a transition: its timeline line, then its document, published
@@ -237,7 +233,7 @@ for i, name in ipairs(optional) do
 end
 if ARGV[#ARGV] ~= '' then redis.call('HSET', KEYS[1], 'people', ARGV[#ARGV]) end
 if ARGV[4] == '0' then
-  queue_task(KEYS[1], KEYS[2], task_id)
+  queue_task(KEYS[1], KEYS[2])
 else
   redis.call('HSET', KEYS[1], 'decoy', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -246,7 +242,7 @@ emit(KEYS[1], 'queued', ARGV[1])
 if ARGV[4] == '0' then
   entered(KEYS[1], 'pending')
 else
-  file_under_addresses(task_id, redis.call('HGET', KEYS[1], 'people'), clock_ms(), ARGV[4])
+  file_under_addresses(compact(task_id), redis.call('HGET', KEYS[1], 'people'), clock_ms(), ARGV[4])
 end
 if once then
   redis.call('SET', KEYS[3], task_id .. ' ' .. ARGV[2], 'EX', ARGV[3])
@@ -329,7 +325,7 @@ if owns_attempt(KEYS[1], ARGV[2]) then
   redis.call('HSET', KEYS[1], 'state', 'retrying', 'last_error', ARGV[6],
              'next_attempt_at', ARGV[5], 'detail', ARGV[8])
   if ARGV[7] == '0' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
-  redis.call('ZADD', KEYS[3], ARGV[4], task_id_of(KEYS[1]))
+  redis.call('ZADD', KEYS[3], ARGV[4], member_of(KEYS[1]))
   emit(KEYS[1], 'retry', ARGV[3])
 end
 done_with_entry(KEYS[2], ARGV[1])
@@ -344,10 +340,10 @@ return render(KEYS[1])
 #: Moves retries that are due back onto the queue; returns how many moved.
 PROMOTE_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, task_id in ipairs(due) do
-  redis.call('ZREM', KEYS[1], task_id)
-  local key = '$TASK' .. task_id
-  if redis.call('EXISTS', key) == 1 then queue_task(key, KEYS[2], task_id) end
+for _, member in ipairs(due) do
+  redis.call('ZREM', KEYS[1], member)
+  local key = task_key(member)
+  if redis.call('EXISTS', key) == 1 then queue_task(key, KEYS[2]) end
 end
 return #due
 """
@@ -372,7 +368,7 @@ def source(body: str, *, outbox: bool = False) -> str:
     With `outbox`, the end of a task is also queued for webhooks and alerts (`outbox.ANNOUNCE`).
     """
     announce = outbox_scripts.ANNOUNCE if outbox else outbox_scripts.SILENT
-    script = announce + _PRELUDE + rate_limit.OVER_LIMIT + body
+    script = announce + members.LUA + _PRELUDE + rate_limit.OVER_LIMIT + body
     for name, value in _NAMES.items():
         script = script.replace(name, value)
     return script
