@@ -7,7 +7,7 @@ import ssl
 import aiosmtplib
 
 from mailhub.delivery.failures import classify
-from mailhub.delivery.message import OutgoingMail, build_message, parts_of, prepare
+from mailhub.delivery.message import OutgoingMail, parts_of, prepare
 from mailhub.delivery.smtp_pool import IDLE_TIMEOUT, MAX_MESSAGES, SmtpPool, close_now
 from mailhub.errors import DeliveryError
 from mailhub.settings import Settings
@@ -37,7 +37,7 @@ class SmtpSender:
         A mail that cannot be built safely raises `UnsendableMessage` before
         any connection is used.
         """
-        mail = prepare(build_message(parts_of(attempt, self.settings.mail_from)))
+        mail = prepare(parts_of(attempt, self.settings.mail_from))
         try:
             await self.pool.send(lambda smtp: transmit(smtp, mail))
         except DeliveryError:
