@@ -10,14 +10,14 @@ import time
 import pytest
 
 from mailhub import reasons
-from mailhub.store import keys, scripts
+from mailhub.store import keys
 from mailhub.store.addresses import address_digest
 from mailhub.store.admin import Resend, TaskAdmin
 from mailhub.store.index import Cursor, TaskIndex
-from mailhub.store.index import timeline as index_timeline
 from mailhub.store.members import member
 from mailhub.store.overview import overview
 from mailhub.store.tasks import EmailRequest, TaskStore
+from mailhub.store.timeline import TIMELINE_BYTES, entries
 from tests.driver import TaskDriver
 from tests.helpers import MAIL
 
@@ -138,8 +138,8 @@ async def test_a_long_deferred_task_keeps_a_bounded_timeline_with_its_first_line
             attempt, 0.0, reasons.PAUSED, "sending paused: 535 login refused", counted=False
         )
     timeline = await redis.hget(keys.task(task_id), "timeline")
-    assert len(timeline.encode()) <= scripts.TIMELINE_BYTES
-    lines = index_timeline(timeline)
+    assert len(timeline.encode()) <= TIMELINE_BYTES
+    lines = entries(timeline)
     assert lines[0]["event"] == "queued"
     assert lines[-1]["seq"] == 161 and lines[-1]["event"] == "retry"
     assert [line["seq"] for line in lines[1:]] == list(range(lines[1]["seq"], 162))

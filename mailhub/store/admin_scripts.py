@@ -157,8 +157,7 @@ for i, key in ipairs(KEYS) do
   if doc then
     local f = redis.call('HMGET', key, 'to', 'subject', 'created_at', 'message_id', 'detail',
                          'last_error', 'reason', 'resends', 'decoy', 'timeline')
-    local first = string.match(f[10] or '', '^[^\\n]*')
-    f[3] = f[3] or select(3, line_fields(first)) or false
+    f[3] = f[3] or select(3, line_fields(first_line(f[10] or ''))) or false
     f[10] = doc
     rows[i] = f
   end

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
-from mailhub.store import admin_scripts, keys, members
+from mailhub.store import admin_scripts, keys, members, timeline
 from mailhub.store.addresses import address_digest
 
 #: The public statuses the index files tasks under.
@@ -160,7 +160,7 @@ class TaskIndex:
         task["html"] = bool(stored.get("html"))
         if stored.get("decoy"):
             task["decoy"] = True
-        task["timeline"] = timeline(stored.get("timeline", ""))
+        task["timeline"] = timeline.entries(stored.get("timeline", ""))
         delivered = [line["at"] for line in task["timeline"] if line["event"] == "success"]
         if stored.get("delivered_at") or delivered:  # a task written before has the field
             task["delivered_at"] = stored.get("delivered_at") or delivered[-1]
@@ -184,26 +184,6 @@ def summary(stored: dict[str, Any]) -> dict[str, Any]:
     if detail:
         task["detail"] = detail
     return task
-
-
-def timeline(text: str) -> list[dict[str, Any]]:
-    """A task's timeline, oldest first: each line's seq, event, at, attempts, and detail if any.
-
-    A line is `<seq> <event> <at> <attempts>[ <detail as a JSON string>]`;
-    a task written before the lines were compact has JSON objects.
-    """
-    entries: list[dict[str, Any]] = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            entries.append(json.loads(line))
-            continue
-        seq, event, at, rest = line.split(" ", 3)
-        attempts, _, detail = rest.partition(" ")
-        entry: dict[str, Any] = {"seq": int(seq), "event": event, "at": at, "attempts": int(attempts)}
-        if detail:
-            entry["detail"] = json.loads(detail)
-        entries.append(entry)
-    return entries
 
 
 def _text(value: Any) -> str:

@@ -21,7 +21,7 @@ status changes, and `emit` adds each transition to the task's timeline.
 
 from __future__ import annotations
 
-from mailhub.store import keys, members, rate_limit
+from mailhub.store import keys, members, rate_limit, timeline
 from mailhub.store import outbox as outbox_scripts
 
 _PRELUDE = """
@@ -32,40 +32,6 @@ local STATUSES = {'pending', 'success', 'failed'}
 local function clock_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
--- The owner's timeline: one line per transition, in the hash (so it expires
--- and goes with it): `<seq> <event> <at> <attempts>`, and for a failure or
--- a retry the error's full text as a JSON string. Past $TIMELINE_BYTES bytes
--- the oldest lines but the first give way: a mail deferred for hours while
--- sending is paused does not grow it without end.
-local function add_to_timeline(key, line)
-  local text = (redis.call('HGET', key, 'timeline') or '') .. line .. '\\n'
-  if #text > $TIMELINE_BYTES then
-    local first = string.find(text, '\\n', 1, true)
-    local cut = string.find(text, '\\n', #text - $TIMELINE_BYTES / 2, true)
-    text = string.sub(text, 1, first) .. string.sub(text, cut + 1)
-  end
-  redis.call('HSET', key, 'timeline', text)
-end
-
--- The last line of a timeline (its text ends with a line break; '' for none).
-local function last_line(text)
-  local stop = #text - 1
-  local start = stop
-  while start > 0 and string.byte(text, start) ~= 10 do start = start - 1 end
-  return string.sub(text, start + 1, stop)
-end
-
--- A timeline line's seq (a number), event and time. A task written before
--- the lines were compact has JSON objects (`{"seq":1,"event":...}`).
-local function line_fields(line)
-  if string.sub(line, 1, 1) == '{' then
-    local old = cjson.decode(line)
-    return old.seq, old.event, old.at
-  end
-  local seq, event, at = string.match(line, '^(%d+) (%S+) (%S+)')
-  return tonumber(seq), event, at
 end
 
 -- The fields the result document shows, then what a caller reads with them.
@@ -95,7 +61,9 @@ end
 local function render(key)
   local f = read_shown(key, 'timeline', 'doc')
   if f[9] then return f[9] end
-  local doc = f[8] and document(key, f, line_fields(last_line(f[8])))
+  if not f[8] then return false end
+  local seq, event, at = line_fields(last_line(f[8]))
+  local doc = document(key, f, seq, event, at)
   return doc and cjson.encode(doc) or false
 end
 
@@ -151,12 +119,11 @@ end
 local function emit(key, event, at)
   local f = read_shown(key, 'timeline', 'doc', 'detail')
   local seq = (line_fields(last_line(f[8] or '')) or 0) + 1
-  local line = seq .. ' ' .. event .. ' ' .. at .. ' ' .. (tonumber(f[3]) or 0)
+  local detail = nil
   if f[1] == 'failed' or f[1] == 'retrying' then
-    local detail = f[10] or (f[1] == 'failed' and f[4]) or f[5] or ''
-    line = line .. ' ' .. cjson.encode(string.sub(detail, 1, 500))
+    detail = f[10] or (f[1] == 'failed' and f[4]) or f[5] or ''
   end
-  add_to_timeline(key, line)
+  redis.call('HSET', key, 'timeline', add_line(f[8], seq, event, at, tonumber(f[3]) or 0, detail))
   if f[9] then redis.call('HDEL', key, 'doc', 'seq') end  -- written before: rendered from now on
   local doc = document(key, f, seq, event, at)
   local json = cjson.encode(doc)
@@ -190,7 +157,7 @@ end
 #: then one rate-limit counter prefix per window (see `over_limit`).
 #: ARGV: at, body fingerprint, idempotency TTL, decoy retention (0: a real
 #: task), amount and seconds of each window, then the task's values: task_id,
-#: to, subject, body, username, message_id, created_ts, reply_to, html,
+#: to, subject, body, username, message_id, reply_to, html,
 #: from_name, rendered, alert, shown_to (in this order, without names: fewer
 #: arguments), and last the digests of the task's addresses (`addresses.people`),
 #: space-separated.
@@ -223,12 +190,11 @@ end
 local v = 5 + 2 * (#KEYS - 3)
 local task_id = ARGV[v]
 redis.call('HSET', KEYS[1], 'to', ARGV[v + 1], 'subject', ARGV[v + 2], 'body', ARGV[v + 3],
-           'username', ARGV[v + 4], 'message_id', ARGV[v + 5], 'created_ts', ARGV[v + 6],
-           'state', 'queued', 'attempts', 0)
+           'username', ARGV[v + 4], 'message_id', ARGV[v + 5], 'state', 'queued', 'attempts', 0)
 -- A form's parts, only when present: a contract mail's hash stays as it was.
 local optional = {'reply_to', 'html', 'from_name', 'rendered', 'alert', 'shown_to'}
 for i, name in ipairs(optional) do
-  local value = ARGV[v + 6 + i]
+  local value = ARGV[v + 5 + i]
   if value and value ~= '' and value ~= '0' then redis.call('HSET', KEYS[1], name, value) end
 end
 if ARGV[#ARGV] ~= '' then redis.call('HSET', KEYS[1], 'people', ARGV[#ARGV]) end
@@ -267,15 +233,17 @@ if state == 'success' or state == 'failed' then
   done_with_entry(KEYS[2], ARGV[1])
   return false
 end
-local f = redis.call('HMGET', KEYS[1], 'attempts', 'created_ts', 'detail')
+local f = redis.call('HMGET', KEYS[1], 'attempts', 'created_ts', 'detail', 'timeline')
 local attempts = tonumber(f[1])
+-- Its queue age counts from its re-send (`created_ts`), else from its acceptance.
+local since = tonumber(f[2]) or (select(4, line_fields(first_line(f[4] or ''))) or 0) / 1000
 local reason, detail = nil, nil
 if attempts >= tonumber(ARGV[3]) then
   -- The last allowed attempt was interrupted (its worker died mid-send).
   reason = ARGV[7]
   detail = 'failed after ' .. attempts .. ' attempts: the last attempt was interrupted'
   if f[3] then detail = detail .. '; the one before: ' .. f[3] end
-elseif tonumber(ARGV[5]) - (tonumber(f[2]) or tonumber(ARGV[5])) > tonumber(ARGV[6]) then
+elseif since > 0 and tonumber(ARGV[5]) - since > tonumber(ARGV[6]) then
   reason = ARGV[8]
   detail = 'not delivered within ' .. ARGV[6] .. ' s of being accepted'
   if f[3] then detail = detail .. ': ' .. f[3] end
@@ -349,16 +317,12 @@ return #due
 """
 
 
-#: The timeline a task hash keeps at most (bytes of JSON lines).
-TIMELINE_BYTES = 4096
-
 _NAMES = {
     "$EVENTS": keys.EVENTS,
     "$GROUP": keys.WORKERS_GROUP,
     "$STATUS_INDEX": keys.STATUS_INDEX,
     "$ADDRESS_INDEX": keys.ADDRESS_INDEX,
     "$TASK": keys.task(""),
-    "$TIMELINE_BYTES": str(TIMELINE_BYTES),
 }
 
 
@@ -368,7 +332,7 @@ def source(body: str, *, outbox: bool = False) -> str:
     With `outbox`, the end of a task is also queued for webhooks and alerts (`outbox.ANNOUNCE`).
     """
     announce = outbox_scripts.ANNOUNCE if outbox else outbox_scripts.SILENT
-    script = announce + members.LUA + _PRELUDE + rate_limit.OVER_LIMIT + body
+    script = announce + members.LUA + timeline.LUA + _PRELUDE + rate_limit.OVER_LIMIT + body
     for name, value in _NAMES.items():
         script = script.replace(name, value)
     return script

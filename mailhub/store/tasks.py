@@ -328,7 +328,6 @@ def _task_values(task_id: str, request: EmailRequest, message_id: str) -> list[s
         request.body,
         request.username,
         message_id,
-        int(time.time()),
         request.reply_to,
         request.html,
         request.from_name,
