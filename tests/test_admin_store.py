@@ -23,8 +23,8 @@ from tests.helpers import MAIL
 
 
 @pytest.fixture
-def index(redis) -> TaskIndex:
-    return TaskIndex(redis)
+def index(redis, store) -> TaskIndex:
+    return TaskIndex(redis, message_id_domain=store.message_id_domain)
 
 
 @pytest.fixture
@@ -149,7 +149,7 @@ async def test_a_long_deferred_task_keeps_a_bounded_timeline_with_its_first_line
 async def test_finished_entries_are_trimmed_when_their_hash_expires(redis, settings):
     short = TaskStore.from_settings(redis, settings)
     short.retention = 1
-    index = TaskIndex(redis)
+    index = TaskIndex(redis, message_id_domain=short.message_id_domain)
     old = await failed_task(short, "old@example.com")
     deadline = time.monotonic() + 5
     while await redis.exists(keys.task(old)):
@@ -220,3 +220,15 @@ async def test_a_decoy_is_never_listed_but_erasure_reaches_it(store, redis, inde
     assert await admin.erase_address("bot@example.com") == 1
     assert await redis.keys("*") == []
     assert (await index.page(limit=10)).tasks == [] and decoy.created
+
+
+async def test_the_message_id_shown_before_the_first_attempt_is_the_one_it_fixes(store, redis, index):
+    driver = TaskDriver(store)
+    task_id = await driver.enqueue()
+    shown = (await index.task(task_id) or {})["message_id"]
+    assert shown == f"<{task_id}@{store.message_id_domain}>"
+    assert not await redis.hexists(keys.task(task_id), "message_id")  # a queued mail does not store it
+    attempt = await driver.begin_attempt()
+    await driver.retry()
+    assert (attempt.message_id, (await driver.begin_attempt()).message_id) == (shown, shown)
+    assert await redis.hget(keys.task(task_id), "message_id") == shown

@@ -84,7 +84,7 @@ async def test_an_old_task_is_served_as_stored_then_delivered_and_rendered(store
 
 async def test_an_old_task_is_listed_with_its_whole_timeline(store, redis, drain):
     task_id = await old_queued_task(redis)
-    index = TaskIndex(redis)
+    index = TaskIndex(redis, message_id_domain=store.message_id_domain)
     assert [t["task_id"] for t in (await index.page(limit=10, status="pending")).tasks] == [task_id]
     await drain()
     assert [t["task_id"] for t in (await index.page(limit=10, status="success")).tasks] == [task_id]
@@ -112,9 +112,9 @@ async def test_an_old_retry_is_delivered(store, redis, drain, smtp):
 async def test_an_old_failed_task_is_re_sent_and_an_old_address_erased(store, redis, drain, smtp):
     smtp.handler.faults.append(Fault.reply_rcpt("550 5.1.1 no such user"))
     task_id = await old_queued_task(redis)
-    other = await old_queued_task(redis, "other@example.com")
     await drain()
     assert (await result_of(store, task_id))["status"] == "failed"
+    other = await old_queued_task(redis, "other@example.com")
     admin = TaskAdmin(redis)
     assert await admin.resend(task_id) is Resend.REQUEUED
     await drain()

@@ -144,11 +144,12 @@ end
 return page
 """
 
-#: KEYS: task hashes. Returns for each, in order, what the owner's list shows
-#: of it: {to, subject, created_at, message_id, detail, last_error, reason,
-#: resends, decoy, result document (JSON)}, or nil if it is gone. Its
-#: `created_at` is its timeline's first line (a task written before the
-#: lines were compact also has the field).
+#: KEYS: task hashes. ARGV: the Message-ID's domain. Returns for each, in
+#: order, what the owner's list shows of it: {to, subject, created_at,
+#: message_id, detail, last_error, reason, resends, decoy, result document
+#: (JSON)}, or nil if it is gone. Its `created_at` is its timeline's first
+#: line (a task written before the lines were compact also has the field);
+#: before its first attempt its `message_id` is the one that attempt will fix.
 SUMMARIES = """
 local rows = {}
 for i, key in ipairs(KEYS) do
@@ -158,6 +159,7 @@ for i, key in ipairs(KEYS) do
     local f = redis.call('HMGET', key, 'to', 'subject', 'created_at', 'message_id', 'detail',
                          'last_error', 'reason', 'resends', 'decoy', 'timeline')
     f[3] = f[3] or select(3, line_fields(first_line(f[10] or ''))) or false
+    if not f[4] and not f[9] then f[4] = '<' .. task_id_of(key) .. '@' .. ARGV[1] .. '>' end
     f[10] = doc
     rows[i] = f
   end

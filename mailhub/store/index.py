@@ -84,8 +84,10 @@ class Page:
 class TaskIndex:
     """Reads the task index; takes a Redis client."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, message_id_domain: str) -> None:
+        """`message_id_domain`: the Message-IDs' (`TaskStore.message_id_domain`), for mail not sent yet."""
         self.redis = redis
+        self.message_id_domain = message_id_domain
         self._page = redis.register_script(admin_scripts.source(admin_scripts.PAGE))
         self._summaries = redis.register_script(admin_scripts.source(admin_scripts.SUMMARIES))
 
@@ -138,7 +140,9 @@ class TaskIndex:
         """Each task's `summary`, in order; None for one that is gone meanwhile."""
         if not task_ids:
             return []
-        rows = await self._summaries(keys=[keys.task(task_id) for task_id in task_ids])
+        rows = await self._summaries(
+            keys=[keys.task(task_id) for task_id in task_ids], args=[self.message_id_domain]
+        )
         found = [dict(zip(_SUMMARY_FIELDS, row)) if row else None for row in rows]
         # A decoy (a filled honeypot) is filed under its address, for erasure, but never listed.
         return [summary(fields) if fields and not fields["decoy"] else None for fields in found]
@@ -147,7 +151,7 @@ class TaskIndex:
         """One task in full: its summary, its request and its timeline; None if gone."""
         key = keys.task(task_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            await self._summaries(keys=[key], client=pipe)
+            await self._summaries(keys=[key], args=[self.message_id_domain], client=pipe)
             pipe.hgetall(key)
             [row], everything = await pipe.execute()
         stored = {_text(k): _text(v) for k, v in everything.items()}
@@ -178,7 +182,7 @@ def summary(stored: dict[str, Any]) -> dict[str, Any]:
     task["to"] = fields.get("to", task["to"])  # the document may show a form's recipients masked
     task["subject"] = fields.get("subject", "")
     task["created_at"] = fields.get("created_at")
-    task["message_id"] = fields.get("message_id")
+    task["message_id"] = fields.get("message_id", "")  # none for a decoy: never sent
     task["resends"] = int(fields.get("resends", 0))
     detail = fields.get("detail") or fields.get("last_error") or fields.get("reason")
     if detail:

@@ -157,7 +157,7 @@ end
 #: then one rate-limit counter prefix per window (see `over_limit`).
 #: ARGV: at, body fingerprint, idempotency TTL, decoy retention (0: a real
 #: task), amount and seconds of each window, then the task's values: task_id,
-#: to, subject, body, username, message_id, reply_to, html,
+#: to, subject, body, username, reply_to, html,
 #: from_name, rendered, alert, shown_to (in this order, without names: fewer
 #: arguments), and last the digests of the task's addresses (`addresses.people`),
 #: space-separated.
@@ -190,11 +190,11 @@ end
 local v = 5 + 2 * (#KEYS - 3)
 local task_id = ARGV[v]
 redis.call('HSET', KEYS[1], 'to', ARGV[v + 1], 'subject', ARGV[v + 2], 'body', ARGV[v + 3],
-           'username', ARGV[v + 4], 'message_id', ARGV[v + 5], 'state', 'queued', 'attempts', 0)
+           'username', ARGV[v + 4], 'state', 'queued', 'attempts', 0)
 -- A form's parts, only when present: a contract mail's hash stays as it was.
 local optional = {'reply_to', 'html', 'from_name', 'rendered', 'alert', 'shown_to'}
 for i, name in ipairs(optional) do
-  local value = ARGV[v + 5 + i]
+  local value = ARGV[v + 4 + i]
   if value and value ~= '' and value ~= '0' then redis.call('HSET', KEYS[1], name, value) end
 end
 if ARGV[#ARGV] ~= '' then redis.call('HSET', KEYS[1], 'people', ARGV[#ARGV]) end
@@ -219,7 +219,7 @@ return {task_id, 1}
 
 #: KEYS: task, queue. ARGV: entry id, at, max attempts, retention seconds,
 #: now (epoch s), max queue age (s), the public reasons of a task whose last
-#: attempt was interrupted and of one too old to send.
+#: attempt was interrupted and of one too old to send, the Message-ID's domain.
 #: Returns the fields to send with; false when there is nothing to send; 0
 #: when the task is gone (the entry is dropped); the detail when it has just
 #: failed the task instead (interrupted or too old).
@@ -256,6 +256,10 @@ if reason then
   return detail
 end
 redis.call('HSET', KEYS[1], 'state', 'sending', 'attempts', attempts + 1)
+-- The Message-ID is fixed at the first attempt and kept for the later ones,
+-- so a duplicate after an ambiguous failure is recognisable; unique because
+-- the task id is.
+redis.call('HSETNX', KEYS[1], 'message_id', '<' .. task_id_of(KEYS[1]) .. '@' .. ARGV[9] .. '>')
 emit(KEYS[1], 'attempt', ARGV[2])
 local f = redis.call('HMGET', KEYS[1], 'to', 'subject', 'body', 'username', 'message_id',
                     'attempts', 'reply_to', 'html', 'from_name', 'rendered')

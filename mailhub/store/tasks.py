@@ -183,10 +183,7 @@ class TaskStore:
         task_id = str(uuid.uuid4())
         now = now_iso()
         kept = EmailRequest(request.to, "", "", shown_to=request.shown_to) if decoy else request
-        # Stable across attempts, so a duplicate after an ambiguous failure is
-        # recognisable; unique because the task id is.
-        message_id = "" if decoy else f"<{task_id}@{self.message_id_domain}>"
-        values = _task_values(task_id, kept, message_id)
+        values = _task_values(task_id, kept)
         # Without an Idempotency-Key the script neither reads nor keeps a fingerprint.
         once_key, fingerprint = keys.task(task_id), ""
         if idempotency is not None:
@@ -245,6 +242,7 @@ class TaskStore:
                 self.max_queue_age,
                 reasons.INTERRUPTED,
                 reasons.too_old(self.max_queue_age),
+                self.message_id_domain,
             ],
         )
         if isinstance(row, str | bytes):
@@ -319,7 +317,7 @@ def replication_for(settings: Settings) -> Replication | None:
     return Replication(settings.redis_min_replicas, settings.redis_wait_timeout)
 
 
-def _task_values(task_id: str, request: EmailRequest, message_id: str) -> list[str | int]:
+def _task_values(task_id: str, request: EmailRequest) -> list[str | int]:
     """What the enqueue script stores of a task, in its order (see `scripts.ENQUEUE`)."""
     return [
         task_id,
@@ -327,7 +325,6 @@ def _task_values(task_id: str, request: EmailRequest, message_id: str) -> list[s
         request.subject,
         request.body,
         request.username,
-        message_id,
         request.reply_to,
         request.html,
         request.from_name,

@@ -40,7 +40,7 @@ _address_path = AddressPathSchema()
 async def context(app: web.Application) -> AsyncIterator[None]:
     """The admin store objects (after the Redis context)."""
     redis = app[appkeys.REDIS]
-    app[appkeys.TASK_INDEX] = TaskIndex(redis)
+    app[appkeys.TASK_INDEX] = TaskIndex(redis, message_id_domain=app[appkeys.STORE].message_id_domain)
     app[appkeys.TASK_ADMIN] = TaskAdmin(redis)
     yield
 
