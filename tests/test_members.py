@@ -31,3 +31,10 @@ async def test_an_old_task_keeps_its_uuid_as_member_and_a_new_one_is_compact(red
     await redis.hset(keys.task(new), mapping={"state": "queued"})
     assert await redis.eval(script, 1, keys.task(old)) == old
     assert await redis.eval(script, 1, keys.task(new)) == members.member(new)
+
+
+@pytest.mark.parametrize("hex_digits", ["0" * 32, "f" * 32, uuid.uuid4().hex, uuid.uuid4().hex])
+async def test_a_digest_kept_in_base_85_names_its_address_index_again(redis, hex_digits):
+    script = members.LUA.replace("$TASK", keys.task("")) + "return hex_of(ARGV[1])"
+    kept = members.compact(hex_digits)
+    assert len(kept) == 20 and await redis.eval(script, 0, kept) == hex_digits

@@ -2,7 +2,9 @@
 
 The address index (`keys.address_index`) lists a person's tasks for the
 owner's view and for erasure. Its key names carry a digest rather than the
-address itself, so a listing of Redis keys names nobody.
+address itself, so a listing of Redis keys names nobody. A task's hash keeps
+the digests of its addresses (`people`) in base 85 (`members.compact`: 20
+characters instead of 32); the scripts turn them back into key names.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import functools
 import hashlib
 from email.utils import getaddresses
+
+from mailhub.store.members import compact
 
 
 def normalized(address: str) -> str:
@@ -25,8 +29,8 @@ def address_digest(address: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def people(to: str, reply_to: str = "") -> tuple[str, ...]:
-    """Digests of everyone a task is about: each recipient, and its Reply-To.
+    """Digests of everyone a task is about (each recipient, and its Reply-To), as its hash keeps them.
 
     Cached: the same recipients come back submit after submit."""
     found = [addr for _, addr in getaddresses([to, reply_to]) if "@" in addr]
-    return tuple(sorted({address_digest(addr) for addr in found}))
+    return tuple(sorted({compact(address_digest(addr)) for addr in found}))

@@ -38,7 +38,7 @@ local function forget(task_id, at)
   local member = member_of(key)
   for _, status in ipairs(STATUSES) do redis.call('ZREM', '$STATUS_INDEX' .. status, member) end
   for digest in string.gmatch(f[1] or '', '%S+') do
-    redis.call('ZREM', '$ADDRESS_INDEX' .. digest, member)
+    redis.call('ZREM', address_index(digest), member)
   end
   if f[2] then
     -- A send in flight goes on, but its outcome finds no task to record.

@@ -22,7 +22,8 @@ _UUID_LENGTH = 36
 #: Lua for the scripts (`$TASK` is filled in by `scripts.source`):
 #: `task_id_of(key)`, the task id a key names; `compact(task_id)`, the member
 #: of a new task; `member_of(key)`, the member of the task at `key`, old or
-#: new; `task_id_from(member)` and `task_key(member)`, back.
+#: new; `task_id_from(member)` and `task_key(member)`, back; `hex_of`, 20
+#: base-85 characters as the 32 hex digits of their bytes.
 LUA = """
 -- A task's id is its key's suffix: the hash does not repeat it.
 local function task_id_of(key)
@@ -47,17 +48,22 @@ local function compact(task_id)
   return table.concat(out)
 end
 
-local function task_id_from(member)
-  if #member == 36 then return member end
+-- 20 base-85 characters back to the 32 hex digits of their 16 bytes.
+local function hex_of(text)
   local hex = {}
   for i = 1, 20, 5 do
     local n = 0
     for j = i, i + 4 do
-      n = n * 85 + string.find(B85, string.sub(member, j, j), 1, true) - 1
+      n = n * 85 + string.find(B85, string.sub(text, j, j), 1, true) - 1
     end
     hex[#hex + 1] = string.format('%08x', n)
   end
-  local h = table.concat(hex)
+  return table.concat(hex)
+end
+
+local function task_id_from(member)
+  if #member == 36 then return member end
+  local h = hex_of(member)
   return string.sub(h, 1, 8) .. '-' .. string.sub(h, 9, 12) .. '-' .. string.sub(h, 13, 16)
          .. '-' .. string.sub(h, 17, 20) .. '-' .. string.sub(h, 21, 32)
 end
@@ -76,6 +82,11 @@ end
 def member(task_id: str) -> str:
     """The member naming a new task (`task_id`: a UUID) in the indexes, retries and queue."""
     return base64.b85encode(uuid.UUID(task_id).bytes).decode()
+
+
+def compact(hex_digits: str) -> str:
+    """128 bits written as 32 hex digits, in the members' 20 base-85 characters."""
+    return base64.b85encode(bytes.fromhex(hex_digits)).decode()
 
 
 def task_id(name: str) -> str:

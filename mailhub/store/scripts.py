@@ -67,13 +67,18 @@ local function render(key)
   return doc and cjson.encode(doc) or false
 end
 
+-- The address index of a digest in `people` (base 85; hex in a task written before).
+local function address_index(digest)
+  return '$ADDRESS_INDEX' .. (#digest == 32 and digest or hex_of(digest))
+end
+
 -- Files the task (`member`, as `member_of` names it) under each address
 -- digest in `people`, scored `now`. With a `retention` (it has ended, or is a
 -- decoy) entries older than its hash's lifetime go, and the set expires with
 -- its last task; without (pending), the set stays.
 local function file_under_addresses(member, people, now, retention)
   for digest in string.gmatch(people or '', '%S+') do
-    local index = '$ADDRESS_INDEX' .. digest
+    local index = address_index(digest)
     redis.call('ZADD', index, now, member)
     if retention then
       redis.call('ZREMRANGEBYSCORE', index, '-inf', now - tonumber(retention) * 1000)
@@ -145,7 +150,7 @@ end
 local function owns_attempt(key, attempt)
   local f = redis.call('HMGET', key, 'state', 'attempts')
   if f[1] == 'sending' then return f[2] == attempt end
-  if (f[1] == 'queued' or f[1] == 'retrying') and tonumber(f[2]) + 1 == tonumber(attempt) then
+  if (f[1] == 'queued' or f[1] == 'retrying') and (tonumber(f[2]) or 0) + 1 == tonumber(attempt) then
     redis.call('HSET', key, 'state', 'sending', 'attempts', attempt)
     return true
   end
@@ -190,7 +195,7 @@ end
 local v = 5 + 2 * (#KEYS - 3)
 local task_id = ARGV[v]
 redis.call('HSET', KEYS[1], 'to', ARGV[v + 1], 'subject', ARGV[v + 2], 'body', ARGV[v + 3],
-           'username', ARGV[v + 4], 'state', 'queued', 'attempts', 0)
+           'username', ARGV[v + 4], 'state', 'queued')
 -- A form's parts, only when present: a contract mail's hash stays as it was.
 local optional = {'reply_to', 'html', 'from_name', 'rendered', 'alert', 'shown_to'}
 for i, name in ipairs(optional) do
@@ -234,7 +239,7 @@ if state == 'success' or state == 'failed' then
   return false
 end
 local f = redis.call('HMGET', KEYS[1], 'attempts', 'created_ts', 'detail', 'timeline')
-local attempts = tonumber(f[1])
+local attempts = tonumber(f[1]) or 0  -- none yet: the field comes with the first
 -- Its queue age counts from its re-send (`created_ts`), else from its acceptance.
 local since = tonumber(f[2]) or (select(4, line_fields(first_line(f[4] or ''))) or 0) / 1000
 local reason, detail = nil, nil
