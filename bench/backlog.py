@@ -11,7 +11,9 @@ process: STARTTLS + AUTH, counting every Message-ID.
 
 1. The mails are queued through `TaskStore.accept` (the submit path's Lua
    script, without HTTP), 1,000 calls in flight at a time; `INFO memory`
-   used_memory before and after gives Redis bytes per queued mail.
+   used_memory before and after gives Redis bytes per queued mail (issue
+   14's goal: at most 600), split by kind of key (`bench.redis_memory`);
+   the same again after the drain, per finished mail.
 2. One worker starts; every `--sample` seconds the mails still to do (the
    queue's backlog: stream entries + scheduled retries) are sampled. The
    drain rate is the count over the time from the worker's start to the last
@@ -44,6 +46,7 @@ from redis.asyncio import Redis
 from bench.delivery import raw_client_rate
 from bench.profiling import cpu_seconds, py_spy, stop_py_spy, summarize_profile
 from bench.queued import outcomes, queue_mails, task_id_in
+from bench.redis_memory import bytes_per_mail, used_memory
 from bench.sink import Sink
 from bench.support import (
     Process,
@@ -56,15 +59,10 @@ from bench.support import (
     with_sink_and_valkey,
 )
 from mailhub.settings import load_settings
-from mailhub.store import keys
 from mailhub.store.embedded_valkey import EmbeddedRedis
 from mailhub.store.redis_client import connect
 from mailhub.store.tasks import TaskStore
 from tests.processes import rss_mib
-
-
-async def used_memory(redis: Redis) -> int:
-    return int((await redis.info("memory"))["used_memory"])
 
 
 @dataclass
@@ -75,8 +73,8 @@ class Backlog:
     seconds: float
     memory_before: int
     memory_queued: int
-    hash_bytes: int
-    stream_bytes: int
+    #: Bytes per mail of each kind of key (`redis_memory.bytes_per_mail`).
+    kinds: dict[str, float]
 
 
 @dataclass
@@ -99,6 +97,8 @@ class Verdict:
     delivered: list[float]
     lost: bool
     memory_drained: int
+    #: Bytes per mail of each kind of key, results kept.
+    kinds: dict[str, float]
 
 
 async def queue_backlog(store: TaskStore, redis: Redis, count: int) -> Backlog:
@@ -109,10 +109,9 @@ async def queue_backlog(store: TaskStore, redis: Redis, count: int) -> Backlog:
     seconds = time.monotonic() - started
     if (waiting := await store.queue.backlog()) != count:
         raise RuntimeError(f"queued {waiting} of {count}")
-    # Measurements of storage: the bench reads what the store keeps, key by key.
-    hash_bytes = int(await redis.memory_usage(keys.task(task_ids[0]), samples=0) or 0)
-    stream_bytes = int(await redis.memory_usage(keys.QUEUE, samples=0) or 0)
-    backlog = Backlog(task_ids, seconds, memory_before, await used_memory(redis), hash_bytes, stream_bytes)
+    memory_queued = await used_memory(redis)
+    kinds = await bytes_per_mail(redis, task_ids)
+    backlog = Backlog(task_ids, seconds, memory_before, memory_queued, kinds)
     print(
         f"queued {count:,} mails in {seconds:.1f} s; Redis used_memory "
         f"{memory_before / 2**20:.1f} -> {backlog.memory_queued / 2**20:.1f} MiB",
@@ -185,7 +184,9 @@ async def check_nothing_lost(store: TaskStore, redis: Redis, task_ids: list[str]
         f"attempts != 1: {not_once}, sink: {total:,} messages, {distinct:,} distinct "
         f"Message-IDs, one for each task: {'yes' if same_ids else 'NO'}"
     )
-    return Verdict(not_success, not_once, delivered, lost, await used_memory(redis))
+    memory_drained = await used_memory(redis)
+    kinds = await bytes_per_mail(redis, task_ids)
+    return Verdict(not_success, not_once, delivered, lost, memory_drained, kinds)
 
 
 def rows(
@@ -193,7 +194,8 @@ def rows(
 ) -> list[Row]:
     delivered = verdict.delivered
     raw = f"raw aiosmtplib, {args.pool} reused connections, {args.raw_count:,} mails"
-    per_mail = (backlog.memory_queued - backlog.memory_before) / args.count
+    queued = (backlog.memory_queued - backlog.memory_before) / args.count
+    finished = (verdict.memory_drained - backlog.memory_before) / args.count
     return [
         Row(
             f"drain: {args.count:,} queued -> all success, one worker (from its start)",
@@ -211,14 +213,8 @@ def rows(
         ),
         Row("worker start -> first delivery", delivered[0] - drain.started, "s"),
         Row("enqueue through TaskStore.accept, 1,000 in flight", args.count / backlog.seconds, "mails/s"),
-        Row("Redis used_memory per queued mail", per_mail, "bytes"),
-        Row("MEMORY USAGE of one queued task hash", backlog.hash_bytes, "bytes"),
-        Row("MEMORY USAGE of the queue stream, per entry", backlog.stream_bytes / args.count, "bytes"),
-        Row(
-            "Redis used_memory per mail after the drain (results kept RESULT_RETENTION)",
-            (verdict.memory_drained - backlog.memory_before) / args.count,
-            "bytes",
-        ),
+        *memory_rows("queued mail", queued, backlog.kinds),
+        *memory_rows("mail after the drain (results kept RESULT_RETENTION)", finished, verdict.kinds),
         Row("Redis used_memory with the backlog queued", backlog.memory_queued / 2**20, "MiB"),
         Row("worker RSS at the end of the drain", drain.worker_rss, "MiB"),
         *(
@@ -226,6 +222,16 @@ def rows(
             for name, share in drain.busy.items()
         ),
         Row("tasks not success / sent more than once", verdict.not_success + verdict.not_once, "", goal="0"),
+    ]
+
+
+def memory_rows(what: str, per_mail: float, kinds: dict[str, float]) -> list[Row]:
+    """Redis bytes per mail (issue 14's goal), then where they go, by kind of key."""
+    rest = per_mail - sum(kinds.values())
+    return [
+        Row(f"Redis used_memory per {what}", per_mail, "bytes", goal="<= 600 bytes"),
+        *(Row(f"- of which {kind} (MEMORY USAGE)", size, "bytes") for kind, size in kinds.items() if size),
+        Row("- of which the rest (keyspace and expiry tables, allocator, clients)", rest, "bytes"),
     ]
 
 
