@@ -32,30 +32,38 @@ end
 
 local B85 = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&()*+-;<=>?@^_`{|}~'
 
-local function compact(task_id)
-  local hex = string.gsub(task_id, '%-', '')
+-- 128 bits written as 32 hex digits, in 20 base-85 digits.
+local function base85(hex)
   local out = {}
-  for i = 1, 32, 8 do
-    local n = tonumber(string.sub(hex, i, i + 7), 16)
-    local digits = {}
-    for j = 5, 1, -1 do
+  for group = 0, 3 do
+    local n = tonumber(string.sub(hex, group * 8 + 1, group * 8 + 8), 16)
+    for j = group * 5 + 5, group * 5 + 1, -1 do
       local d = n % 85
-      digits[j] = string.sub(B85, d + 1, d + 1)
+      out[j] = string.byte(B85, d + 1)
       n = (n - d) / 85
     end
-    out[#out + 1] = table.concat(digits)
   end
-  return table.concat(out)
+  return string.char(unpack(out))
+end
+
+local function compact(task_id)
+  return base85((string.gsub(task_id, '%-', '')))
+end
+
+-- A base-85 digit's value (the byte of one of B85's characters).
+local function digit(byte)
+  if byte <= 57 and byte >= 48 then return byte - 48 end
+  if byte <= 90 and byte >= 65 then return byte - 55 end
+  if byte <= 122 and byte >= 97 then return byte - 61 end
+  return string.find(B85, string.char(byte), 63, true) - 1
 end
 
 -- 20 base-85 characters back to the 32 hex digits of their 16 bytes.
 local function hex_of(text)
   local hex = {}
   for i = 1, 20, 5 do
-    local n = 0
-    for j = i, i + 4 do
-      n = n * 85 + string.find(B85, string.sub(text, j, j), 1, true) - 1
-    end
+    local a, b, c, d, e = string.byte(text, i, i + 4)
+    local n = (((digit(a) * 85 + digit(b)) * 85 + digit(c)) * 85 + digit(d)) * 85 + digit(e)
     hex[#hex + 1] = string.format('%08x', n)
   end
   return table.concat(hex)
@@ -72,9 +80,16 @@ local function task_key(member)
   return '$TASK' .. task_id_from(member)
 end
 
+local known_members = {}
+
 local function member_of(key)
-  if redis.call('HEXISTS', key, 'task_id') == 1 then return task_id_of(key) end
-  return compact(task_id_of(key))
+  local member = known_members[key]
+  if not member then
+    member = task_id_of(key)
+    if redis.call('HEXISTS', key, 'task_id') == 0 then member = compact(member) end
+    known_members[key] = member
+  end
+  return member
 end
 """
 

@@ -24,15 +24,10 @@ from __future__ import annotations
 from mailhub.store import keys, members, rate_limit, timeline
 from mailhub.store import outbox as outbox_scripts
 
-_PRELUDE = """
+#: Lua that renders a task's result document (`render`), all a poll needs.
+_DOCUMENT = """
 local PUBLIC = {queued='pending', sending='pending', retrying='pending',
                 success='success', failed='failed'}
-local STATUSES = {'pending', 'success', 'failed'}
-
-local function clock_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
 
 -- The fields the result document shows, then what a caller reads with them.
 local function read_shown(key, ...)
@@ -65,6 +60,16 @@ local function render(key)
   local seq, event, at = line_fields(last_line(f[8]))
   local doc = document(key, f, seq, event, at)
   return doc and cjson.encode(doc) or false
+end
+
+"""
+
+_PRELUDE = """
+local STATUSES = {'pending', 'success', 'failed'}
+
+local function clock_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
 -- The address index of a digest in `people` (base 85; hex in a task written before).
@@ -341,7 +346,15 @@ def source(body: str, *, outbox: bool = False) -> str:
     With `outbox`, the end of a task is also queued for webhooks and alerts (`outbox.ANNOUNCE`).
     """
     announce = outbox_scripts.ANNOUNCE if outbox else outbox_scripts.SILENT
-    script = announce + members.LUA + timeline.LUA + _PRELUDE + rate_limit.OVER_LIMIT + body
+    return _named(announce + members.LUA + timeline.LUA + _DOCUMENT + _PRELUDE + rate_limit.OVER_LIMIT + body)
+
+
+def reader_source(body: str) -> str:
+    """A script that only reads a task: `render` and what it needs, then `body` (lighter than `source`)."""
+    return _named(members.LUA + timeline.LUA + _DOCUMENT + body)
+
+
+def _named(script: str) -> str:
     for name, value in _NAMES.items():
         script = script.replace(name, value)
     return script

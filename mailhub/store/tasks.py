@@ -143,7 +143,7 @@ class TaskStore:
         self._succeed = redis.register_script(scripts.source(scripts.SUCCEED, outbox=notify))
         self._fail = redis.register_script(scripts.source(scripts.FAIL, outbox=notify))
         self._retry = redis.register_script(scripts.source(scripts.RETRY_LATER, outbox=notify))
-        self._result = redis.register_script(scripts.source(scripts.RESULT))
+        self._result = redis.register_script(scripts.reader_source(scripts.RESULT))
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> TaskStore:
