@@ -133,6 +133,12 @@ class Bench:
                 what="client processes connected",
                 interval=0.05,
             )
+            ended = [client for client in clients if client.popen.poll() is not None]
+            if ended:
+                raise RuntimeError(
+                    f"a client process ended (exit {ended[0].popen.poll()}) before all were connected:"
+                    f"\n{ended[0].log[-3000:]}"
+                )
             ready = [json.loads(Path(f"{out}.ready").read_text()) for out in result.outs]
             result.connect_seconds = max(r["seconds"] for r in ready)
             rss_peak = rss_mib(server.pid)

@@ -23,12 +23,15 @@ from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from mailhub.store import keys
+from mailhub.store.tasks import TaskStore
 
 TERMINAL = frozenset({"success", "failed"})
 REDIS: web.AppKey[Redis] = web.AppKey("redis", Redis)
 TOPICS: web.AppKey[dict[str, set[asyncio.Queue[tuple[int, str, str]]]]] = web.AppKey("topics", dict)
 SUBSCRIBED: web.AppKey[asyncio.Event] = web.AppKey("subscribed", asyncio.Event)
 REDIS_URL: web.AppKey[str] = web.AppKey("redis_url", str)
+#: Reads a task's stored state (its result document), as mailhub renders it.
+STORE: web.AppKey[TaskStore] = web.AppKey("store", TaskStore)
 
 
 async def listen(redis: Redis, subscribed: Callable[[], object], received: Callable[[str], object]) -> None:
@@ -64,6 +67,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
             app[REDIS_URL], max_connections=2, timeout=None, decode_responses=True
         )
     )
+    app[STORE] = TaskStore(app[REDIS], retention=3600, max_attempts=3, message_id_domain="example.com")
     app[TOPICS] = {}
     app[SUBSCRIBED] = asyncio.Event()
     listener = asyncio.create_task(_listen(app))
@@ -79,7 +83,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     queue: asyncio.Queue[tuple[int, str, str]] = asyncio.Queue()
     topics.setdefault(task_id, set()).add(queue)  # subscribe, then read the stored state
     try:
-        stored = await request.app[REDIS].hget(keys.task(task_id), "doc")
+        stored = await request.app[STORE].result(task_id)
         if stored is None:
             raise web.HTTPNotFound()
         doc = json.loads(stored)
