@@ -20,7 +20,7 @@ from email.utils import format_datetime
 from mailhub.delivery.address_headers import address_header, sender_header
 from mailhub.delivery.encoded_words import subject_field
 from mailhub.delivery.header_check import Field, check_header_block
-from mailhub.delivery.mime_body import mime_body
+from mailhub.delivery.mime_body import MAX_LINE, mime_body
 from mailhub.errors import UnsendableMessage
 from mailhub.header_safety import address_problem, header_value_problem
 from mailhub.store.tasks import Attempt
@@ -28,8 +28,6 @@ from mailhub.store.tasks import Attempt
 PLACEHOLDER = "{username}"
 #: A Message-ID: `<left@right>`, printable ASCII without `<`, `>` or a second `@`.
 _MESSAGE_ID = re.compile(r"<[!-;=?A-~]+@[!-;=?A-~]+>")
-#: RFC 5322: a line is never more than 998 characters, CRLF excluded.
-MAX_LINE = 998
 
 
 def render_body(body: str, username: str) -> str:
